@@ -1,0 +1,45 @@
+//! # perfkit-test-support
+//!
+//! The test harness every perfkit crate uses to talk to real services. It is
+//! `publish = false`: a dev-dependency of the workspace, never of a user.
+//!
+//! - [`redis_url`] / [`database_url`]: `REDIS_URL` and `DATABASE_URL`, with the
+//!   workspace defaults (`redis://127.0.0.1:6379`,
+//!   `postgres://postgres@127.0.0.1:5432/test`).
+//! - [`redis`] / [`postgres`]: a live connection in a namespace of its own, or
+//!   `None` after printing why the test is skipped. With
+//!   `PERFKIT_REQUIRE_SERVICES=1` (set by `.ci/run`) an absent service fails the
+//!   test instead, with a message that says how to start it ([`Requirement`]).
+//! - Namespaces: [`TestRedis`] hands out a random key prefix and deletes every
+//!   key under it when dropped; [`TestPostgres`] creates a fresh schema, points
+//!   its pool's `search_path` at it and drops it (cascade) when dropped. Tests
+//!   therefore run in parallel and leave nothing behind.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use redis::AsyncCommands;
+//!
+//! let Some(redis) = perfkit_test_support::redis().await else {
+//!     return; // skipped, and the reason was printed
+//! };
+//! let mut conn = redis.connection();
+//! let key = redis.key("answer");
+//! let () = conn.set(&key, 42).await.unwrap();
+//! # }
+//! ```
+//!
+//! Skip messages are written straight to the process's standard error, so
+//! `cargo test` shows them even though it captures test output.
+
+mod namespace;
+mod postgres;
+mod redis;
+mod requirement;
+mod service;
+
+pub use crate::postgres::{TestPostgres, postgres};
+pub use crate::redis::{TestRedis, redis};
+pub use crate::requirement::{Decision, Requirement, Unavailable};
+pub use crate::service::{
+    DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, REQUIRE_SERVICES_VAR, Service, database_url, redis_url,
+};

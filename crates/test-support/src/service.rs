@@ -1,0 +1,78 @@
+//! The services tests talk to, where to find them and how to start them.
+
+use std::fmt;
+
+/// `REDIS_URL` when it is not set.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// `DATABASE_URL` when it is not set.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// Set this variable to `1` to turn every skipped service test into a failure.
+pub const REQUIRE_SERVICES_VAR: &str = "PERFKIT_REQUIRE_SERVICES";
+
+/// The Redis server tests use: `REDIS_URL`, or [`DEFAULT_REDIS_URL`].
+#[must_use]
+pub fn redis_url() -> String {
+    env_or("REDIS_URL", DEFAULT_REDIS_URL)
+}
+
+/// The PostgreSQL database tests use: `DATABASE_URL`, or [`DEFAULT_DATABASE_URL`].
+#[must_use]
+pub fn database_url() -> String {
+    env_or("DATABASE_URL", DEFAULT_DATABASE_URL)
+}
+
+fn env_or(var: &str, default: &str) -> String {
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ => default.to_owned(),
+    }
+}
+
+/// A service that some tests need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Service {
+    /// Redis, found through `REDIS_URL`.
+    Redis,
+    /// PostgreSQL, found through `DATABASE_URL`.
+    Postgres,
+}
+
+impl Service {
+    /// The environment variable that points at this service.
+    #[must_use]
+    pub fn url_var(self) -> &'static str {
+        match self {
+            Self::Redis => "REDIS_URL",
+            Self::Postgres => "DATABASE_URL",
+        }
+    }
+
+    /// How to get this service running on a developer machine or CI runner.
+    #[must_use]
+    pub fn start_hint(self) -> &'static str {
+        match self {
+            Self::Redis => {
+                "start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no` \
+                 (Debian/Ubuntu: `apt install redis-server`; container: `docker run -d -p 6379:6379 redis:7`)"
+            }
+            Self::Postgres => {
+                "start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` and make sure \
+                 database `test` exists with trust auth for `postgres` on 127.0.0.1 \
+                 (Debian/Ubuntu: `apt install postgresql`; container: \
+                 `docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test postgres:16`)"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Redis => "Redis",
+            Self::Postgres => "PostgreSQL",
+        })
+    }
+}
