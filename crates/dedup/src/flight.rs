@@ -1,0 +1,324 @@
+//! One execution of the work, shared by every caller waiting on it.
+//!
+//! The work is a boxed future owned by the flight, not by any caller. Whoever
+//! polls the flight while the work is idle polls the work (becoming its
+//! *driver*: the work holds that caller's waker); every other waiter sleeps
+//! until the outcome is ready. When the driver leaves, one remaining waiter is
+//! woken to take over, so the work keeps running for whoever is still
+//! waiting and runs exactly once. When the last waiter leaves, the
+//! [`AbandonPolicy`] decides: drop the work, or hand it to a spawned task.
+//! No lock is held while the work is polled.
+
+use std::future::Future;
+use std::mem;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use slab::Slab;
+use tracing::Span;
+
+use crate::builder::AbandonPolicy;
+use crate::error::{Error, panic_message};
+use crate::group::{Group, Outcome};
+
+/// The work, boxed so that it can outlive the caller that started it.
+pub(crate) type Work<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// The slot of the caller that created the flight.
+pub(crate) const LEADER: usize = 0;
+
+pub(crate) struct Flight<K, T, E> {
+    /// Kept to remove this flight's own map entry, and only its own.
+    pub(crate) key: K,
+    span: Span,
+    state: Mutex<State<T, E>>,
+}
+
+struct State<T, E> {
+    /// The work while nobody polls it; `None` while a waiter polls it (or the
+    /// leader is still building it) and once it has finished.
+    work: Option<Work<T, E>>,
+    /// One slot per waiting caller, holding the waker of its last poll.
+    waiters: Slab<Option<Waker>>,
+    /// The waiter that polled the work last, whose waker the work holds.
+    driver: Option<usize>,
+    /// Set once, when the work finishes; taken by the last waiter to collect it.
+    outcome: Option<Result<T, Error<E>>>,
+    /// Whether the outcome went to more than one caller.
+    shared: bool,
+    /// No caller may join any more: the work finished or was abandoned.
+    closed: bool,
+}
+
+impl<K, T, E> Flight<K, T, E>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    /// A flight whose leader (slot [`LEADER`]) is about to build and poll the work.
+    pub(crate) fn new(key: K, span: Span, leader: &Waker) -> Arc<Self> {
+        let mut waiters = Slab::with_capacity(1);
+        let slot = waiters.insert(Some(leader.clone()));
+        debug_assert_eq!(slot, LEADER);
+        Arc::new(Self {
+            key,
+            span,
+            state: Mutex::new(State {
+                work: None,
+                waiters,
+                driver: Some(LEADER),
+                outcome: None,
+                shared: false,
+                closed: false,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<T, E>> {
+        // The lock never spans user code, so a poisoned lock still holds a consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a waiter, unless the flight no longer takes any.
+    pub(crate) fn join(&self, waker: &Waker) -> Option<usize> {
+        let mut state = self.lock();
+        (!state.closed).then(|| state.waiters.insert(Some(waker.clone())))
+    }
+
+    /// The leader's first poll: build the work, then drive it.
+    pub(crate) fn start<F, Fut>(
+        self: &Arc<Self>,
+        make: F,
+        cx: &mut Context<'_>,
+        group: &Group<K, T, E>,
+    ) -> Poll<Outcome<T, E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+    {
+        group.metrics().executions.increment(1);
+        let built = {
+            let _entered = self.span.enter();
+            catch_unwind(AssertUnwindSafe(|| Box::pin(make()) as Work<T, E>))
+        };
+        match built {
+            Ok(work) => self.drive(LEADER, work, cx, group),
+            Err(payload) => {
+                group.metrics().panics.increment(1);
+                self.finish(
+                    LEADER,
+                    Err(Error::Panicked(panic_message(&*payload))),
+                    group,
+                )
+            }
+        }
+    }
+
+    /// Any later poll by any waiter: collect the outcome, drive the idle work,
+    /// or wait for whoever is polling it.
+    pub(crate) fn poll_waiter(
+        self: &Arc<Self>,
+        waiter: usize,
+        cx: &mut Context<'_>,
+        group: &Group<K, T, E>,
+    ) -> Poll<Outcome<T, E>> {
+        let mut state = self.lock();
+        if state.outcome.is_some() {
+            return Poll::Ready(state.collect(waiter));
+        }
+        if let Some(slot) = state.waiters.get_mut(waiter) {
+            match slot {
+                Some(known) if known.will_wake(cx.waker()) => {}
+                _ => *slot = Some(cx.waker().clone()),
+            }
+        }
+        let Some(work) = state.work.take() else {
+            // Another waiter is polling the work right now; it wakes us when it finishes.
+            return Poll::Pending;
+        };
+        state.driver = Some(waiter);
+        drop(state);
+        self.drive(waiter, work, cx, group)
+    }
+
+    fn drive(
+        self: &Arc<Self>,
+        waiter: usize,
+        mut work: Work<T, E>,
+        cx: &mut Context<'_>,
+        group: &Group<K, T, E>,
+    ) -> Poll<Outcome<T, E>> {
+        let polled = {
+            let _entered = self.span.enter();
+            catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx)))
+        };
+        let outcome = match polled {
+            Ok(Poll::Pending) => {
+                self.lock().work = Some(work);
+                return Poll::Pending;
+            }
+            Ok(Poll::Ready(result)) => result.map_err(|e| Error::Failed(Arc::new(e))),
+            Err(payload) => {
+                group.metrics().panics.increment(1);
+                Err(Error::Panicked(panic_message(&*payload)))
+            }
+        };
+        drop(work);
+        self.finish(waiter, outcome, group)
+    }
+
+    /// Publishes the outcome, frees the key, wakes everyone and hands the
+    /// finishing waiter its share.
+    fn finish(
+        self: &Arc<Self>,
+        waiter: usize,
+        outcome: Result<T, Error<E>>,
+        group: &Group<K, T, E>,
+    ) -> Poll<Outcome<T, E>> {
+        let mut state = self.lock();
+        state.closed = true;
+        state.driver = None;
+        state.shared = state.waiters.len() > 1;
+        state.outcome = Some(outcome);
+        let others: Vec<Waker> = if state.shared {
+            state
+                .waiters
+                .iter_mut()
+                .filter(|(slot, _)| *slot != waiter)
+                .filter_map(|(_, waker)| waker.take())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mine = state.collect(waiter);
+        drop(state);
+        self.span.record("dedup.shared", mine.shared);
+        // Before returning: the next call for this key must start a fresh flight.
+        group.remove_flight(self);
+        for waker in others {
+            waker.wake();
+        }
+        Poll::Ready(mine)
+    }
+
+    /// A waiter goes away before collecting (its future was dropped).
+    pub(crate) fn leave(
+        self: &Arc<Self>,
+        waiter: usize,
+        group: &Group<K, T, E>,
+        policy: AbandonPolicy,
+    ) {
+        let mut state = self.lock();
+        if state.waiters.try_remove(waiter).is_none() || state.closed {
+            return;
+        }
+        if state.waiters.is_empty() {
+            if policy == AbandonPolicy::RunToCompletion {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let detached = state.waiters.insert(None);
+                    drop(state);
+                    runtime.spawn(Detached {
+                        flight: Arc::clone(self),
+                        waiter: detached,
+                        group: group.clone(),
+                    });
+                    return;
+                }
+                tracing::warn!(
+                    dedup.group = group.name(),
+                    "every waiter left and there is no tokio runtime to finish the work on; cancelling it"
+                );
+            }
+            state.closed = true;
+            let work = state.work.take();
+            drop(state);
+            group.metrics().abandoned.increment(1);
+            group.remove_flight(self);
+            // Dropped last and outside the lock: this is where the work's own drop guards run.
+            drop(work);
+            return;
+        }
+        if state.driver == Some(waiter) {
+            state.driver = None;
+        }
+        // The work is idle and nobody holds its waker: wake one waiter to drive it.
+        let successor = if state.driver.is_none() && state.work.is_some() {
+            state.waiters.iter().find_map(|(_, waker)| waker.clone())
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(waker) = successor {
+            waker.wake();
+        }
+    }
+}
+
+impl<T: Clone, E> State<T, E> {
+    /// Removes `waiter` and hands it the outcome: the last one takes it, the others clone it.
+    fn collect(&mut self, waiter: usize) -> Outcome<T, E> {
+        self.waiters.try_remove(waiter);
+        let result = if self.waiters.is_empty() {
+            self.outcome.take()
+        } else {
+            self.outcome.clone()
+        };
+        Outcome {
+            // Only the last waiter takes the outcome, and there is one last waiter.
+            result: result.unwrap_or_else(|| {
+                Err(Error::Panicked(Arc::from(
+                    "perfkit-dedup: outcome collected twice",
+                )))
+            }),
+            shared: self.shared,
+        }
+    }
+}
+
+/// Finishes abandoned work under [`AbandonPolicy::RunToCompletion`]: a waiter
+/// of its own, polled by a spawned task, that discards the outcome.
+struct Detached<K, T, E>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    flight: Arc<Flight<K, T, E>>,
+    waiter: usize,
+    group: Group<K, T, E>,
+}
+
+impl<K, T, E> Future for Detached<K, T, E>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        this.flight
+            .poll_waiter(this.waiter, cx, &this.group)
+            .map(|_outcome| this.waiter = usize::MAX)
+    }
+}
+
+impl<K, T, E> Drop for Detached<K, T, E>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        let waiter = mem::replace(&mut self.waiter, usize::MAX);
+        if waiter != usize::MAX {
+            // Dropped unfinished (the runtime is shutting down): cancel, never respawn.
+            self.flight
+                .leave(waiter, &self.group, AbandonPolicy::Cancel);
+        }
+    }
+}
