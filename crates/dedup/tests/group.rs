@@ -267,11 +267,17 @@ async fn run_to_completion_policy_finishes_abandoned_work() {
     assert_eq!(group.in_flight(), 1, "still running, detached");
 
     // A caller arriving now joins the detached execution.
+    let late_joined = Arc::new(AtomicUsize::new(0));
     let late = {
-        let (group, work) = (group.clone(), probe.work(2));
-        tokio::spawn(async move { group.run(5, work).await })
+        let (group, work, joined) = (group.clone(), probe.work(2), late_joined.clone());
+        tokio::spawn(async move { join_then_wait(group.run(5, work), joined).await })
     };
-    until(|| group.in_flight() == 1 && !late.is_finished()).await;
+    until(|| late_joined.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(
+        probe.executions(),
+        1,
+        "the late caller joined, it did not start the work again"
+    );
     probe.gate.open();
     until(|| probe.completed.load(Ordering::SeqCst)).await;
     assert_eq!(
