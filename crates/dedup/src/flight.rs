@@ -40,8 +40,8 @@ struct State<T, E> {
     /// The work while nobody polls it; `None` while a waiter polls it (or the
     /// leader is still building it) and once it has finished.
     work: Option<Work<T, E>>,
-    /// One slot per waiting caller, holding the waker of its last poll.
-    waiters: Slab<Option<Waker>>,
+    /// The callers waiting on the flight, with the waker of their last pending poll.
+    waiters: Waiters,
     /// The waiter that polled the work last, whose waker the work holds.
     driver: Option<usize>,
     /// Set once, when the work finishes; taken by the last waiter to collect it.
@@ -58,17 +58,14 @@ where
     T: Clone + Send + 'static,
     E: Send + Sync + 'static,
 {
-    /// A flight whose leader (slot [`LEADER`]) is about to build and poll the work.
-    pub(crate) fn new(key: K, span: Span, leader: &Waker) -> Arc<Self> {
-        let mut waiters = Slab::with_capacity(1);
-        let slot = waiters.insert(Some(leader.clone()));
-        debug_assert_eq!(slot, LEADER);
+    /// A flight whose leader (waiter [`LEADER`]) is about to build and poll the work.
+    pub(crate) fn new(key: K, span: Span) -> Arc<Self> {
         Arc::new(Self {
             key,
             span,
             state: Mutex::new(State {
                 work: None,
-                waiters,
+                waiters: Waiters::with_leader(),
                 driver: Some(LEADER),
                 outcome: None,
                 shared: false,
@@ -129,14 +126,9 @@ where
         if state.outcome.is_some() {
             return Poll::Ready(state.collect(waiter));
         }
-        if let Some(slot) = state.waiters.get_mut(waiter) {
-            match slot {
-                Some(known) if known.will_wake(cx.waker()) => {}
-                _ => *slot = Some(cx.waker().clone()),
-            }
-        }
         let Some(work) = state.work.take() else {
             // Another waiter is polling the work right now; it wakes us when it finishes.
+            state.waiters.register(waiter, cx.waker());
             return Poll::Pending;
         };
         state.driver = Some(waiter);
@@ -157,7 +149,9 @@ where
         };
         let outcome = match polled {
             Ok(Poll::Pending) => {
-                self.lock().work = Some(work);
+                let mut state = self.lock();
+                state.work = Some(work);
+                state.waiters.register(waiter, cx.waker());
                 return Poll::Pending;
             }
             Ok(Poll::Ready(result)) => result.map_err(|e| Error::Failed(Arc::new(e))),
@@ -181,27 +175,31 @@ where
         let mut state = self.lock();
         state.closed = true;
         state.driver = None;
-        state.shared = state.waiters.len() > 1;
-        state.outcome = Some(outcome);
-        let others: Vec<Waker> = if state.shared {
+        state.waiters.remove(waiter);
+        let shared = !state.waiters.is_empty();
+        let others: Vec<Waker> = if shared {
+            // Stored for the others to clone; the last of them takes it.
+            state.shared = true;
+            state.outcome = Some(outcome.clone());
             state
                 .waiters
                 .iter_mut()
-                .filter(|(slot, _)| *slot != waiter)
                 .filter_map(|(_, waker)| waker.take())
                 .collect()
         } else {
             Vec::new()
         };
-        let mine = state.collect(waiter);
         drop(state);
-        self.span.record("dedup.shared", mine.shared);
+        self.span.record("dedup.shared", shared);
         // Before returning: the next call for this key must start a fresh flight.
         group.remove_flight(self);
         for waker in others {
             waker.wake();
         }
-        Poll::Ready(mine)
+        Poll::Ready(Outcome {
+            result: outcome,
+            shared,
+        })
     }
 
     /// A waiter goes away before collecting (its future was dropped).
@@ -212,7 +210,7 @@ where
         policy: AbandonPolicy,
     ) {
         let mut state = self.lock();
-        if state.waiters.try_remove(waiter).is_none() || state.closed {
+        if !state.waiters.remove(waiter) || state.closed {
             return;
         }
         if state.waiters.is_empty() {
@@ -246,7 +244,10 @@ where
         }
         // The work is idle and nobody holds its waker: wake one waiter to drive it.
         let successor = if state.driver.is_none() && state.work.is_some() {
-            state.waiters.iter().find_map(|(_, waker)| waker.clone())
+            state
+                .waiters
+                .iter_mut()
+                .find_map(|(_, waker)| waker.clone())
         } else {
             None
         };
@@ -260,7 +261,7 @@ where
 impl<T: Clone, E> State<T, E> {
     /// Removes `waiter` and hands it the outcome: the last one takes it, the others clone it.
     fn collect(&mut self, waiter: usize) -> Outcome<T, E> {
-        self.waiters.try_remove(waiter);
+        self.waiters.remove(waiter);
         let result = if self.waiters.is_empty() {
             self.outcome.take()
         } else {
@@ -275,6 +276,67 @@ impl<T: Clone, E> State<T, E> {
             }),
             shared: self.shared,
         }
+    }
+}
+
+/// The callers waiting on a flight. Most flights have no caller but their
+/// leader, so it is kept inline and the slab of followers stays unallocated.
+/// Ids: [`LEADER`] is 0, follower slot `n` is `n + 1`.
+struct Waiters {
+    /// `Some` while the leader waits, holding the waker of its last pending poll.
+    leader: Option<Option<Waker>>,
+    followers: Slab<Option<Waker>>,
+}
+
+impl Waiters {
+    fn with_leader() -> Self {
+        Self {
+            leader: Some(None),
+            followers: Slab::new(),
+        }
+    }
+
+    fn insert(&mut self, waker: Option<Waker>) -> usize {
+        self.followers.insert(waker) + 1
+    }
+
+    /// Whether `id` was still waiting.
+    fn remove(&mut self, id: usize) -> bool {
+        match id.checked_sub(1) {
+            None => self.leader.take().is_some(),
+            Some(slot) => self.followers.try_remove(slot).is_some(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.leader.is_some()) + self.followers.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Remembers the waker of `id`'s latest pending poll.
+    fn register(&mut self, id: usize, waker: &Waker) {
+        let slot = match id.checked_sub(1) {
+            None => self.leader.as_mut(),
+            Some(slot) => self.followers.get_mut(slot),
+        };
+        if let Some(slot) = slot {
+            match slot {
+                Some(known) if known.will_wake(waker) => {}
+                _ => *slot = Some(waker.clone()),
+            }
+        }
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut Option<Waker>)> {
+        let leader = self.leader.as_mut().map(|waker| (LEADER, waker));
+        leader.into_iter().chain(
+            self.followers
+                .iter_mut()
+                .map(|(slot, waker)| (slot + 1, waker)),
+        )
     }
 }
 

@@ -52,8 +52,13 @@ pub struct Group<K, T, E> {
     inner: Arc<Inner<K, T, E>>,
 }
 
+/// foldhash: several times faster than SipHash on short keys and randomly
+/// seeded per map; the map only ever holds keys in flight, which bounds what a
+/// flood of colliding keys could cost.
+type FlightMap<K, T, E> = DashMap<K, Arc<Flight<K, T, E>>, foldhash::fast::RandomState>;
+
 struct Inner<K, T, E> {
-    flights: DashMap<K, Arc<Flight<K, T, E>>>,
+    flights: FlightMap<K, T, E>,
     policy: AbandonPolicy,
     metrics: Metrics,
     name: Box<str>,
@@ -129,9 +134,10 @@ where
     }
 
     pub(crate) fn from_builder(builder: GroupBuilder<K, T, E>) -> Self {
+        let hasher = foldhash::fast::RandomState::default();
         let flights = match builder.shards {
-            Some(shards) => DashMap::with_shard_amount(shards),
-            None => DashMap::new(),
+            Some(shards) => DashMap::with_hasher_and_shard_amount(hasher, shards),
+            None => DashMap::with_hasher(hasher),
         };
         Self {
             inner: Arc::new(Inner {
@@ -208,25 +214,25 @@ where
                     self.inner.metrics.coalesced.increment(1);
                     return (Arc::clone(entry.get()), waiter);
                 }
-                let flight = self.new_flight(entry.key().clone(), waker);
+                let flight = self.new_flight(entry.key().clone());
                 entry.insert(Arc::clone(&flight));
                 (flight, LEADER)
             }
             Entry::Vacant(entry) => {
-                let flight = self.new_flight(entry.key().clone(), waker);
+                let flight = self.new_flight(entry.key().clone());
                 entry.insert(Arc::clone(&flight));
                 (flight, LEADER)
             }
         }
     }
 
-    fn new_flight(&self, key: K, waker: &Waker) -> Arc<Flight<K, T, E>> {
+    fn new_flight(&self, key: K) -> Arc<Flight<K, T, E>> {
         let span = tracing::debug_span!(
             "dedup.run",
             dedup.group = &*self.inner.name,
             dedup.shared = tracing::field::Empty,
         );
-        Flight::new(key, span, waker)
+        Flight::new(key, span)
     }
 
     /// Removes `flight`'s map entry if it is still the current one for its key.
