@@ -1,20 +1,23 @@
 //! One execution of the work, shared by every caller waiting on it.
 //!
-//! The work is a boxed future owned by the flight, not by any caller. Whoever
-//! polls the flight while the work is idle polls the work (becoming its
-//! *driver*: the work holds that caller's waker); every other waiter sleeps
-//! until the outcome is ready. When the driver leaves, one remaining waiter is
-//! woken to take over, so the work keeps running for whoever is still
-//! waiting and runs exactly once. When the last waiter leaves, the
-//! [`AbandonPolicy`] decides: drop the work, or hand it to a spawned task.
-//! No lock is held while the work is polled.
+//! The work is a boxed future owned by the flight, not by any caller. One
+//! waiter at a time, the *driver*, polls it; the others sleep until the
+//! outcome is ready. The work is polled with the flight's own waker, which
+//! wakes the driver and, as a watchdog, one other waiter: if the driver does
+//! not poll the flight before that waiter does (it was dropped, or its
+//! future is held but no longer polled), that waiter takes over as driver.
+//! When the driver leaves, one remaining waiter is woken to take over. So the
+//! work keeps running for whoever is still waiting and runs exactly once,
+//! while a quiet flight costs its sleeping waiters nothing. When the last
+//! waiter leaves, the [`AbandonPolicy`] decides: drop the work, or hand it to
+//! a spawned task. No lock is held while the work is polled.
 
 use std::future::Future;
 use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use slab::Slab;
 use tracing::Span;
@@ -42,8 +45,10 @@ struct State<T, E> {
     work: Option<Work<T, E>>,
     /// The callers waiting on the flight, with the waker of their last pending poll.
     waiters: Waiters,
-    /// The waiter that polled the work last, whose waker the work holds.
+    /// The waiter that polls the work.
     driver: Option<usize>,
+    /// The work woke the flight and has not been polled since.
+    notified: bool,
     /// Set once, when the work finishes; taken by the last waiter to collect it.
     outcome: Option<Result<T, Error<E>>>,
     /// Whether the outcome went to more than one caller.
@@ -67,6 +72,7 @@ where
                 work: None,
                 waiters: Waiters::with_leader(),
                 driver: Some(LEADER),
+                notified: false,
                 outcome: None,
                 shared: false,
                 closed: false,
@@ -126,12 +132,21 @@ where
         if state.outcome.is_some() {
             return Poll::Ready(state.collect(waiter));
         }
+        state.waiters.register(waiter, cx.waker());
+        // Drive when nobody does, when we do, or when the work woke the flight
+        // and its driver has not polled since (a watchdog wake).
+        let may_drive = state
+            .driver
+            .is_none_or(|driver| driver == waiter || state.notified);
+        if !may_drive {
+            return Poll::Pending;
+        }
         let Some(work) = state.work.take() else {
             // Another waiter is polling the work right now; it wakes us when it finishes.
-            state.waiters.register(waiter, cx.waker());
             return Poll::Pending;
         };
         state.driver = Some(waiter);
+        state.notified = false;
         drop(state);
         self.drive(waiter, work, cx, group)
     }
@@ -145,7 +160,9 @@ where
     ) -> Poll<Outcome<T, E>> {
         let polled = {
             let _entered = self.span.enter();
-            catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx)))
+            let waker = Waker::from(Arc::clone(self));
+            let mut flight_cx = Context::from_waker(&waker);
+            catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(&mut flight_cx)))
         };
         let outcome = match polled {
             Ok(Poll::Pending) => {
@@ -253,6 +270,44 @@ where
         };
         drop(state);
         if let Some(waker) = successor {
+            waker.wake();
+        }
+    }
+}
+
+/// The waker the work is polled with: wakes the driver, and one other waiter
+/// that takes over if the driver does not poll first.
+impl<K, T, E> Wake for Flight<K, T, E>
+where
+    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    T: Clone + Send + 'static,
+    E: Send + Sync + 'static,
+{
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut state = self.lock();
+        if state.closed {
+            return;
+        }
+        state.notified = true;
+        let driver = state.driver;
+        let mut driver_waker = None;
+        let mut watchdog = None;
+        for (id, waker) in state.waiters.iter_mut() {
+            if Some(id) == driver {
+                driver_waker = waker.clone();
+            } else if watchdog.is_none() {
+                watchdog = waker.clone();
+            }
+            if driver_waker.is_some() && watchdog.is_some() {
+                break;
+            }
+        }
+        drop(state);
+        for waker in [driver_waker, watchdog].into_iter().flatten() {
             waker.wake();
         }
     }
