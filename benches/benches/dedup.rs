@@ -1,9 +1,13 @@
-//! perfkit-dedup against the single-flight primitives a Rust service would
-//! otherwise use, in one run: singleflight-async 0.2.0, async_singleflight
-//! 0.6.2, and moka 0.12's `get_with` (its request coalescing; note that moka
-//! then keeps the value, which a single-flight does not).
+//! `perfkit-dedup` against the single-flight primitives a Rust service would
+//! otherwise use, in one run: `singleflight-async` 0.2.0,
+//! `async_singleflight` 0.6.2, and moka 0.12's `get_with` (its request
+//! coalescing; note that moka then keeps the value, which a single-flight
+//! does not).
 //!
 //! `cargo bench -p perfkit-benches --bench dedup`
+
+// Benchmark harness: a setup that fails should stop the run.
+#![allow(clippy::expect_used)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,7 +137,7 @@ fn one_key_1000_callers(c: &mut Criterion) {
     const CALLERS: u64 = 1_000;
     let mut group = c.benchmark_group("dedup/one_key_1000_callers");
     group.throughput(Throughput::Elements(CALLERS));
-    group.sample_size(30);
+    group.sample_size(50).measurement_time(Duration::from_secs(10));
     let runtime = two_workers();
     for (name, imp) in Impl::all() {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
@@ -170,7 +174,7 @@ fn distinct_keys_10000_callers(c: &mut Criterion) {
     const CALLERS: u64 = 10_000;
     let mut group = c.benchmark_group("dedup/distinct_keys_10000_callers_2_threads");
     group.throughput(Throughput::Elements(CALLERS));
-    group.sample_size(20);
+    group.sample_size(30).measurement_time(Duration::from_secs(15));
     let runtime = two_workers();
     for (name, imp) in Impl::all() {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
