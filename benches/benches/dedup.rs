@@ -137,7 +137,9 @@ fn one_key_1000_callers(c: &mut Criterion) {
     const CALLERS: u64 = 1_000;
     let mut group = c.benchmark_group("dedup/one_key_1000_callers");
     group.throughput(Throughput::Elements(CALLERS));
-    group.sample_size(50).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(50)
+        .measurement_time(Duration::from_secs(10));
     let runtime = two_workers();
     for (name, imp) in Impl::all() {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
@@ -174,7 +176,9 @@ fn distinct_keys_10000_callers(c: &mut Criterion) {
     const CALLERS: u64 = 10_000;
     let mut group = c.benchmark_group("dedup/distinct_keys_10000_callers_2_threads");
     group.throughput(Throughput::Elements(CALLERS));
-    group.sample_size(30).measurement_time(Duration::from_secs(15));
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(15));
     let runtime = two_workers();
     for (name, imp) in Impl::all() {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {

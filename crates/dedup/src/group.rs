@@ -36,6 +36,9 @@ use crate::metrics::Metrics;
 ///   call that started the work (a timeout, an abort, a client disconnect) does
 ///   not stop it while other callers wait: one of them takes over polling it.
 ///   It is never started a second time.
+/// - **No stall behind an idle caller.** The work is polled with the flight's
+///   own waker, which also wakes one other waiter: if the driving caller's
+///   future is held but no longer polled (moka#240), that waiter takes over.
 /// - **Abandonment.** When every waiting caller is gone the work is dropped
 ///   (its drop guards run), or, with [`AbandonPolicy::RunToCompletion`], it is
 ///   finished on a spawned task.
