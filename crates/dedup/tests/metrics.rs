@@ -104,7 +104,7 @@ async fn counters_report_executions_coalescing_panics_and_abandonment() {
     // An abandoned flight.
     let abandoned = tokio::time::timeout(
         Duration::from_millis(20),
-        group.run(3, || std::future::pending::<Result<u32, ()>>()),
+        group.run(3, std::future::pending::<Result<u32, ()>>),
     )
     .await;
     assert!(abandoned.is_err());
