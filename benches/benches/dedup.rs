@@ -123,13 +123,29 @@ fn uncontended(c: &mut Criterion) {
     group.finish();
 }
 
-/// Work that takes a few scheduler rounds, so that callers arriving
-/// meanwhile have to join it.
-async fn slow_work(key: u64) -> u64 {
-    for _ in 0..8 {
+/// Work that takes `rounds` scheduler rounds (callers arriving meanwhile
+/// have to join it), or is ready at once with `rounds == 0`.
+async fn work(key: u64, rounds: u32) -> u64 {
+    for _ in 0..rounds {
         tokio::task::yield_now().await;
     }
     key
+}
+
+/// Spawns one task per key, each calling `imp` with `work(key, rounds)`, and
+/// returns how long until every one of them had its value.
+async fn spawn_and_join(imp: &Impl, keys: impl Iterator<Item = u64>, rounds: u32) -> Duration {
+    let start = Instant::now();
+    let callers: Vec<_> = keys
+        .map(|key| {
+            let imp = imp.clone();
+            tokio::spawn(async move { imp.call(key, move || work(key, rounds)).await })
+        })
+        .collect();
+    for caller in callers {
+        std::hint::black_box(caller.await.unwrap_or_default());
+    }
+    start.elapsed()
 }
 
 /// 1,000 tasks on two worker threads call with one key at once.
@@ -145,23 +161,11 @@ fn one_key_1000_callers(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter_custom(|iters| {
                 let first = fresh_keys(iters);
-                let imp = imp.clone();
-                runtime.block_on(async move {
+                runtime.block_on(async {
                     let mut total = Duration::ZERO;
                     for key in first..first + iters {
-                        let start = Instant::now();
-                        let callers: Vec<_> = (0..CALLERS)
-                            .map(|_| {
-                                let imp = imp.clone();
-                                tokio::spawn(
-                                    async move { imp.call(key, move || slow_work(key)).await },
-                                )
-                            })
-                            .collect();
-                        for caller in callers {
-                            std::hint::black_box(caller.await.unwrap_or_default());
-                        }
-                        total += start.elapsed();
+                        total +=
+                            spawn_and_join(&imp, std::iter::repeat_n(key, 1_000_usize), 8).await;
                     }
                     total
                 })
@@ -183,24 +187,11 @@ fn distinct_keys_10000_callers(c: &mut Criterion) {
     for (name, imp) in Impl::all() {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter_custom(|iters| {
-                let imp = imp.clone();
-                runtime.block_on(async move {
+                runtime.block_on(async {
                     let mut total = Duration::ZERO;
                     for _ in 0..iters {
                         let first = fresh_keys(CALLERS);
-                        let start = Instant::now();
-                        let callers: Vec<_> = (first..first + CALLERS)
-                            .map(|key| {
-                                let imp = imp.clone();
-                                tokio::spawn(async move {
-                                    imp.call(key, move || async move { key }).await
-                                })
-                            })
-                            .collect();
-                        for caller in callers {
-                            std::hint::black_box(caller.await.unwrap_or_default());
-                        }
-                        total += start.elapsed();
+                        total += spawn_and_join(&imp, first..first + CALLERS, 0).await;
                     }
                     total
                 })

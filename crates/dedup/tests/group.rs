@@ -12,6 +12,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use perfkit_dedup::{AbandonPolicy, Error, Group, Outcome};
+use perfkit_test_support::concurrency::{HANG_GUARD, count_first_poll, until, within};
 use tokio::sync::watch;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -93,39 +94,11 @@ impl Probe {
     }
 }
 
-/// Polls `call` once (which joins or starts the flight), counts it as joined,
-/// then waits for its outcome.
-async fn join_then_wait<F: Future + Unpin>(mut call: F, joined: Arc<AtomicUsize>) -> F::Output {
-    let mut first = true;
-    poll_fn(move |cx| {
-        let polled = Pin::new(&mut call).poll(cx);
-        if std::mem::take(&mut first) {
-            joined.fetch_add(1, Ordering::SeqCst);
-        }
-        polled
-    })
-    .await
-}
-
-const HANG_GUARD: Duration = Duration::from_secs(30);
-
 /// Awaits a caller's task; a hang guard, not a speed target.
 async fn finished<T>(caller: tokio::task::JoinHandle<T>) -> T {
-    tokio::time::timeout(HANG_GUARD, caller)
+    within("a caller", caller)
         .await
-        .expect("a caller hung")
         .expect("a caller's task failed")
-}
-
-async fn until(mut condition: impl FnMut() -> bool) {
-    // A hang guard, not a speed target.
-    tokio::time::timeout(HANG_GUARD, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("condition not reached within 30 s");
 }
 
 fn spawn_callers(
@@ -139,7 +112,7 @@ fn spawn_callers(
     (0..count)
         .map(|_| {
             let (group, work, joined) = (group.clone(), probe.work(value), joined.clone());
-            tokio::spawn(async move { join_then_wait(group.run(key, work), joined).await })
+            tokio::spawn(async move { count_first_poll(group.run(key, work), joined).await })
         })
         .collect()
 }
@@ -151,7 +124,10 @@ async fn ten_thousand_concurrent_callers_share_one_execution() {
     let joined = Arc::new(AtomicUsize::new(0));
     let callers = spawn_callers(&group, &probe, 7, 700, 10_000, &joined);
 
-    until(|| joined.load(Ordering::SeqCst) == 10_000).await;
+    until("the awaited state", || {
+        joined.load(Ordering::SeqCst) == 10_000
+    })
+    .await;
     assert_eq!(group.in_flight(), 1);
     probe.gate.open();
 
@@ -183,10 +159,10 @@ async fn leader_cancelled_mid_work(cancel: impl FnOnce(&tokio::task::JoinHandle<
             let _ = tokio::time::timeout(Duration::from_millis(10), group.run(3, work)).await;
         })
     };
-    until(|| probe.executions() == 1).await;
+    until("the awaited state", || probe.executions() == 1).await;
     let joined = Arc::new(AtomicUsize::new(0));
     let followers = spawn_callers(&group, &probe, 3, 99, 10, &joined);
-    until(|| joined.load(Ordering::SeqCst) == 10).await;
+    until("the awaited state", || joined.load(Ordering::SeqCst) == 10).await;
 
     cancel(&leader);
     let _ = leader.await;
@@ -225,7 +201,7 @@ async fn work_is_cancelled_when_every_waiter_is_gone() {
     let probe = Probe::new();
     let joined = Arc::new(AtomicUsize::new(0));
     let callers = spawn_callers(&group, &probe, 5, 1, 8, &joined);
-    until(|| joined.load(Ordering::SeqCst) == 8).await;
+    until("the awaited state", || joined.load(Ordering::SeqCst) == 8).await;
     assert!(!probe.dropped.load(Ordering::SeqCst));
 
     for caller in &callers {
@@ -256,7 +232,7 @@ async fn run_to_completion_policy_finishes_abandoned_work() {
     let probe = Probe::new();
     let joined = Arc::new(AtomicUsize::new(0));
     let callers = spawn_callers(&group, &probe, 5, 1, 8, &joined);
-    until(|| joined.load(Ordering::SeqCst) == 8).await;
+    until("the awaited state", || joined.load(Ordering::SeqCst) == 8).await;
     for caller in &callers {
         caller.abort();
     }
@@ -270,22 +246,28 @@ async fn run_to_completion_policy_finishes_abandoned_work() {
     let late_joined = Arc::new(AtomicUsize::new(0));
     let late = {
         let (group, work, joined) = (group.clone(), probe.work(2), late_joined.clone());
-        tokio::spawn(async move { join_then_wait(group.run(5, work), joined).await })
+        tokio::spawn(async move { count_first_poll(group.run(5, work), joined).await })
     };
-    until(|| late_joined.load(Ordering::SeqCst) == 1).await;
+    until("the awaited state", || {
+        late_joined.load(Ordering::SeqCst) == 1
+    })
+    .await;
     assert_eq!(
         probe.executions(),
         1,
         "the late caller joined, it did not start the work again"
     );
     probe.gate.open();
-    until(|| probe.completed.load(Ordering::SeqCst)).await;
+    until("the awaited state", || {
+        probe.completed.load(Ordering::SeqCst)
+    })
+    .await;
     assert_eq!(
         finished(late).await.result.unwrap(),
         1,
         "joined the running work"
     );
-    until(|| group.in_flight() == 0).await;
+    until("the awaited state", || group.in_flight() == 0).await;
     assert_eq!(probe.executions(), 1);
 }
 
@@ -302,11 +284,11 @@ async fn panic_reaches_every_waiter_and_frees_the_key() {
                     Gate::passed(rx).await;
                     panic!("upstream returned garbage");
                 };
-                join_then_wait(group.run(9, work), joined).await
+                count_first_poll(group.run(9, work), joined).await
             })
         })
         .collect();
-    until(|| joined.load(Ordering::SeqCst) == 20).await;
+    until("the awaited state", || joined.load(Ordering::SeqCst) == 20).await;
     gate.open();
     for caller in callers {
         let outcome = finished(caller).await;
@@ -352,11 +334,11 @@ async fn error_is_shared_with_every_waiter_and_not_remembered() {
                     Gate::passed(rx).await;
                     Err(Upstream("503 from upstream"))
                 };
-                join_then_wait(group.run(4, work), joined).await
+                count_first_poll(group.run(4, work), joined).await
             })
         })
         .collect();
-    until(|| joined.load(Ordering::SeqCst) == 50).await;
+    until("the awaited state", || joined.load(Ordering::SeqCst) == 50).await;
     gate.open();
     let mut errors = Vec::new();
     for caller in callers {
@@ -380,13 +362,13 @@ async fn forget_starts_a_fresh_flight_and_old_waiters_get_the_old_result() {
     let old = Probe::new();
     let joined = Arc::new(AtomicUsize::new(0));
     let old_callers = spawn_callers(&group, &old, 6, 100, 5, &joined);
-    until(|| joined.load(Ordering::SeqCst) == 5).await;
+    until("the awaited state", || joined.load(Ordering::SeqCst) == 5).await;
 
     assert!(group.forget(&6));
     assert!(!group.forget(&6), "nothing left to forget");
     let new = Probe::new();
     let new_callers = spawn_callers(&group, &new, 6, 200, 5, &joined);
-    until(|| joined.load(Ordering::SeqCst) == 10).await;
+    until("the awaited state", || joined.load(Ordering::SeqCst) == 10).await;
     assert_eq!(new.executions(), 1, "a fresh execution after forget()");
 
     old.gate.open();
@@ -414,7 +396,7 @@ async fn old_flight_never_removes_a_newer_one_under_stress() {
             let (group, work) = (group.clone(), old.work(round));
             tokio::spawn(async move { group.run(1, work).await })
         };
-        until(|| old.executions() == 1).await;
+        until("the awaited state", || old.executions() == 1).await;
         group.forget(&1);
 
         let new = Probe::new();
@@ -422,14 +404,14 @@ async fn old_flight_never_removes_a_newer_one_under_stress() {
             let (group, work) = (group.clone(), new.work(round + 1_000_000));
             tokio::spawn(async move { group.run(1, work).await })
         };
-        until(|| new.executions() == 1).await;
+        until("the awaited state", || new.executions() == 1).await;
 
         // Finish the old flight on one thread while a late caller joins on the other.
         let late_probe = Probe::new();
         let joined = Arc::new(AtomicUsize::new(0));
         let late = {
             let (group, work, joined) = (group.clone(), late_probe.work(0), joined.clone());
-            tokio::spawn(async move { join_then_wait(group.run(1, work), joined).await })
+            tokio::spawn(async move { count_first_poll(group.run(1, work), joined).await })
         };
         old.gate.open();
         assert_eq!(finished(old_call).await.result.unwrap(), round);
@@ -439,7 +421,7 @@ async fn old_flight_never_removes_a_newer_one_under_stress() {
             "round {round}: the new flight is still in the map"
         );
 
-        until(|| joined.load(Ordering::SeqCst) == 1).await;
+        until("the awaited state", || joined.load(Ordering::SeqCst) == 1).await;
         assert_eq!(
             late_probe.executions(),
             0,

@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,10 +16,9 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use perfkit_dedup::DedupLayer;
+use perfkit_test_support::concurrency::{count_first_poll, until, within};
 use tokio::sync::watch;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-
-const HANG_GUARD: Duration = Duration::from_secs(30);
 
 /// A body of several chunks whose size is not known up front, like a stream.
 struct Chunks(VecDeque<Bytes>);
@@ -84,30 +82,6 @@ impl Backend {
     }
 }
 
-/// Polls the call once (joining or starting the flight), counts it, then waits.
-async fn join_then_wait<F: Future>(call: F, joined: Arc<AtomicUsize>) -> F::Output {
-    let mut call = Box::pin(call);
-    let mut first = true;
-    poll_fn(move |cx| {
-        let polled = call.as_mut().poll(cx);
-        if std::mem::take(&mut first) {
-            joined.fetch_add(1, Ordering::SeqCst);
-        }
-        polled
-    })
-    .await
-}
-
-async fn until(mut condition: impl FnMut() -> bool) {
-    tokio::time::timeout(HANG_GUARD, async {
-        while !condition() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("condition not reached within 30 s");
-}
-
 fn request(method: Method, path: &str) -> Request<Full<Bytes>> {
     Request::builder()
         .method(method)
@@ -135,7 +109,7 @@ async fn send_all(
         .map(|request| {
             let (service, joined) = (service.clone(), joined.clone());
             tokio::spawn(async move {
-                let response = join_then_wait(service.oneshot(request), joined)
+                let response = count_first_poll(service.oneshot(request), joined)
                     .await
                     .unwrap();
                 let status = response.status();
@@ -148,16 +122,14 @@ async fn send_all(
             })
         })
         .collect();
-    until(|| joined.load(Ordering::SeqCst) == count).await;
+    until("every request joined", || {
+        joined.load(Ordering::SeqCst) == count
+    })
+    .await;
     open.send_replace(true);
     let mut responses = Vec::new();
     for task in tasks {
-        responses.push(
-            tokio::time::timeout(HANG_GUARD, task)
-                .await
-                .expect("a request hung")
-                .unwrap(),
-        );
+        responses.push(within("a request", task).await.unwrap());
     }
     responses
 }

@@ -28,9 +28,13 @@
 //! # }
 //! ```
 //!
+//! [`concurrency`] has the hang guards and first-poll counter that concurrency
+//! tests share.
+//!
 //! Skip messages are written straight to the process's standard error, so
 //! `cargo test` shows them even though it captures test output.
 
+pub mod concurrency;
 mod namespace;
 mod postgres;
 mod redis;
