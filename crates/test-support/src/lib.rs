@@ -28,6 +28,9 @@
 //! # }
 //! ```
 //!
+//! [`RedisServer`] starts a private `redis-server` for tests that stop,
+//! restart or kill connections of Redis.
+//!
 //! [`concurrency`] has the hang guards and first-poll counter that concurrency
 //! tests share.
 //!
@@ -38,11 +41,13 @@ pub mod concurrency;
 mod namespace;
 mod postgres;
 mod redis;
+mod redis_server;
 mod requirement;
 mod service;
 
 pub use crate::postgres::{TestPostgres, postgres};
 pub use crate::redis::{TestRedis, redis};
+pub use crate::redis_server::RedisServer;
 pub use crate::requirement::{Decision, Requirement, Unavailable};
 pub use crate::service::{
     DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, REQUIRE_SERVICES_VAR, Service, database_url, redis_url,

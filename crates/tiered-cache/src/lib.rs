@@ -1,7 +1,86 @@
 //! # perfkit-tiered-cache
 //!
-//! L1 in-process (moka) + L2 Redis (+ any tier you plug in), promotion of lower-tier hits, a stampede-proof `get_or_load`, and invalidation across instances over Redis pub/sub.
+//! A cache over an ordered list of tiers: an in-process L1 ([`MemoryTier`],
+//! moka, values held as `Arc<V>`), a shared L2 in Redis ([`RedisTier`]), and
+//! any [`Tier`] you write. Hits in a slower tier are promoted into the faster
+//! ones with the TTL they have left; concurrent misses of one key run the
+//! loader once; Redis calls are bounded by a timeout and a circuit breaker,
+//! so an outage costs a miss, never a hang.
 //!
-//! **Status:** Work in progress: the API lands with issue #4. This crate is part of the
-//! [perfkit](https://github.com/perfkit-rs/perfkit) family; use it alone or through
-//! the `perfkit` facade.
+//! ```
+//! use std::time::Duration;
+//! use perfkit_tiered_cache::{Cache, MemoryTier};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Embedded default: memory only, no server needed.
+//! let agents: Cache<String> = Cache::builder()
+//!     .name("agents")
+//!     .tier(MemoryTier::with_max_entries(10_000))
+//!     .default_ttl(Duration::from_secs(60))
+//!     .build()?;
+//!
+//! let name = agents
+//!     .get_or_load("agent:42", || async { Ok::<_, std::io::Error>("Ada".to_owned()) })
+//!     .await?;
+//! assert_eq!(*name, "Ada");
+//! assert_eq!(agents.get("agent:42").await.as_deref().map(String::as_str), Some("Ada"));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With Redis as L2 (the connection opens on first use, so this builds even
+//! while Redis is down):
+//!
+//! ```no_run
+//! # fn example() -> Result<(), perfkit_tiered_cache::ConfigError> {
+//! use std::time::Duration;
+//! use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier};
+//!
+//! let cache: Cache<Vec<u8>> = Cache::builder()
+//!     .name("agents")
+//!     .tier(MemoryTier::builder().max_entries(10_000).max_ttl(Duration::from_secs(30)).build()?)
+//!     .tier(RedisTier::builder("redis://127.0.0.1:6379").prefix("svc:agents:").build()?)
+//!     .default_ttl(Duration::from_secs(300))
+//!     .remote_timeout(Duration::from_millis(50))
+//!     .build()?;
+//! # Ok(()) }
+//! ```
+//!
+//! See [`Cache`] for the guarantees, [`Tier`] for writing a tier of your own.
+//!
+//! ## Observability
+//!
+//! - Span `cache.get` (`DEBUG`) on every lookup that goes past L1, with
+//!   `cache.hit`, `cache.tier` and, for loads, `cache.loaded`.
+//! - Metrics labelled `cache` and `tier`: `perfkit_cache_hits_total`,
+//!   `perfkit_cache_misses_total`, `perfkit_cache_promotions_total`,
+//!   `perfkit_cache_tier_errors_total`, `perfkit_cache_tier_skipped_total`,
+//!   `perfkit_cache_breaker_open` (gauge); per cache:
+//!   `perfkit_cache_loads_total`, `perfkit_cache_load_errors_total`,
+//!   `perfkit_cache_load_duration_seconds`.
+//! - [`Cache::stats`]: the same counters, with the hit ratio per tier.
+
+mod breaker;
+mod builder;
+mod cache;
+mod codec;
+mod error;
+mod generations;
+mod level;
+mod metrics;
+mod stats;
+mod tier;
+mod tiers;
+
+pub use crate::builder::CacheBuilder;
+pub use crate::cache::{Cache, SetOptions};
+#[cfg(feature = "json")]
+pub use crate::codec::Json;
+pub use crate::codec::{Codec, Postcard};
+pub use crate::error::{ConfigError, Error, LoadError, TierError};
+pub use crate::stats::{Stats, TierStats};
+pub use crate::tier::{Entry, Tier, TierFuture, Write};
+pub use crate::tiers::memory::{MemoryTier, MemoryTierBuilder};
+#[cfg(feature = "redis")]
+pub use crate::tiers::redis::{RedisTier, RedisTierBuilder};

@@ -1,0 +1,65 @@
+//! How tiers that store bytes (Redis) encode values.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::TierError;
+
+/// Turns values into bytes and back, for tiers that store bytes.
+///
+/// [`Postcard`] is the default: compact and fast, for caches read only by
+/// Rust services using the same type. [`Json`] (feature `json`) is for keys
+/// shared with services in other languages.
+pub trait Codec<V>: Send + Sync + 'static {
+    /// Encodes `value`.
+    ///
+    /// # Errors
+    ///
+    /// [`TierError::Codec`] when the value cannot be represented.
+    fn encode(&self, value: &V) -> Result<Vec<u8>, TierError>;
+
+    /// Decodes bytes written by [`Codec::encode`].
+    ///
+    /// # Errors
+    ///
+    /// [`TierError::Codec`] when the bytes are not a valid `V` (for example
+    /// written by an older version of the type): the cache counts it as a miss.
+    fn decode(&self, bytes: &[u8]) -> Result<V, TierError>;
+}
+
+/// The default codec: [postcard](https://docs.rs/postcard), a compact binary
+/// serde format. Not self-describing: readers must use the same Rust type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Postcard;
+
+impl<V> Codec<V> for Postcard
+where
+    V: Serialize + DeserializeOwned,
+{
+    fn encode(&self, value: &V) -> Result<Vec<u8>, TierError> {
+        postcard::to_allocvec(value).map_err(|e| TierError::Codec(e.to_string()))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, TierError> {
+        postcard::from_bytes(bytes).map_err(|e| TierError::Codec(e.to_string()))
+    }
+}
+
+/// JSON, for values other languages read and write under the same keys.
+#[cfg(feature = "json")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json;
+
+#[cfg(feature = "json")]
+impl<V> Codec<V> for Json
+where
+    V: Serialize + DeserializeOwned,
+{
+    fn encode(&self, value: &V) -> Result<Vec<u8>, TierError> {
+        serde_json::to_vec(value).map_err(|e| TierError::Codec(e.to_string()))
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<V, TierError> {
+        serde_json::from_slice(bytes).map_err(|e| TierError::Codec(e.to_string()))
+    }
+}

@@ -1,0 +1,74 @@
+//! Errors: what a caller sees, what a tier reports, and impossible settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A loader's error, type-erased so that one cache can serve loaders with
+/// different error types. Downcast it to get yours back.
+pub type LoadError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why [`Cache::get_or_load`](crate::Cache::get_or_load) has no value.
+///
+/// Tier failures never appear here: a tier that fails counts as a miss (and
+/// is logged and counted), so a cache call fails only when the loader does.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The loader failed. Every caller that waited on the same load gets the
+    /// same error; it is not cached, so the next call loads again.
+    #[error("loading the value failed: {0}")]
+    Load(#[source] LoadError),
+    /// The loader panicked. Every waiting caller gets this; the next call loads again.
+    #[error("the loader panicked: {0}")]
+    LoaderPanicked(Arc<str>),
+}
+
+/// What a [`Tier`](crate::Tier) reports when an operation fails.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TierError {
+    /// The operation took longer than the tier's timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The circuit breaker is open: the tier failed repeatedly and is skipped
+    /// until its cool-down ends.
+    #[error("circuit open after repeated failures")]
+    CircuitOpen,
+    /// A value could not be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(String),
+    /// The backend failed (connection refused, reset, protocol error, ...).
+    #[error("backend: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl TierError {
+    /// Wraps any backend error.
+    pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(error))
+    }
+}
+
+/// A builder setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A cache needs at least one tier.
+    #[error("a cache needs at least one tier")]
+    NoTiers,
+    /// Two tiers carry the same name, which metrics and stats could not tell apart.
+    #[error("two tiers are named {0:?}; give each a distinct name")]
+    DuplicateTierName(String),
+    /// A duration that must be positive is zero.
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    /// The Redis URL could not be parsed.
+    #[error("invalid Redis URL: {0}")]
+    RedisUrl(String),
+    /// The key prefix is empty; every key perfkit writes must carry one.
+    #[error("the key prefix must not be empty")]
+    EmptyPrefix,
+    /// The group name labels metrics and spans, so it cannot be empty.
+    #[error("the cache name must not be empty")]
+    EmptyName,
+}

@@ -1,0 +1,82 @@
+//! Per-key generations: a write that began before a `set` or `remove` of its
+//! key never lands in L1 afterwards.
+//!
+//! Keys hash onto a fixed array of stripes, each a generation counter behind
+//! a lock. `set` and `remove` bump their key's stripe and change L1 under that
+//! lock; a fill (a load's result, a promotion) takes a [`Lease`] when it
+//! starts and writes L1 only if the stripe has not moved since, under the same
+//! lock. Two keys sharing a stripe can only cause a fill to be skipped, never
+//! a stale write. Memory is fixed (no per-key state); every operation is O(1).
+
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+const STRIPES: usize = 1024;
+
+pub(crate) struct Generations {
+    hasher: foldhash::fast::RandomState,
+    stripes: Box<[Mutex<u64>]>,
+}
+
+/// The generation of a key's stripe when a fill began.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease {
+    stripe: usize,
+    generation: u64,
+}
+
+impl Generations {
+    pub(crate) fn new() -> Self {
+        Self {
+            hasher: foldhash::fast::RandomState::default(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
+        }
+    }
+
+    fn stripe(&self, key: &str) -> usize {
+        // Truncation is the point: any bits pick a stripe.
+        #[allow(clippy::cast_possible_truncation)]
+        let hash = self.hasher.hash_one(key) as usize;
+        hash % STRIPES
+    }
+
+    fn lock(&self, stripe: usize) -> Option<MutexGuard<'_, u64>> {
+        self.stripes
+            .get(stripe)
+            .map(|cell| cell.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Starts a fill of `key`.
+    pub(crate) fn lease(&self, key: &str) -> Lease {
+        let stripe = self.stripe(key);
+        let generation = self.lock(stripe).map_or(0, |g| *g);
+        Lease { stripe, generation }
+    }
+
+    /// Whether nothing has written or removed the lease's key since it began.
+    pub(crate) fn is_current(&self, lease: Lease) -> bool {
+        self.lock(lease.stripe)
+            .is_some_and(|g| *g == lease.generation)
+    }
+
+    /// Runs `write` (an L1 change, synchronous) only if `lease` is current,
+    /// atomically with respect to [`Generations::bump_then`].
+    pub(crate) fn if_current(&self, lease: Lease, write: impl FnOnce()) -> bool {
+        match self.lock(lease.stripe) {
+            Some(generation) if *generation == lease.generation => {
+                write();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves `key`'s stripe to a new generation and runs `write` (an L1
+    /// change) under the same lock: fills that began earlier are refused.
+    pub(crate) fn bump_then(&self, key: &str, write: impl FnOnce()) {
+        if let Some(mut generation) = self.lock(self.stripe(key)) {
+            *generation = generation.wrapping_add(1);
+            write();
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! One tier in a cache, with what the cache adds around it: a timeout and a
+//! circuit breaker for remote tiers, and its metrics.
+
+use std::time::Duration;
+
+use crate::breaker::{Breaker, Transition};
+use crate::error::TierError;
+use crate::metrics::TierMetrics;
+use crate::tier::{Entry, Tier, TierFuture, Write};
+
+pub(crate) struct Level<V> {
+    pub(crate) tier: Box<dyn Tier<V>>,
+    timeout: Option<Duration>,
+    breaker: Option<Breaker>,
+    pub(crate) metrics: TierMetrics,
+}
+
+impl<V: Send + Sync + 'static> Level<V> {
+    pub(crate) fn new(
+        tier: Box<dyn Tier<V>>,
+        cache: &str,
+        timeout: Duration,
+        breaker: (u32, Duration),
+    ) -> Self {
+        let remote = tier.is_remote();
+        let metrics = TierMetrics::new(cache, tier.name());
+        metrics.breaker_open.set(0.0);
+        Self {
+            timeout: remote.then_some(timeout),
+            breaker: remote.then(|| Breaker::new(breaker.0, breaker.1)),
+            metrics,
+            tier,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.tier.name()
+    }
+
+    pub(crate) fn breaker_open(&self) -> bool {
+        self.breaker.as_ref().is_some_and(Breaker::is_open)
+    }
+
+    /// Runs one tier call under the timeout and breaker; failures are logged
+    /// and counted here, and the caller treats them as a miss.
+    async fn guarded<'a, T>(
+        &'a self,
+        op: &'static str,
+        call: TierFuture<'a, T>,
+    ) -> Result<T, TierError> {
+        if let Some(breaker) = &self.breaker
+            && !breaker.allow()
+        {
+            self.metrics.skipped.increment();
+            return Err(TierError::CircuitOpen);
+        }
+        let result = match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Err(TierError::Timeout(limit))),
+            None => call.await,
+        };
+        if let Some(breaker) = &self.breaker {
+            match breaker.record(result.is_ok()) {
+                Some(Transition::Opened) => {
+                    self.metrics.breaker_open.set(1.0);
+                    tracing::warn!(
+                        cache.tier = self.name(),
+                        "circuit opened: skipping this tier for its cool-down"
+                    );
+                }
+                Some(Transition::Closed) => {
+                    self.metrics.breaker_open.set(0.0);
+                    tracing::info!(
+                        cache.tier = self.name(),
+                        "circuit closed: the tier answers again"
+                    );
+                }
+                None => {}
+            }
+        }
+        if let Err(error) = &result {
+            self.metrics.errors.increment();
+            tracing::warn!(cache.tier = self.name(), cache.op = op, %error, "tier call failed; treated as a miss");
+        }
+        result
+    }
+
+    /// A lookup: in-process tiers answer at once, others through the guard.
+    /// Failures are misses.
+    pub(crate) async fn get(&self, key: &str) -> Option<Entry<V>> {
+        if let Some(found) = self.tier.get_now(key) {
+            return found;
+        }
+        self.guarded("get", self.tier.get(key)).await.ok().flatten()
+    }
+
+    pub(crate) async fn set(&self, write: &Write<'_, V>) {
+        if !self.tier.set_now(write) {
+            let _ = self.guarded("set", self.tier.set(write)).await;
+        }
+    }
+
+    pub(crate) async fn delete(&self, key: &str) {
+        if !self.tier.delete_now(key) {
+            let _ = self.guarded("delete", self.tier.delete(key)).await;
+        }
+    }
+
+    pub(crate) async fn clear(&self) {
+        let _ = self.guarded("clear", self.tier.clear()).await;
+    }
+}

@@ -1,0 +1,100 @@
+//! Metric handles, registered once per tier so the hot path only increments.
+//!
+//! Names follow `perfkit_cache_<what>_<unit>`, labelled `cache` (the cache's
+//! name) and `tier`. Handles come from the `metrics` recorder installed when
+//! the cache is built: install the exporter first.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+
+/// Per-tier counters, exported and kept locally for [`Stats`](crate::Stats).
+#[derive(Debug)]
+pub(crate) struct TierMetrics {
+    pub(crate) hits: Local,
+    pub(crate) misses: Local,
+    pub(crate) errors: Local,
+    pub(crate) skipped: Local,
+    pub(crate) promotions: Local,
+    pub(crate) breaker_open: Gauge,
+}
+
+/// A counter exported through `metrics` and readable locally.
+///
+/// The local count is striped over cache-line-sized cells picked per thread,
+/// so that threads counting hits at once do not contend on one cache line.
+#[derive(Debug)]
+pub(crate) struct Local {
+    exported: Counter,
+    stripes: Box<[Stripe]>,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+const STRIPES: usize = 16;
+
+thread_local! {
+    static STRIPE: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        usize::try_from(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES as u64).unwrap_or(0)
+    };
+}
+
+impl Local {
+    fn new(exported: Counter) -> Self {
+        Self {
+            exported,
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+        }
+    }
+
+    pub(crate) fn increment(&self) {
+        self.exported.increment(1);
+        let stripe = STRIPE.with(|stripe| *stripe);
+        if let Some(cell) = self.stripes.get(stripe) {
+            cell.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|cell| cell.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl TierMetrics {
+    pub(crate) fn new(cache: &str, tier: &str) -> Self {
+        let labels = [("cache", cache.to_owned()), ("tier", tier.to_owned())];
+        Self {
+            hits: Local::new(counter!("perfkit_cache_hits_total", &labels)),
+            misses: Local::new(counter!("perfkit_cache_misses_total", &labels)),
+            errors: Local::new(counter!("perfkit_cache_tier_errors_total", &labels)),
+            skipped: Local::new(counter!("perfkit_cache_tier_skipped_total", &labels)),
+            promotions: Local::new(counter!("perfkit_cache_promotions_total", &labels)),
+            breaker_open: gauge!("perfkit_cache_breaker_open", &labels),
+        }
+    }
+}
+
+/// Cache-wide metrics.
+#[derive(Debug)]
+pub(crate) struct CacheMetrics {
+    pub(crate) loads: Local,
+    pub(crate) load_errors: Local,
+    pub(crate) load_seconds: Histogram,
+}
+
+impl CacheMetrics {
+    pub(crate) fn new(cache: &str) -> Self {
+        let labels = [("cache", cache.to_owned())];
+        Self {
+            loads: Local::new(counter!("perfkit_cache_loads_total", &labels)),
+            load_errors: Local::new(counter!("perfkit_cache_load_errors_total", &labels)),
+            load_seconds: histogram!("perfkit_cache_load_duration_seconds", &labels),
+        }
+    }
+}

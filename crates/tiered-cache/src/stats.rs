@@ -1,0 +1,47 @@
+//! Counters since a cache was built, for dashboards and tests.
+
+/// What [`Cache::stats`](crate::Cache::stats) returns.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// One entry per tier, fastest first.
+    pub tiers: Vec<TierStats>,
+    /// Loader runs.
+    pub loads: u64,
+    /// Loader runs that failed.
+    pub load_errors: u64,
+}
+
+/// Counters of one tier.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TierStats {
+    /// The tier's name.
+    pub name: String,
+    /// Lookups that found a value here.
+    pub hits: u64,
+    /// Lookups that reached this tier and found nothing.
+    pub misses: u64,
+    /// Calls that failed (timeouts, connection errors, undecodable values).
+    pub errors: u64,
+    /// Calls skipped because the circuit breaker was open.
+    pub skipped: u64,
+    /// Values written here because a slower tier had them.
+    pub promotions: u64,
+    /// Whether the circuit breaker is open (or probing) now.
+    pub breaker_open: bool,
+}
+
+impl TierStats {
+    /// `hits / (hits + misses)`, or 0 before the first lookup.
+    #[must_use]
+    #[allow(clippy::cast_precision_loss)] // a ratio for dashboards
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.hits.saturating_add(self.misses);
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The shared tier: Redis, through an auto-reconnecting multiplexed connection.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+use crate::codec::{Codec, Postcard};
+use crate::error::{ConfigError, TierError};
+use crate::tier::{Entry, Tier, TierFuture, Write};
+
+/// Keys deleted per command when clearing a prefix.
+const CLEAR_BATCH: usize = 500;
+
+/// A Redis tier (usually L2, shared by every instance of a service).
+///
+/// Every key carries the tier's prefix. Values are encoded with a [`Codec`]
+/// ([`Postcard`] by default). A lookup reads the value and its remaining TTL
+/// in one round trip (`GET` + `PTTL` in `MULTI`), so promotion keeps the TTL
+/// Redis has left. The connection is a redis-rs [`ConnectionManager`]
+/// (multiplexed, reconnecting), opened on first use: a cache can be built
+/// while Redis is down. The cache wraps this tier in a timeout and a circuit
+/// breaker, so a Redis outage costs callers a miss, never a reconnect wait.
+pub struct RedisTier<V, C = Postcard> {
+    name: String,
+    prefix: String,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    connection: OnceCell<ConnectionManager>,
+    codec: C,
+    max_ttl: Option<Duration>,
+    _values: PhantomData<fn() -> V>,
+}
+
+/// Configures a [`RedisTier`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisTierBuilder<C = Postcard> {
+    url: String,
+    name: String,
+    prefix: String,
+    codec: C,
+    max_ttl: Option<Duration>,
+    connect_timeout: Duration,
+}
+
+impl RedisTierBuilder<Postcard> {
+    fn new(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            name: "redis".to_owned(),
+            prefix: "perfkit:cache:".to_owned(),
+            codec: Postcard,
+            max_ttl: None,
+            connect_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+impl<C> RedisTierBuilder<C> {
+    /// The tier's name in metrics and stats. Default: `"redis"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Prepended to every key this tier writes. Default: `"perfkit:cache:"`.
+    /// Give each service (and each value type) its own.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Keeps no entry longer than `ttl` in Redis, whatever TTL it was written
+    /// with. Default: no cap.
+    pub fn max_ttl(mut self, ttl: Duration) -> Self {
+        self.max_ttl = Some(ttl);
+        self
+    }
+
+    /// How long one connection attempt may take. Default: 250 ms. Calls are
+    /// bounded by the cache's tier timeout in any case.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Encodes values with `codec` instead of [`Postcard`].
+    pub fn codec<C2>(self, codec: C2) -> RedisTierBuilder<C2> {
+        RedisTierBuilder {
+            url: self.url,
+            name: self.name,
+            prefix: self.prefix,
+            codec,
+            max_ttl: self.max_ttl,
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    /// Builds the tier; the connection opens on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for an unparsable URL, an empty prefix or a zero duration.
+    pub fn build<V>(self) -> Result<RedisTier<V, C>, ConfigError>
+    where
+        C: Codec<V>,
+        V: Send + Sync + 'static,
+    {
+        if self.prefix.is_empty() {
+            return Err(ConfigError::EmptyPrefix);
+        }
+        if self.max_ttl == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroDuration("max_ttl"));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration("connect_timeout"));
+        }
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
+        // Few, quick retries: the cache's timeout and breaker decide when to give up.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        Ok(RedisTier {
+            name: self.name,
+            prefix: self.prefix,
+            client,
+            config,
+            connection: OnceCell::new(),
+            codec: self.codec,
+            max_ttl: self.max_ttl,
+            _values: PhantomData,
+        })
+    }
+}
+
+// Not generic: the value type is chosen by `RedisTierBuilder::build`.
+impl RedisTier<(), Postcard> {
+    /// Configures a tier on the Redis at `url` (`redis://host:port/db`).
+    pub fn builder(url: &str) -> RedisTierBuilder<Postcard> {
+        RedisTierBuilder::new(url)
+    }
+}
+
+impl<V, C> RedisTier<V, C>
+where
+    V: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    /// The key prefix.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, TierError> {
+        self.connection
+            .get_or_try_init(|| {
+                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
+            })
+            .await
+            .cloned()
+            .map_err(TierError::backend)
+    }
+
+    fn key(&self, key: &str) -> String {
+        let mut full = String::with_capacity(self.prefix.len() + key.len());
+        full.push_str(&self.prefix);
+        full.push_str(key);
+        full
+    }
+
+    fn cap(&self, ttl: Option<Duration>) -> Option<Duration> {
+        match (ttl, self.max_ttl) {
+            (Some(ttl), Some(max)) => Some(ttl.min(max)),
+            (ttl, max) => ttl.or(max),
+        }
+    }
+}
+
+impl<V, C> Tier<V> for RedisTier<V, C>
+where
+    V: Send + Sync + 'static,
+    C: Codec<V>,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> TierFuture<'a, Option<Entry<V>>> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            let key = self.key(key);
+            let (bytes, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+                .atomic()
+                .get(&key)
+                .pttl(&key)
+                .query_async(&mut connection)
+                .await
+                .map_err(TierError::backend)?;
+            let Some(bytes) = bytes else { return Ok(None) };
+            let value = self.codec.decode(&bytes)?;
+            // PTTL: -1 no TTL; -2 gone since the GET (treat as no TTL: it was just read).
+            let expires_at = u64::try_from(pttl)
+                .ok()
+                .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
+            Ok(Some(Entry {
+                value: Arc::new(value),
+                expires_at,
+            }))
+        })
+    }
+
+    fn set<'a>(&'a self, write: &'a Write<'a, V>) -> TierFuture<'a, ()> {
+        Box::pin(async move {
+            let bytes = self.codec.encode(write.value)?;
+            let mut connection = self.connection().await?;
+            let mut command = redis::cmd("SET");
+            command.arg(self.key(write.key)).arg(bytes);
+            if let Some(ttl) = self.cap(write.ttl) {
+                // Redis rejects PX 0; a sub-millisecond TTL becomes 1 ms.
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                command.arg("PX").arg(ms);
+            }
+            command
+                .exec_async(&mut connection)
+                .await
+                .map_err(TierError::backend)
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            redis::cmd("DEL")
+                .arg(self.key(key))
+                .exec_async(&mut connection)
+                .await
+                .map_err(TierError::backend)
+        })
+    }
+
+    fn clear(&self) -> TierFuture<'_, ()> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            let pattern = format!("{}*", escape_glob(&self.prefix));
+            let mut cursor: u64 = 0;
+            loop {
+                // Bounded work: one SCAN page and one UNLINK per round, never the whole keyspace in memory.
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(CLEAR_BATCH)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(TierError::backend)?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .exec_async(&mut connection)
+                        .await
+                        .map_err(TierError::backend)?;
+                }
+                if next == 0 {
+                    return Ok(());
+                }
+                cursor = next;
+            }
+        })
+    }
+}
+
+/// Escapes Redis glob metacharacters so a prefix matches only itself.
+fn escape_glob(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+impl<V, C> std::fmt::Debug for RedisTier<V, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTier")
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .field("connected", &self.connection.initialized())
+            .field("max_ttl", &self.max_ttl)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,424 @@
+//! The cache over a real Redis: promotion, TTLs, one load per key, loader
+//! errors, and a user-written third tier.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use perfkit_test_support::TestRedis;
+use perfkit_test_support::concurrency::{count_first_poll, until, within};
+use perfkit_tiered_cache::{
+    Cache, Entry, Error, MemoryTier, RedisTier, SetOptions, Tier, TierFuture, Write,
+};
+use redis::AsyncCommands;
+use tokio::sync::watch;
+
+fn l1() -> MemoryTier<String> {
+    MemoryTier::with_max_entries(10_000)
+}
+
+fn l2(redis: &TestRedis) -> RedisTier<String> {
+    RedisTier::builder(redis.url())
+        .prefix(redis.prefix())
+        .build()
+        .unwrap()
+}
+
+/// L1 + L2, as one service instance sees it.
+fn two_tiers(redis: &TestRedis) -> Cache<String> {
+    Cache::builder()
+        .name("test")
+        .tier(l1())
+        .tier(l2(redis))
+        .build()
+        .unwrap()
+}
+
+/// Redis alone: another instance, or a writer that bypasses our L1.
+fn redis_only(redis: &TestRedis) -> Cache<String> {
+    Cache::builder()
+        .name("writer")
+        .tier(l2(redis))
+        .build()
+        .unwrap()
+}
+
+async fn pttl(redis: &TestRedis, key: &str) -> i64 {
+    redis.connection().pttl(redis.key(key)).await.unwrap()
+}
+
+#[tokio::test]
+async fn l2_hit_is_promoted_with_its_remaining_ttl() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let writer = redis_only(&redis);
+    let cache = two_tiers(&redis);
+    writer
+        .set_with(
+            "agent:1",
+            "Ada".to_owned(),
+            SetOptions::default().ttl(Duration::from_millis(1_000)),
+        )
+        .await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        cache.get("agent:1").await.as_deref().map(String::as_str),
+        Some("Ada")
+    );
+    let stats = cache.stats();
+    assert_eq!((stats.tiers[0].misses, stats.tiers[1].hits), (1, 1));
+    assert_eq!(stats.tiers[0].promotions, 1, "promoted into L1");
+
+    assert_eq!(
+        cache.get("agent:1").await.as_deref().map(String::as_str),
+        Some("Ada")
+    );
+    assert_eq!(cache.stats().tiers[0].hits, 1, "then served from L1");
+
+    // Promoted with ~500 ms left, not a fresh second: gone from L1 by 1.2 s.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        cache.get("agent:1").await,
+        None,
+        "L1 kept the remaining TTL, not a new one"
+    );
+}
+
+#[tokio::test]
+async fn ttl_is_honoured_on_every_tier() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let cache = two_tiers(&redis);
+    cache
+        .set_with(
+            "k",
+            "v".to_owned(),
+            SetOptions::default().ttl(Duration::from_millis(300)),
+        )
+        .await;
+    let left = pttl(&redis, "k").await;
+    assert!(left > 0 && left <= 300, "Redis PTTL {left}");
+    assert!(cache.get("k").await.is_some());
+
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(cache.get("k").await, None, "expired in L1 and in Redis");
+    assert_eq!(pttl(&redis, "k").await, -2, "Redis dropped the key itself");
+}
+
+#[tokio::test]
+async fn keys_without_ttl_stay_without_on_every_tier() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let writer = redis_only(&redis);
+    writer
+        .set_with("forever", "v".to_owned(), SetOptions::default().no_ttl())
+        .await;
+    assert_eq!(pttl(&redis, "forever").await, -1);
+
+    let cache = two_tiers(&redis);
+    assert!(cache.get("forever").await.is_some());
+    assert_eq!(cache.stats().tiers[0].promotions, 1);
+    assert!(cache.get("forever").await.is_some());
+    assert_eq!(
+        cache.stats().tiers[0].hits,
+        1,
+        "served from L1 after promotion"
+    );
+    assert_eq!(
+        pttl(&redis, "forever").await,
+        -1,
+        "promotion did not add a TTL anywhere"
+    );
+}
+
+#[tokio::test]
+async fn default_ttl_applies_to_loads_and_sets() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let cache: Cache<String> = Cache::builder()
+        .tier(l1())
+        .tier(l2(&redis))
+        .default_ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    cache.set("set", "v".to_owned()).await;
+    cache
+        .get_or_load("loaded", || async {
+            Ok::<_, std::io::Error>("v".to_owned())
+        })
+        .await
+        .unwrap();
+    for key in ["set", "loaded"] {
+        let left = pttl(&redis, key).await;
+        assert!(left > 59_000 && left <= 60_000, "{key}: PTTL {left}");
+    }
+}
+
+/// `callers` tasks, half `get_or_load` and half `get`, on one key; the loader
+/// waits at a gate until every caller has started.
+async fn mixed_callers(cache: &Cache<String>, callers: usize) -> (usize, Vec<Option<String>>) {
+    let loads = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = watch::channel(false);
+    let tasks: Vec<_> = (0..callers)
+        .map(|i| {
+            let (cache, loads, started, mut gate) =
+                (cache.clone(), loads.clone(), started.clone(), gate.clone());
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    let load = cache.get_or_load("hot", move || async move {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        let _ = gate.wait_for(|open| *open).await;
+                        Ok::<_, std::io::Error>("loaded".to_owned())
+                    });
+                    let value = count_first_poll(load, started).await.unwrap();
+                    Some((*value).clone())
+                } else {
+                    count_first_poll(cache.get("hot"), started)
+                        .await
+                        .map(|v| (*v).clone())
+                }
+            })
+        })
+        .collect();
+    until("every caller started", || {
+        started.load(Ordering::SeqCst) == callers
+    })
+    .await;
+    open.send_replace(true);
+    let mut values = Vec::new();
+    for task in tasks {
+        values.push(within("a caller", task).await.unwrap());
+    }
+    (loads.load(Ordering::SeqCst), values)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_mixed_callers_on_a_cold_key_load_once() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let cache = two_tiers(&redis);
+    let (loads, values) = mixed_callers(&cache, 1_000).await;
+    assert_eq!(loads, 1, "the loader ran exactly once");
+    for (i, value) in values.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(
+                value.as_deref(),
+                Some("loaded"),
+                "every get_or_load got the value"
+            );
+        } else {
+            assert!(
+                matches!(value.as_deref(), None | Some("loaded")),
+                "a get saw a miss or the value, nothing else"
+            );
+        }
+    }
+    assert_eq!(
+        cache.get("hot").await.as_deref().map(String::as_str),
+        Some("loaded")
+    );
+    let in_redis: Option<Vec<u8>> = redis.connection().get(redis.key("hot")).await.unwrap();
+    assert!(in_redis.is_some(), "the load filled L2 too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_mixed_callers_on_a_key_only_in_l2_never_load() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    redis_only(&redis).set("hot", "from redis".to_owned()).await;
+    let cache = two_tiers(&redis);
+    let (loads, values) = mixed_callers(&cache, 1_000).await;
+    assert_eq!(loads, 0, "L2 had it: no load at all");
+    assert!(
+        values.iter().all(|v| v.as_deref() == Some("from redis")),
+        "every caller got the L2 value"
+    );
+    assert!(cache.stats().tiers[0].promotions >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loader_errors_are_shared_and_not_cached() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let cache = two_tiers(&redis);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let started = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = watch::channel(false);
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (cache, loads, started, mut gate) =
+                (cache.clone(), loads.clone(), started.clone(), gate.clone());
+            tokio::spawn(async move {
+                let load = cache.get_or_load("flaky", move || async move {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    let _ = gate.wait_for(|open| *open).await;
+                    Err::<String, _>(std::io::Error::other("database is down"))
+                });
+                count_first_poll(load, started).await
+            })
+        })
+        .collect();
+    until("every caller started", || {
+        started.load(Ordering::SeqCst) == 50
+    })
+    .await;
+    open.send_replace(true);
+    let mut errors = Vec::new();
+    for task in tasks {
+        match within("a caller", task).await.unwrap() {
+            Err(Error::Load(error)) => errors.push(error),
+            other => panic!("expected the loader's error, got {other:?}"),
+        }
+    }
+    assert_eq!(loads.load(Ordering::SeqCst), 1);
+    assert!(
+        errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])),
+        "one error, shared"
+    );
+    assert_eq!(errors[0].to_string(), "database is down");
+    assert_eq!(cache.stats().load_errors, 1);
+
+    assert_eq!(cache.get("flaky").await, None, "the failure was not cached");
+    let value = cache
+        .get_or_load("flaky", || async {
+            Ok::<_, std::io::Error>("recovered".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(*value, "recovered", "the next call loaded again");
+}
+
+#[tokio::test]
+async fn set_during_a_load_is_not_overwritten_in_l1_by_the_older_load() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let cache = two_tiers(&redis);
+    let (open, mut gate) = watch::channel(false);
+    let load = {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            cache
+                .get_or_load("row", move || async move {
+                    let _ = gate.wait_for(|open| *open).await;
+                    Ok::<_, std::io::Error>("old row".to_owned())
+                })
+                .await
+        })
+    };
+    until("the load started", || cache.stats().loads == 1).await;
+    cache.set("row", "new row".to_owned()).await;
+    open.send_replace(true);
+    assert_eq!(
+        *within("the load", load).await.unwrap().unwrap(),
+        "old row",
+        "the loader's caller gets its value"
+    );
+    assert_eq!(
+        cache.get("row").await.as_deref().map(String::as_str),
+        Some("new row"),
+        "but the older load did not overwrite the newer set in L1"
+    );
+}
+
+#[tokio::test]
+async fn remove_clears_every_tier() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let cache = two_tiers(&redis);
+    cache.set("gone", "v".to_owned()).await;
+    cache.remove("gone").await;
+    assert_eq!(cache.get("gone").await, None);
+    assert_eq!(pttl(&redis, "gone").await, -2);
+}
+
+/// A user-written third tier: remembers values forever, like a local archive.
+#[derive(Default, Clone)]
+struct Archive(Arc<Mutex<HashMap<String, Arc<String>>>>);
+
+impl Tier<String> for Archive {
+    fn name(&self) -> &str {
+        "archive"
+    }
+    fn get<'a>(&'a self, key: &'a str) -> TierFuture<'a, Option<Entry<String>>> {
+        let found = self.0.lock().unwrap().get(key).cloned();
+        Box::pin(async move {
+            Ok(found.map(|value| Entry {
+                value,
+                expires_at: None,
+            }))
+        })
+    }
+    fn set<'a>(&'a self, write: &'a Write<'a, String>) -> TierFuture<'a, ()> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(write.key.to_owned(), Arc::clone(write.value));
+        Box::pin(async { Ok(()) })
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()> {
+        self.0.lock().unwrap().remove(key);
+        Box::pin(async { Ok(()) })
+    }
+    fn clear(&self) -> TierFuture<'_, ()> {
+        self.0.lock().unwrap().clear();
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_custom_third_tier_hit_is_promoted_into_redis_and_memory() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let archive = Archive::default();
+    archive
+        .0
+        .lock()
+        .unwrap()
+        .insert("old:7".to_owned(), Arc::new("archived".to_owned()));
+    let cache: Cache<String> = Cache::builder()
+        .tier(l1())
+        .tier(l2(&redis))
+        .tier(archive.clone())
+        .build()
+        .unwrap();
+
+    assert_eq!(
+        cache.get("old:7").await.as_deref().map(String::as_str),
+        Some("archived")
+    );
+    let stats = cache.stats();
+    assert_eq!(stats.tiers[2].hits, 1);
+    assert_eq!(
+        (stats.tiers[0].promotions, stats.tiers[1].promotions),
+        (1, 1)
+    );
+    assert_eq!(
+        pttl(&redis, "old:7").await,
+        -1,
+        "in Redis now, without TTL like the archive"
+    );
+    assert!(cache.get("old:7").await.is_some());
+    assert_eq!(cache.stats().tiers[0].hits, 1, "then from memory");
+
+    cache.set("new:1", "fresh".to_owned()).await;
+    assert!(
+        archive.0.lock().unwrap().contains_key("new:1"),
+        "set writes every tier"
+    );
+}
