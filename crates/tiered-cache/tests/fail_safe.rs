@@ -1,0 +1,155 @@
+//! Redis down, silent, killed or restarted: calls go through the loader, the
+//! breaker opens, and closes again once Redis is back.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::num::NonZeroU32;
+use std::time::{Duration, Instant};
+
+use perfkit_test_support::RedisServer;
+use perfkit_test_support::concurrency::within;
+use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+fn cache_on(url: &str, failures: u32, cool_down: Duration) -> Cache<String> {
+    Cache::builder()
+        .name("fail-safe")
+        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(RedisTier::builder(url).prefix("perfkit-test:fail-safe:").build().unwrap())
+        .remote_timeout(Duration::from_millis(50))
+        .circuit_breaker(NonZeroU32::new(failures).unwrap(), cool_down)
+        .build()
+        .unwrap()
+}
+
+async fn load(cache: &Cache<String>, key: &str) -> String {
+    let value = within(
+        "a get_or_load with Redis unavailable",
+        cache.get_or_load(key, || async { Ok::<_, std::io::Error>("from the loader".to_owned()) }),
+    )
+    .await
+    .unwrap();
+    (*value).clone()
+}
+
+#[tokio::test]
+async fn closed_port_calls_succeed_through_the_loader_and_the_breaker_opens() {
+    let cache = cache_on("redis://127.0.0.1:1", 3, Duration::from_secs(60));
+    for i in 0..10 {
+        assert_eq!(load(&cache, &format!("k{i}")).await, "from the loader");
+    }
+    let l2 = &cache.stats().tiers[1];
+    assert!(l2.breaker_open, "the breaker opened");
+    assert_eq!(l2.errors, 3, "three failures opened it");
+    assert!(l2.skipped > 0, "then Redis was skipped: {l2:?}");
+    assert_eq!(cache.stats().loads, 10);
+}
+
+/// Accepts connections and never answers: the worst kind of outage.
+async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut sink = [0_u8; 1024];
+            let _ = socket.read(&mut sink).await;
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn a_silent_redis_costs_a_timeout_not_a_hang() {
+    let (url, server) = silent_server().await;
+    let cache = cache_on(&url, 2, Duration::from_secs(60));
+    let started = Instant::now();
+    for i in 0..6 {
+        assert_eq!(load(&cache, &format!("k{i}")).await, "from the loader");
+    }
+    // Printed, not asserted: two 50 ms timeouts (the lookup and the fill of the
+    // first call), then the breaker skips Redis.
+    println!("6 loads with a silent Redis took {:?}", started.elapsed());
+    let l2 = &cache.stats().tiers[1];
+    assert!(l2.breaker_open);
+    assert_eq!(l2.errors, 2);
+    server.abort();
+}
+
+#[tokio::test]
+async fn killed_connection_is_a_miss_then_the_connection_comes_back() {
+    let Some(server) = RedisServer::start() else { return };
+    let cache = cache_on(&server.url(), 5, Duration::from_secs(60));
+    cache.set("before", "kept in redis".to_owned()).await;
+
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the cache's connection was killed");
+
+    // Whatever the first call after the kill sees, it answers (from the loader at worst)...
+    assert_eq!(load(&cache, "after").await, "from the loader");
+    // ...and the connection manager reconnects: Redis serves again.
+    let other_instance = cache_on(&server.url(), 5, Duration::from_secs(60));
+    let mut served = None;
+    for _ in 0..50 {
+        served = other_instance.get("before").await;
+        if served.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served.as_deref().map(String::as_str), Some("kept in redis"));
+    let mut refilled = None;
+    for _ in 0..50 {
+        cache.set("after-kill", "written".to_owned()).await;
+        refilled = other_instance.get("after-kill").await;
+        if refilled.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refilled.is_some(), "the killed instance writes to Redis again");
+}
+
+#[tokio::test]
+async fn breaker_opens_when_redis_stops_and_closes_once_it_is_back() {
+    let Some(mut server) = RedisServer::start() else { return };
+    let cool_down = Duration::from_millis(200);
+    let cache = cache_on(&server.url(), 2, cool_down);
+    cache.set("k", "v".to_owned()).await;
+    assert!(!cache.stats().tiers[1].breaker_open);
+
+    server.stop();
+    for i in 0..5 {
+        assert_eq!(load(&cache, &format!("down{i}")).await, "from the loader");
+    }
+    assert!(cache.stats().tiers[1].breaker_open, "opened while Redis was down");
+
+    server.restart().unwrap();
+    // After the cool-down, the next call probes Redis; a success closes the breaker.
+    let mut closed = false;
+    for i in 0..100 {
+        tokio::time::sleep(cool_down / 4).await;
+        let _ = load(&cache, &format!("up{i}")).await;
+        if !cache.stats().tiers[1].breaker_open {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the breaker closed once Redis was back: {:?}", cache.stats().tiers[1]);
+    let second = cache_on(&server.url(), 2, cool_down);
+    cache.set("after", "back".to_owned()).await;
+    assert_eq!(second.get("after").await.as_deref().map(String::as_str), Some("back"), "L2 works again");
+}
