@@ -6,7 +6,8 @@
 
 Reads target/criterion/<group>/<function>/new/estimates.json (the run just
 made) and gives, per group, each function's median with its 95% confidence
-interval, and the ratio of the perfkit function's median to each peer's.
+interval, and the ratio of the perfkit function's median (the one whose name
+starts with the second argument) to each peer's.
 """
 import json
 import pathlib
@@ -36,10 +37,12 @@ def main() -> int:
         medians = {}
         for function in sorted(p for p in group.iterdir() if (p / "new" / "estimates.json").exists()):
             estimate = json.loads((function / "new" / "estimates.json").read_text())["median"]
-            medians[function.name] = (estimate["point_estimate"], estimate["confidence_interval"])
-        mine = medians.get(ours, (None, None))[0]
+            meta = json.loads((function / "new" / "benchmark.json").read_text())
+            name = meta.get("value_str") or meta.get("function_id") or function.name
+            medians[name] = (estimate["point_estimate"], estimate["confidence_interval"])
+        mine = next((m for n, (m, _) in medians.items() if n.startswith(ours)), None)
         for name, (median, ci) in medians.items():
-            ratio = "—" if name == ours or mine is None else f"{mine / median:.2f}"
+            ratio = "—" if name.startswith(ours) or mine is None else f"{mine / median:.2f}"
             interval = f"{fmt(ci['lower_bound'])} – {fmt(ci['upper_bound'])}"
             print(f"| {group.name} | {name} | {fmt(median)} | {interval} | {ratio} |")
     return 0

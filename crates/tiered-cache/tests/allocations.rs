@@ -46,9 +46,15 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn a_warm_l1_hit_allocates_nothing() {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
-        let cache: Cache<String> = Cache::builder().tier(MemoryTier::with_max_entries(1_000)).build().unwrap();
+        let cache: Cache<String> = Cache::builder()
+            .tier(MemoryTier::with_max_entries(1_000))
+            .build()
+            .unwrap();
         cache.set("agent:42", "Ada".to_owned()).await;
         for _ in 0..1_000 {
             assert!(cache.get("agent:42").await.is_some()); // warm up moka's internals
@@ -60,6 +66,9 @@ fn a_warm_l1_hit_allocates_nothing() {
         }
         COUNTING.store(false, Ordering::SeqCst);
         let allocations = ALLOCATIONS.load(Ordering::SeqCst);
-        assert_eq!(allocations, 0, "{allocations} allocations in 10,000 warm L1 hits");
+        assert_eq!(
+            allocations, 0,
+            "{allocations} allocations in 10,000 warm L1 hits"
+        );
     });
 }

@@ -17,7 +17,12 @@ fn cache_on(url: &str, failures: u32, cool_down: Duration) -> Cache<String> {
     Cache::builder()
         .name("fail-safe")
         .tier(MemoryTier::with_max_entries(1_000))
-        .tier(RedisTier::builder(url).prefix("perfkit-test:fail-safe:").build().unwrap())
+        .tier(
+            RedisTier::builder(url)
+                .prefix("perfkit-test:fail-safe:")
+                .build()
+                .unwrap(),
+        )
         .remote_timeout(Duration::from_millis(50))
         .circuit_breaker(NonZeroU32::new(failures).unwrap(), cool_down)
         .build()
@@ -27,7 +32,9 @@ fn cache_on(url: &str, failures: u32, cool_down: Duration) -> Cache<String> {
 async fn load(cache: &Cache<String>, key: &str) -> String {
     let value = within(
         "a get_or_load with Redis unavailable",
-        cache.get_or_load(key, || async { Ok::<_, std::io::Error>("from the loader".to_owned()) }),
+        cache.get_or_load(key, || async {
+            Ok::<_, std::io::Error>("from the loader".to_owned())
+        }),
     )
     .await
     .unwrap();
@@ -81,7 +88,9 @@ async fn a_silent_redis_costs_a_timeout_not_a_hang() {
 
 #[tokio::test]
 async fn killed_connection_is_a_miss_then_the_connection_comes_back() {
-    let Some(server) = RedisServer::start() else { return };
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
     let cache = cache_on(&server.url(), 5, Duration::from_secs(60));
     cache.set("before", "kept in redis".to_owned()).await;
 
@@ -120,12 +129,17 @@ async fn killed_connection_is_a_miss_then_the_connection_comes_back() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(refilled.is_some(), "the killed instance writes to Redis again");
+    assert!(
+        refilled.is_some(),
+        "the killed instance writes to Redis again"
+    );
 }
 
 #[tokio::test]
 async fn breaker_opens_when_redis_stops_and_closes_once_it_is_back() {
-    let Some(mut server) = RedisServer::start() else { return };
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
     let cool_down = Duration::from_millis(200);
     let cache = cache_on(&server.url(), 2, cool_down);
     cache.set("k", "v".to_owned()).await;
@@ -135,7 +149,10 @@ async fn breaker_opens_when_redis_stops_and_closes_once_it_is_back() {
     for i in 0..5 {
         assert_eq!(load(&cache, &format!("down{i}")).await, "from the loader");
     }
-    assert!(cache.stats().tiers[1].breaker_open, "opened while Redis was down");
+    assert!(
+        cache.stats().tiers[1].breaker_open,
+        "opened while Redis was down"
+    );
 
     server.restart().unwrap();
     // After the cool-down, the next call probes Redis; a success closes the breaker.
@@ -148,8 +165,16 @@ async fn breaker_opens_when_redis_stops_and_closes_once_it_is_back() {
             break;
         }
     }
-    assert!(closed, "the breaker closed once Redis was back: {:?}", cache.stats().tiers[1]);
+    assert!(
+        closed,
+        "the breaker closed once Redis was back: {:?}",
+        cache.stats().tiers[1]
+    );
     let second = cache_on(&server.url(), 2, cool_down);
     cache.set("after", "back".to_owned()).await;
-    assert_eq!(second.get("after").await.as_deref().map(String::as_str), Some("back"), "L2 works again");
+    assert_eq!(
+        second.get("after").await.as_deref().map(String::as_str),
+        Some("back"),
+        "L2 works again"
+    );
 }

@@ -1,0 +1,205 @@
+//! `perfkit-tiered-cache` against the raw backends it is built on and the
+//! caches a Rust service would otherwise use, in one run.
+//!
+//! - L1 hit: `Cache::get` on a warm key against moka 0.12's sync and future
+//!   `get` (moka's sync cache is our L1) and `quick_cache` 0.7.
+//! - L2 hit: `Cache::get` that misses L1, hits Redis and promotes the value,
+//!   against a raw redis-rs `GET` on the same connection type
+//!   (`ConnectionManager`). Needs Redis at `REDIS_URL`
+//!   (default `redis://127.0.0.1:6379`); skipped with a message otherwise.
+//!
+//! `cargo bench -p perfkit-benches --bench tiered_cache`
+
+// Benchmark harness: a setup that fails should stop the run.
+#![allow(clippy::expect_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier};
+use redis::aio::ConnectionManager;
+use tokio::runtime::{Builder, Runtime};
+
+const KEY: &str = "agent:42";
+const L2_KEYS: usize = 2_000;
+const PREFIX: &str = "perfkit-bench:tiered:";
+
+fn runtime() -> Runtime {
+    Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn value() -> String {
+    "Ada Lovelace, analyst".to_owned()
+}
+
+/// Per-entry expiry, as `MemoryTier` configures moka.
+struct PerEntry;
+
+impl moka::Expiry<String, Arc<String>> for PerEntry {
+    fn expire_after_create(&self, _: &String, _: &Arc<String>, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(3_600))
+    }
+}
+
+fn l1_hit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cache/l1_hit");
+    let runtime = runtime();
+
+    let ours: Cache<String> = Cache::builder()
+        .tier(MemoryTier::with_max_entries(10_000))
+        .build()
+        .expect("cache");
+    runtime.block_on(ours.set(KEY, value()));
+    group.bench_function(BenchmarkId::from_parameter("perfkit-tiered-cache"), |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(ours.get(black_box(KEY)).await);
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    let moka_sync: moka::sync::Cache<String, Arc<String>> = moka::sync::Cache::new(10_000);
+    moka_sync.insert(KEY.to_owned(), Arc::new(value()));
+    group.bench_function(BenchmarkId::from_parameter("moka-sync"), |b| {
+        b.iter(|| black_box(moka_sync.get(black_box(KEY))));
+    });
+
+    // The same moka configuration as our L1: per-entry expiry.
+    let moka_expiry: moka::sync::Cache<String, Arc<String>> = moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .expire_after(PerEntry)
+        .build();
+    moka_expiry.insert(KEY.to_owned(), Arc::new(value()));
+    group.bench_function(
+        BenchmarkId::from_parameter("moka-sync, per-entry expiry (our exact L1 backend)"),
+        |b| {
+            b.iter(|| black_box(moka_expiry.get(black_box(KEY))));
+        },
+    );
+
+    let moka_future: moka::future::Cache<String, Arc<String>> = moka::future::Cache::new(10_000);
+    runtime.block_on(moka_future.insert(KEY.to_owned(), Arc::new(value())));
+    group.bench_function(BenchmarkId::from_parameter("moka-future"), |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(moka_future.get(black_box(KEY)).await);
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    let quick: quick_cache::sync::Cache<String, Arc<String>> =
+        quick_cache::sync::Cache::new(10_000);
+    quick.insert(KEY.to_owned(), Arc::new(value()));
+    group.bench_function(BenchmarkId::from_parameter("quick_cache"), |b| {
+        b.iter(|| black_box(quick.get(black_box(KEY))));
+    });
+    group.finish();
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn l2_hit(c: &mut Criterion) {
+    let runtime = runtime();
+    let url = redis_url();
+    let Ok(client) = redis::Client::open(url.as_str()) else {
+        eprintln!("cache/l2_hit skipped: invalid REDIS_URL {url}");
+        return;
+    };
+    let Some(mut raw) = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(2), ConnectionManager::new(client))
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }) else {
+        eprintln!("cache/l2_hit skipped: no Redis at {url}");
+        return;
+    };
+    let fresh_cache = || -> Cache<String> {
+        Cache::builder()
+            .tier(MemoryTier::with_max_entries(10_000))
+            .tier(
+                RedisTier::builder(&url)
+                    .prefix(PREFIX)
+                    .build()
+                    .expect("tier"),
+            )
+            .build()
+            .expect("cache")
+    };
+    let keys: Vec<String> = (0..L2_KEYS).map(|i| format!("agent:{i}")).collect();
+    runtime.block_on(async {
+        let writer = fresh_cache();
+        for key in &keys {
+            writer.set(key, value()).await;
+        }
+    });
+
+    let mut group = c.benchmark_group("cache/l2_hit");
+    group.bench_function(
+        BenchmarkId::from_parameter("perfkit-tiered-cache (L1 miss, L2 hit, promotion)"),
+        |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let mut total = Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        // A cache with an empty L1, so that every get goes to Redis.
+                        let cache = fresh_cache();
+                        let _ = cache.get("warm-up").await;
+                        for key in keys
+                            .iter()
+                            .take(usize::try_from(iters - done).unwrap_or(L2_KEYS))
+                        {
+                            let start = Instant::now();
+                            black_box(cache.get(key).await.expect("value in Redis"));
+                            total += start.elapsed();
+                            done += 1;
+                        }
+                    }
+                    total
+                })
+            });
+        },
+    );
+    group.bench_function(
+        BenchmarkId::from_parameter("redis-rs GET (ConnectionManager)"),
+        |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for i in 0..iters {
+                        let key = format!("{PREFIX}agent:{}", i % L2_KEYS as u64);
+                        let start = Instant::now();
+                        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(&key)
+                            .query_async(&mut raw)
+                            .await
+                            .expect("GET");
+                        black_box(bytes);
+                        total += start.elapsed();
+                    }
+                    total
+                })
+            });
+        },
+    );
+    group.finish();
+}
+
+criterion_group!(benches, l1_hit, l2_hit);
+criterion_main!(benches);
