@@ -192,6 +192,15 @@ where
         self.inner.flights.remove(key).is_some()
     }
 
+    /// Whether work for `key` is in flight right now.
+    pub fn is_in_flight<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.inner.flights.contains_key(key)
+    }
+
     /// Keys with work in flight right now.
     #[must_use]
     pub fn in_flight(&self) -> usize {

@@ -8,6 +8,7 @@ use perfkit_dedup::Group;
 use crate::cache::{Cache, Inner};
 use crate::error::ConfigError;
 use crate::generations::Generations;
+use crate::jitter::Jitter;
 use crate::level::Level;
 use crate::metrics::CacheMetrics;
 use crate::tier::Tier;
@@ -42,6 +43,9 @@ pub struct CacheBuilder<V> {
     breaker_failures: NonZeroU32,
     breaker_cool_down: Duration,
     promote: bool,
+    jitter: Option<f64>,
+    negative_ttl: Option<Duration>,
+    eager_refresh: Option<f64>,
 }
 
 impl<V: Send + Sync + 'static> CacheBuilder<V> {
@@ -54,6 +58,9 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             breaker_failures: NonZeroU32::new(DEFAULT_BREAKER_FAILURES).unwrap_or(NonZeroU32::MIN),
             breaker_cool_down: DEFAULT_BREAKER_COOL_DOWN,
             promote: true,
+            jitter: None,
+            negative_ttl: None,
+            eager_refresh: None,
         }
     }
 
@@ -98,6 +105,33 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
+    /// Shortens the TTL of every value written by `set` or a load by a
+    /// random part of at most `fraction` of it (`0.1`: up to 10% shorter), so
+    /// that entries written together do not expire together. Promotions keep
+    /// the TTL they found. Default: none.
+    pub fn ttl_jitter(mut self, fraction: f64) -> Self {
+        self.jitter = Some(fraction);
+        self
+    }
+
+    /// Remembers, for `ttl`, that `get_or_load_optional`'s loader found no
+    /// value for a key, so repeated lookups of a missing key do not reach the
+    /// loader. Kept in this instance's memory only; `set` and `remove` of the
+    /// key forget it. Default: off.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = Some(ttl);
+        self
+    }
+
+    /// On a `get_or_load` L1 hit past `fraction` of the TTL the entry was
+    /// written with (`0.8`: in its last 20%), starts one background reload so
+    /// that callers keep getting hits. At most one reload per key runs at a
+    /// time. Default: off.
+    pub fn eager_refresh(mut self, fraction: f64) -> Self {
+        self.eager_refresh = Some(fraction);
+        self
+    }
+
     /// Builds the cache. With no tier added, it gets one [`MemoryTier`] of
     /// 10,000 entries: the embedded default needs no server.
     ///
@@ -116,6 +150,22 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         ] {
             if duration == Some(Duration::ZERO) {
                 return Err(ConfigError::ZeroDuration(what));
+            }
+        }
+        if self.negative_ttl == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroDuration("negative_ttl"));
+        }
+        for (setting, fraction) in [
+            ("ttl_jitter", self.jitter),
+            ("eager_refresh", self.eager_refresh),
+        ] {
+            if let Some(value) = fraction
+                && !(value > 0.0 && value < 1.0)
+            {
+                return Err(ConfigError::Fraction {
+                    setting,
+                    value: value.to_string(),
+                });
             }
         }
         if self.tiers.is_empty() {
@@ -148,6 +198,14 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
                 .build()
                 .map_err(|_| ConfigError::EmptyName)?,
             generations: Generations::new(),
+            jitter: self.jitter.map(Jitter::new),
+            negatives: self.negative_ttl.map(|ttl| {
+                moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(ttl)
+                    .build()
+            }),
+            eager_refresh: self.eager_refresh,
             metrics: CacheMetrics::new(&self.name),
             name: self.name.into_boxed_str(),
         }))

@@ -1,6 +1,7 @@
 //! The user-facing cache.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use tracing::Instrument;
 use crate::builder::CacheBuilder;
 use crate::error::{Error, LoadError};
 use crate::generations::{Generations, Lease};
+use crate::jitter::Jitter;
 use crate::level::Level;
 use crate::metrics::CacheMetrics;
 use crate::stats::{Stats, TierStats};
@@ -48,10 +50,27 @@ pub(crate) struct Inner<V> {
     pub(crate) levels: Box<[Level<V>]>,
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) promote: bool,
-    pub(crate) loads: Group<String, Arc<V>, LoadError>,
+    /// Loads (and eager refreshes); `None`: an optional loader found nothing.
+    pub(crate) loads: Group<String, Option<Arc<V>>, LoadError>,
     pub(crate) lookups: Group<String, Option<Entry<V>>, std::convert::Infallible>,
     pub(crate) generations: Generations,
     pub(crate) metrics: CacheMetrics,
+    pub(crate) jitter: Option<Jitter>,
+    pub(crate) negatives: Option<moka::sync::Cache<String, ()>>,
+    pub(crate) eager_refresh: Option<f64>,
+}
+
+/// A loader with its error already erased, as the load flights run it.
+type Erased<V> = Result<Option<V>, Box<dyn std::error::Error + Send + Sync + 'static>>;
+
+/// What [`Cache::warm`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct WarmReport {
+    /// Keys now cached (already there, or loaded).
+    pub cached: usize,
+    /// Keys whose loader failed.
+    pub failed: usize,
 }
 
 impl<V> Clone for Cache<V> {
@@ -119,7 +138,7 @@ where
     /// Concurrent misses of one key share one lookup of the lower tiers.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
         if let Some(found) = self.inner.get_first(key) {
-            return found;
+            return found.map(|entry| entry.value);
         }
         let span = tracing::debug_span!(
             "cache.get",
@@ -145,6 +164,9 @@ where
     /// key however many callers wait), stores its value in every tier with
     /// the default TTL, and returns it.
     ///
+    /// With [`CacheBuilder::eager_refresh`], an L1 hit late in its TTL also
+    /// starts one background reload with `loader`.
+    ///
     /// # Errors
     ///
     /// [`Error::Load`] when the loader fails (shared with every waiting
@@ -155,8 +177,48 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
-        if let Some(Some(value)) = self.inner.get_first(key) {
-            return Ok(value);
+        let erased = move || async move { loader().await.map(Some).map_err(Into::into) };
+        match self.load_through(key, erased).await? {
+            Some(value) => Ok(value),
+            None => Err(Error::NotFound),
+        }
+    }
+
+    /// Like [`Cache::get_or_load`] for a loader that may find nothing
+    /// (`Ok(None)`): "not found" is returned, never stored in a tier, and,
+    /// with [`CacheBuilder::negative_ttl`], remembered for that long.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cache::get_or_load`].
+    pub async fn get_or_load_optional<F, Fut, E>(
+        &self,
+        key: &str,
+        loader: F,
+    ) -> Result<Option<Arc<V>>, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Option<V>, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        let erased = move || async move { loader().await.map_err(Into::into) };
+        self.load_through(key, erased).await
+    }
+
+    async fn load_through<F, Fut>(&self, key: &str, loader: F) -> Result<Option<Arc<V>>, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Erased<V>> + Send + 'static,
+    {
+        if let Some(Some(entry)) = self.inner.get_first(key) {
+            self.inner.refresh_if_late(key, &entry, loader);
+            return Ok(Some(entry.value));
+        }
+        if let Some(negatives) = &self.inner.negatives
+            && negatives.contains_key(key)
+        {
+            self.inner.metrics.negative_hits.increment();
+            return Ok(None);
         }
         let span = tracing::debug_span!(
             "cache.get",
@@ -171,7 +233,7 @@ where
             .inner
             .loads
             .run(owned.clone(), move || async move {
-                inner.load(&owned, loader).await
+                inner.load(&owned, loader, true).await
             })
             .instrument(span)
             .await;
@@ -183,6 +245,47 @@ where
         }
     }
 
+    /// Loads every key of `keys` that no tier has, at most `concurrency` at
+    /// a time, with `loader(key)`; keys already cached are left as they are.
+    pub async fn warm<I, F, Fut, E>(
+        &self,
+        keys: I,
+        concurrency: NonZeroUsize,
+        loader: F,
+    ) -> WarmReport
+    where
+        I: IntoIterator<Item = String>,
+        F: Fn(String) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.get()));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut report = WarmReport::default();
+        for key in keys {
+            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                break;
+            };
+            let (cache, loader) = (self.clone(), loader.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let for_loader = key.clone();
+                cache
+                    .get_or_load(&key, move || loader(for_loader))
+                    .await
+                    .is_ok()
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            if done.unwrap_or(false) {
+                report.cached += 1;
+            } else {
+                report.failed += 1;
+            }
+        }
+        report
+    }
+
     /// Stores `value` in every tier with the default TTL.
     pub async fn set(&self, key: &str, value: V) {
         self.set_with(key, value, SetOptions::default()).await;
@@ -192,7 +295,9 @@ where
     /// `key` that began earlier will not overwrite it in L1.
     pub async fn set_with(&self, key: &str, value: V, options: SetOptions) {
         let value = Arc::new(value);
-        let ttl = options.ttl.unwrap_or(self.inner.default_ttl);
+        let ttl = self
+            .inner
+            .jittered(options.ttl.unwrap_or(self.inner.default_ttl));
         let write = Write {
             key,
             value: &value,
@@ -212,9 +317,10 @@ where
         }
         if let Some(first) = first {
             let mut deleted = false;
-            self.inner
-                .generations
-                .bump_then(key, || deleted = first.tier.delete_now(key));
+            self.inner.generations.bump_then(key, || {
+                self.inner.forget_negative(key);
+                deleted = first.tier.delete_now(key);
+            });
             if !deleted {
                 first.delete(key).await;
             }
@@ -248,6 +354,8 @@ where
                 .collect(),
             loads: self.inner.metrics.loads.get(),
             load_errors: self.inner.metrics.load_errors.get(),
+            refreshes: self.inner.metrics.refreshes.get(),
+            negative_hits: self.inner.metrics.negative_hits.get(),
         }
     }
 
@@ -264,12 +372,12 @@ where
 {
     /// The synchronous first-tier lookup: `Some(Some(v))` hit, `Some(None)`
     /// miss there (go on), `None` when the first tier cannot answer at once.
-    fn get_first(&self, key: &str) -> Option<Option<Arc<V>>> {
+    fn get_first(&self, key: &str) -> Option<Option<Entry<V>>> {
         let first = self.levels.first()?;
         match first.tier.get_now(key)? {
             Some(entry) => {
                 first.metrics.hits.increment();
-                Some(Some(entry.value))
+                Some(Some(entry))
             }
             None if self.levels.len() == 1 => {
                 first.metrics.misses.increment();
@@ -350,33 +458,38 @@ where
         true
     }
 
-    /// The flight of a `get_or_load`: look in every tier, else load and fill.
-    async fn load<F, Fut, E>(&self, key: &str, loader: F) -> Result<Arc<V>, LoadError>
+    /// The flight of a load: look in every tier (unless refreshing), else
+    /// run the loader and fill every tier, unless the key was written or
+    /// removed meanwhile.
+    async fn load<F, Fut>(
+        &self,
+        key: &str,
+        loader: F,
+        look_first: bool,
+    ) -> Result<Option<Arc<V>>, LoadError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<V, E>>,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        Fut: Future<Output = Erased<V>>,
     {
         let lease = self.generations.lease(key);
-        if let Some(entry) = self.lookup_below_first(key, lease).await {
-            return Ok(entry.value);
+        if look_first && let Some(entry) = self.lookup_below_first(key, lease).await {
+            return Ok(Some(entry.value));
         }
         let span = tracing::Span::current();
         self.metrics.loads.increment();
         let started = Instant::now();
-        // Erased at once: `E` need not be `Send`, the boxed error is.
-        let loaded = loader().await.map_err(Into::into);
+        let loaded = loader().await;
         self.metrics
             .load_seconds
             .record(started.elapsed().as_secs_f64());
         span.record("cache.loaded", true);
         match loaded {
-            Ok(value) => {
+            Ok(Some(value)) => {
                 let value = Arc::new(value);
                 let write = Write {
                     key,
                     value: &value,
-                    ttl: self.default_ttl,
+                    ttl: self.jittered(self.default_ttl),
                     tags: &[],
                 };
                 for level in self.levels.iter().rev() {
@@ -385,12 +498,69 @@ where
                     }
                     self.fill_level(level, &write, lease).await;
                 }
-                Ok(value)
+                Ok(Some(value))
+            }
+            Ok(None) => {
+                if let Some(negatives) = &self.negatives {
+                    self.generations
+                        .if_current(lease, || negatives.insert(key.to_owned(), ()));
+                }
+                Ok(None)
             }
             Err(error) => {
                 self.metrics.load_errors.increment();
                 Err(LoadError::from(error))
             }
+        }
+    }
+
+    /// Eager refresh: an L1 hit past the configured fraction of the TTL it
+    /// was written with starts one background reload (none while one runs).
+    fn refresh_if_late<F, Fut>(self: &Arc<Self>, key: &str, entry: &Entry<V>, loader: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Erased<V>> + Send + 'static,
+    {
+        let Some(fraction) = self.eager_refresh else {
+            return;
+        };
+        let (Some(expires_at), Some(written_ttl)) = (entry.expires_at, entry.written_ttl) else {
+            return;
+        };
+        let left = expires_at.saturating_duration_since(Instant::now());
+        if left.as_secs_f64() > written_ttl.as_secs_f64() * (1.0 - fraction)
+            || self.loads.is_in_flight(key)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.metrics.refreshes.increment();
+        let inner = Arc::clone(self);
+        let owned = key.to_owned();
+        runtime.spawn(async move {
+            let flight = Arc::clone(&inner);
+            let key = owned.clone();
+            let _ = inner
+                .loads
+                .run(owned, move || async move {
+                    flight.load(&key, loader, false).await
+                })
+                .await;
+        });
+    }
+
+    fn jittered(&self, ttl: Option<Duration>) -> Option<Duration> {
+        match (&self.jitter, ttl) {
+            (Some(jitter), Some(ttl)) => Some(jitter.apply(ttl)),
+            (_, ttl) => ttl,
+        }
+    }
+
+    fn forget_negative(&self, key: &str) {
+        if let Some(negatives) = &self.negatives {
+            negatives.invalidate(key);
         }
     }
 
@@ -402,8 +572,10 @@ where
         }
         if let Some(first) = self.levels.first() {
             let mut done = false;
-            self.generations
-                .bump_then(write.key, || done = first.tier.set_now(write));
+            self.generations.bump_then(write.key, || {
+                self.forget_negative(write.key);
+                done = first.tier.set_now(write);
+            });
             if !done {
                 first.set(write).await;
             }

@@ -21,6 +21,10 @@ pub enum Error {
     /// The loader panicked. Every waiting caller gets this; the next call loads again.
     #[error("the loader panicked: {0}")]
     LoaderPanicked(Arc<str>),
+    /// `get_or_load` joined a load started by `get_or_load_optional` whose
+    /// loader found no value for the key.
+    #[error("the loader found no value for this key")]
+    NotFound,
 }
 
 /// What a [`Tier`](crate::Tier) reports when an operation fails.
@@ -71,4 +75,12 @@ pub enum ConfigError {
     /// The group name labels metrics and spans, so it cannot be empty.
     #[error("the cache name must not be empty")]
     EmptyName,
+    /// A fraction setting is outside `0.0..1.0` (or `0.0..=1.0` where stated).
+    #[error("{setting} must be a fraction between 0 and 1, got {value}")]
+    Fraction {
+        /// The setting.
+        setting: &'static str,
+        /// The value given, as written.
+        value: String,
+    },
 }

@@ -47,7 +47,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See [`Cache`] for the guarantees, [`Tier`] for writing a tier of your own.
+//! See [`Cache`] for the guarantees, [`CacheBuilder`] for the policies (TTL
+//! jitter, negative caching, eager refresh), [`Tier`] for writing a tier of
+//! your own.
 //!
 //! ## Observability
 //!
@@ -58,6 +60,7 @@
 //!   `perfkit_cache_tier_errors_total`, `perfkit_cache_tier_skipped_total`,
 //!   `perfkit_cache_breaker_open` (gauge); per cache:
 //!   `perfkit_cache_loads_total`, `perfkit_cache_load_errors_total`,
+//!   `perfkit_cache_refreshes_total`, `perfkit_cache_negative_hits_total`,
 //!   `perfkit_cache_load_duration_seconds`.
 //! - [`Cache::stats`]: the same counters, with the hit ratio per tier.
 
@@ -67,6 +70,7 @@ mod cache;
 mod codec;
 mod error;
 mod generations;
+mod jitter;
 mod level;
 mod metrics;
 mod stats;
@@ -74,7 +78,7 @@ mod tier;
 mod tiers;
 
 pub use crate::builder::CacheBuilder;
-pub use crate::cache::{Cache, SetOptions};
+pub use crate::cache::{Cache, SetOptions, WarmReport};
 #[cfg(feature = "json")]
 pub use crate::codec::Json;
 pub use crate::codec::{Codec, Postcard};

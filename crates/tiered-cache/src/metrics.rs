@@ -84,6 +84,8 @@ impl TierMetrics {
 #[derive(Debug)]
 pub(crate) struct CacheMetrics {
     pub(crate) loads: Local,
+    pub(crate) refreshes: Local,
+    pub(crate) negative_hits: Local,
     pub(crate) load_errors: Local,
     pub(crate) load_seconds: Histogram,
 }
@@ -93,6 +95,8 @@ impl CacheMetrics {
         let labels = [("cache", cache.to_owned())];
         Self {
             loads: Local::new(counter!("perfkit_cache_loads_total", &labels)),
+            refreshes: Local::new(counter!("perfkit_cache_refreshes_total", &labels)),
+            negative_hits: Local::new(counter!("perfkit_cache_negative_hits_total", &labels)),
             load_errors: Local::new(counter!("perfkit_cache_load_errors_total", &labels)),
             load_seconds: histogram!("perfkit_cache_load_duration_seconds", &labels),
         }

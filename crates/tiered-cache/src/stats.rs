@@ -10,6 +10,10 @@ pub struct Stats {
     pub loads: u64,
     /// Loader runs that failed.
     pub load_errors: u64,
+    /// Background reloads started by eager refresh.
+    pub refreshes: u64,
+    /// `get_or_load_optional` calls answered by a remembered "not found".
+    pub negative_hits: u64,
 }
 
 /// Counters of one tier.

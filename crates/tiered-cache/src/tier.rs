@@ -14,12 +14,16 @@ pub type TierFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, TierError>> +
 
 /// A value found in a tier, with when it expires there.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Entry<V> {
     /// The value, shared: in-process tiers hand out the `Arc` they hold.
     pub value: Arc<V>,
     /// When the entry expires in the tier it was read from; `None` when it
     /// has no TTL.
     pub expires_at: Option<Instant>,
+    /// The TTL the entry was written with, when the tier knows it (eager
+    /// refresh measures how much of it has passed).
+    pub written_ttl: Option<Duration>,
 }
 
 impl<V> Clone for Entry<V> {
@@ -27,11 +31,29 @@ impl<V> Clone for Entry<V> {
         Self {
             value: Arc::clone(&self.value),
             expires_at: self.expires_at,
+            written_ttl: self.written_ttl,
         }
     }
 }
 
 impl<V> Entry<V> {
+    /// An entry expiring at `expires_at` (`None`: no TTL).
+    #[must_use]
+    pub fn new(value: Arc<V>, expires_at: Option<Instant>) -> Self {
+        Self {
+            value,
+            expires_at,
+            written_ttl: None,
+        }
+    }
+
+    /// Records the TTL the entry was written with.
+    #[must_use]
+    pub fn with_written_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.written_ttl = ttl;
+        self
+    }
+
     /// The time left before the entry expires (zero once past), or `None`
     /// when it has no TTL.
     #[must_use]
@@ -86,7 +108,7 @@ pub struct Write<'a, V> {
 ///     }
 ///     fn get<'a>(&'a self, key: &'a str) -> TierFuture<'a, Option<Entry<String>>> {
 ///         let found = self.0.lock().unwrap().get(key).cloned();
-///         Box::pin(async move { Ok(found.map(|value| Entry { value, expires_at: None })) })
+///         Box::pin(async move { Ok(found.map(|value| Entry::new(value, None))) })
 ///     }
 ///     fn set<'a>(&'a self, write: &'a Write<'a, String>) -> TierFuture<'a, ()> {
 ///         self.0.lock().unwrap().insert(write.key.to_owned(), Arc::clone(write.value));

@@ -356,12 +356,7 @@ impl Tier<String> for Archive {
     }
     fn get<'a>(&'a self, key: &'a str) -> TierFuture<'a, Option<Entry<String>>> {
         let found = self.0.lock().unwrap().get(key).cloned();
-        Box::pin(async move {
-            Ok(found.map(|value| Entry {
-                value,
-                expires_at: None,
-            }))
-        })
+        Box::pin(async move { Ok(found.map(|value| Entry::new(value, None))) })
     }
     fn set<'a>(&'a self, write: &'a Write<'a, String>) -> TierFuture<'a, ()> {
         self.0

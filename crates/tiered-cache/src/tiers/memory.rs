@@ -154,10 +154,9 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
     }
 
     fn lookup(&self, key: &str) -> Option<Entry<V>> {
-        self.map.get(key).map(|slot| Entry {
-            value: slot.value,
-            expires_at: slot.expires_at,
-        })
+        self.map
+            .get(key)
+            .map(|slot| Entry::new(slot.value, slot.expires_at).with_written_ttl(slot.ttl))
     }
 
     fn insert(&self, key: &str, value: &Arc<V>, ttl: Option<Duration>) {

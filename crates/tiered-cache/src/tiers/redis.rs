@@ -212,10 +212,7 @@ where
             let expires_at = u64::try_from(pttl)
                 .ok()
                 .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
-            Ok(Some(Entry {
-                value: Arc::new(value),
-                expires_at,
-            }))
+            Ok(Some(Entry::new(Arc::new(value), expires_at)))
         })
     }
 
