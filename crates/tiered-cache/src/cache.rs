@@ -102,6 +102,7 @@ impl<V: Send + Sync + 'static> std::fmt::Debug for Cache<V> {
 #[must_use]
 pub struct SetOptions {
     ttl: Option<Option<Duration>>,
+    tags: Vec<String>,
 }
 
 impl SetOptions {
@@ -114,6 +115,17 @@ impl SetOptions {
     /// Never expire (instead of the cache's default TTL).
     pub fn no_ttl(mut self) -> Self {
         self.ttl = Some(None);
+        self
+    }
+
+    /// Tags the entry: [`Cache::invalidate_tag`] removes every entry written
+    /// with the tag, from every tier.
+    pub fn tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.tags.extend(tags.into_iter().map(Into::into));
         self
     }
 }
@@ -302,7 +314,7 @@ where
             key,
             value: &value,
             ttl,
-            tags: &[],
+            tags: &options.tags,
         };
         self.inner.write_through(&write).await;
     }
@@ -325,6 +337,44 @@ where
                 first.delete(key).await;
             }
         }
+    }
+
+    /// Removes every entry written with `tag` from every tier, using each
+    /// tier's tag index (never a scan of the keyspace), then removes the same
+    /// keys from the tiers that hold untagged promoted copies. Returns how
+    /// many distinct keys were removed. Loads and promotions of those keys
+    /// that began earlier will not refill L1.
+    pub async fn invalidate_tag(&self, tag: &str) -> usize {
+        let levels = &self.inner.levels;
+        // Slowest first, so a concurrent miss cannot promote a copy the slower tier still had.
+        let mut reported: Vec<std::collections::HashSet<String>> =
+            vec![std::collections::HashSet::new(); levels.len()];
+        for (index, level) in levels.iter().enumerate().rev() {
+            if let Some(keys) = reported.get_mut(index) {
+                keys.extend(level.delete_tag(tag).await);
+            }
+        }
+        let all: std::collections::HashSet<&String> = reported.iter().flatten().collect();
+        for key in &all {
+            for (index, level) in levels.iter().enumerate().skip(1).rev() {
+                if !reported.get(index).is_some_and(|keys| keys.contains(*key)) {
+                    level.delete(key).await;
+                }
+            }
+            if let Some(first) = levels.first() {
+                // Always, and under a generation bump: a promotion that raced the
+                // deletes above must not survive, nor a fill that began before.
+                let mut deleted = false;
+                self.inner.generations.bump_then(key, || {
+                    self.inner.forget_negative(key);
+                    deleted = first.tier.delete_now(key);
+                });
+                if !deleted {
+                    first.delete(key).await;
+                }
+            }
+        }
+        all.len()
     }
 
     /// Removes every entry from every tier (remote tiers: every key under their prefix).

@@ -107,6 +107,12 @@ impl<V: Send + Sync + 'static> Level<V> {
         }
     }
 
+    pub(crate) async fn delete_tag(&self, tag: &str) -> Vec<String> {
+        self.guarded("delete_tag", self.tier.delete_tag(tag))
+            .await
+            .unwrap_or_default()
+    }
+
     pub(crate) async fn clear(&self) {
         let _ = self.guarded("clear", self.tier.clear()).await;
     }

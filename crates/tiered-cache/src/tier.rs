@@ -168,11 +168,13 @@ pub trait Tier<V>: Send + Sync + 'static {
     /// Removes `key`; removing a missing key succeeds.
     fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()>;
 
-    /// Removes every entry written with `tag`, returning how many. Tiers
-    /// that keep no tag index remove nothing. Default: `Ok(0)`.
-    fn delete_tag<'a>(&'a self, tag: &'a str) -> TierFuture<'a, u64> {
+    /// Removes every entry written with `tag` and returns their keys (the
+    /// cache then removes those keys from the other tiers, where promoted
+    /// copies carry no tags). Tiers that keep no tag index remove nothing.
+    /// Default: `Ok(vec![])`.
+    fn delete_tag<'a>(&'a self, tag: &'a str) -> TierFuture<'a, Vec<String>> {
         let _ = tag;
-        Box::pin(async { Ok(0) })
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     /// Removes every entry of this tier (for a prefixed tier, every key under its prefix).

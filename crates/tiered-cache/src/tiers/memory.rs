@@ -1,6 +1,9 @@
 //! The in-process tier: a moka map of `Arc<V>`, no serialization.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -16,12 +19,18 @@ pub struct MemoryTier<V> {
     name: String,
     map: Moka<String, Slot<V>>,
     max_ttl: Option<Duration>,
+    tags: Arc<TagIndex>,
+    next_slot: AtomicU64,
 }
 
 struct Slot<V> {
     value: Arc<V>,
     expires_at: Option<Instant>,
     ttl: Option<Duration>,
+    /// Identifies this write in the tag index, so that the eviction of a
+    /// replaced value never unindexes the value that replaced it.
+    id: u64,
+    tags: Option<Arc<[String]>>,
 }
 
 impl<V> Clone for Slot<V> {
@@ -30,7 +39,48 @@ impl<V> Clone for Slot<V> {
             value: Arc::clone(&self.value),
             expires_at: self.expires_at,
             ttl: self.ttl,
+            id: self.id,
+            tags: self.tags.clone(),
         }
+    }
+}
+
+/// Tag → (key → the write that tagged it). Entries leave with their value
+/// (moka's eviction listener), so the index never outgrows the map.
+#[derive(Default)]
+struct TagIndex(Mutex<HashMap<String, HashMap<String, u64>>>);
+
+impl TagIndex {
+    fn add(&self, key: &str, id: u64, tags: &[String]) {
+        let mut index = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for tag in tags {
+            index
+                .entry(tag.clone())
+                .or_default()
+                .insert(key.to_owned(), id);
+        }
+    }
+
+    fn remove(&self, key: &str, id: u64, tags: &[String]) {
+        let mut index = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for tag in tags {
+            if let Some(keys) = index.get_mut(tag) {
+                if keys.get(key) == Some(&id) {
+                    keys.remove(key);
+                }
+                if keys.is_empty() {
+                    index.remove(tag);
+                }
+            }
+        }
+    }
+
+    fn take(&self, tag: &str) -> HashSet<String> {
+        let mut index = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        index
+            .remove(tag)
+            .map(|keys| keys.into_keys().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -105,7 +155,16 @@ impl MemoryTierBuilder {
         if self.max_ttl == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroDuration("max_ttl"));
         }
-        let builder = Moka::builder().expire_after(PerEntryTtl);
+        Ok(self.assemble())
+    }
+}
+
+impl MemoryTierBuilder {
+    fn assemble<V: Send + Sync + 'static>(self) -> MemoryTier<V> {
+        let tags = Arc::new(TagIndex::default());
+        let builder = Moka::builder()
+            .expire_after(PerEntryTtl)
+            .eviction_listener(unindex(Arc::clone(&tags)));
         let map = match self.capacity {
             Capacity::Entries(entries) => builder.max_capacity(entries).build(),
             Capacity::Bytes(bytes, weigh) => builder
@@ -113,11 +172,13 @@ impl MemoryTierBuilder {
                 .weigher(move |key: &String, _: &Slot<V>| weigh(key))
                 .build(),
         };
-        Ok(MemoryTier {
+        MemoryTier {
             name: self.name,
             map,
             max_ttl: self.max_ttl,
-        })
+            tags,
+            next_slot: AtomicU64::new(0),
+        }
     }
 }
 
@@ -137,14 +198,12 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
     /// A memory tier named `"l1"` holding at most `entries` entries.
     #[must_use]
     pub fn with_max_entries(entries: u64) -> Self {
-        Self {
+        MemoryTierBuilder {
             name: "l1".to_owned(),
-            map: Moka::builder()
-                .expire_after(PerEntryTtl)
-                .max_capacity(entries)
-                .build(),
+            capacity: Capacity::Entries(entries),
             max_ttl: None,
         }
+        .assemble()
     }
 
     /// Entries currently held (moka's estimate).
@@ -159,7 +218,7 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
             .map(|slot| Entry::new(slot.value, slot.expires_at).with_written_ttl(slot.ttl))
     }
 
-    fn insert(&self, key: &str, value: &Arc<V>, ttl: Option<Duration>) {
+    fn insert(&self, key: &str, value: &Arc<V>, ttl: Option<Duration>, tags: &[String]) {
         let ttl = match (ttl, self.max_ttl) {
             (Some(ttl), Some(max)) => Some(ttl.min(max)),
             (ttl, max) => ttl.or(max),
@@ -168,10 +227,18 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
             self.map.invalidate(key);
             return;
         }
+        let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        let tags: Option<Arc<[String]>> = (!tags.is_empty()).then(|| tags.into());
+        if let Some(tags) = &tags {
+            // Indexed before the value is visible: an invalidation can never miss it.
+            self.tags.add(key, id, tags);
+        }
         let slot = Slot {
             value: Arc::clone(value),
             expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
             ttl,
+            id,
+            tags,
         };
         self.map.insert(key.to_owned(), slot);
     }
@@ -187,7 +254,7 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     }
 
     fn set_now(&self, write: &Write<'_, V>) -> bool {
-        self.insert(write.key, write.value, write.ttl);
+        self.insert(write.key, write.value, write.ttl, write.tags);
         true
     }
 
@@ -202,8 +269,16 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     }
 
     fn set<'a>(&'a self, write: &'a Write<'a, V>) -> TierFuture<'a, ()> {
-        self.insert(write.key, write.value, write.ttl);
+        self.set_now(write);
         Box::pin(async { Ok(()) })
+    }
+
+    fn delete_tag<'a>(&'a self, tag: &'a str) -> TierFuture<'a, Vec<String>> {
+        let keys: Vec<String> = self.tags.take(tag).into_iter().collect();
+        for key in &keys {
+            self.map.invalidate(key);
+        }
+        Box::pin(async move { Ok(keys) })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()> {
@@ -214,6 +289,17 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     fn clear(&self) -> TierFuture<'_, ()> {
         self.map.invalidate_all();
         Box::pin(async { Ok(()) })
+    }
+}
+
+/// Takes an evicted, expired, removed or replaced value out of the tag index.
+fn unindex<V: Send + Sync + 'static>(
+    tags: Arc<TagIndex>,
+) -> impl Fn(Arc<String>, Slot<V>, moka::notification::RemovalCause) + Send + Sync + 'static {
+    move |key, slot, _cause| {
+        if let Some(slot_tags) = &slot.tags {
+            tags.remove(&key, slot.id, slot_tags);
+        }
     }
 }
 

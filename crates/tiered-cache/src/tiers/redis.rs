@@ -23,6 +23,12 @@ const CLEAR_BATCH: usize = 500;
 /// (multiplexed, reconnecting), opened on first use: a cache can be built
 /// while Redis is down. The cache wraps this tier in a timeout and a circuit
 /// breaker, so a Redis outage costs callers a miss, never a reconnect wait.
+///
+/// Tags: a value written with tags is listed in one Redis set per tag
+/// (`<prefix>__tags:<tag>`, so keys starting with `__tags:` are reserved),
+/// which lives as long as its longest-lived member (`PEXPIRE ... NX/GT`:
+/// Redis 7.0 or later). Invalidating a tag walks that set with `SSCAN`, never
+/// the keyspace.
 pub struct RedisTier<V, C = Postcard> {
     name: String,
     prefix: String,
@@ -174,6 +180,12 @@ where
         full
     }
 
+    /// Where the keys written with `tag` are listed. Keys starting with
+    /// `__tags:` are reserved under the prefix.
+    fn tag_key(&self, tag: &str) -> String {
+        format!("{}__tags:{tag}", self.prefix)
+    }
+
     fn cap(&self, ttl: Option<Duration>) -> Option<Duration> {
         match (ttl, self.max_ttl) {
             (Some(ttl), Some(max)) => Some(ttl.min(max)),
@@ -220,15 +232,39 @@ where
         Box::pin(async move {
             let bytes = self.codec.encode(write.value)?;
             let mut connection = self.connection().await?;
-            let mut command = redis::cmd("SET");
-            command.arg(self.key(write.key)).arg(bytes);
-            if let Some(ttl) = self.cap(write.ttl) {
-                // Redis rejects PX 0; a sub-millisecond TTL becomes 1 ms.
-                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                command.arg("PX").arg(ms);
+            let key = self.key(write.key);
+            // Redis rejects PX 0; a sub-millisecond TTL becomes 1 ms.
+            let ms = self
+                .cap(write.ttl)
+                .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(bytes);
+            if let Some(ms) = ms {
+                set.arg("PX").arg(ms);
             }
-            command
-                .exec_async(&mut connection)
+            if write.tags.is_empty() {
+                return set
+                    .exec_async(&mut connection)
+                    .await
+                    .map_err(TierError::backend);
+            }
+            let mut pipe = redis::pipe();
+            pipe.add_command(set).ignore();
+            for tag in write.tags {
+                // A tag's set of keys lives as long as its longest-lived member.
+                let tag_key = self.tag_key(tag);
+                pipe.cmd("SADD").arg(&tag_key).arg(&key).ignore();
+                match ms {
+                    Some(ms) => {
+                        pipe.cmd("PEXPIRE").arg(&tag_key).arg(ms).arg("NX").ignore();
+                        pipe.cmd("PEXPIRE").arg(&tag_key).arg(ms).arg("GT").ignore();
+                    }
+                    None => {
+                        pipe.cmd("PERSIST").arg(&tag_key).ignore();
+                    }
+                }
+            }
+            pipe.exec_async(&mut connection)
                 .await
                 .map_err(TierError::backend)
         })
@@ -242,6 +278,48 @@ where
                 .exec_async(&mut connection)
                 .await
                 .map_err(TierError::backend)
+        })
+    }
+
+    fn delete_tag<'a>(&'a self, tag: &'a str) -> TierFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            let tag_key = self.tag_key(tag);
+            let mut cursor: u64 = 0;
+            let mut removed = Vec::new();
+            loop {
+                // One SSCAN page and one UNLINK per round: bounded memory whatever the tag's size.
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SSCAN")
+                    .arg(&tag_key)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(CLEAR_BATCH)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(TierError::backend)?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .exec_async(&mut connection)
+                        .await
+                        .map_err(TierError::backend)?;
+                    removed.extend(
+                        keys.iter()
+                            .filter_map(|key| key.strip_prefix(&self.prefix))
+                            .map(str::to_owned),
+                    );
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            redis::cmd("UNLINK")
+                .arg(&tag_key)
+                .exec_async(&mut connection)
+                .await
+                .map_err(TierError::backend)?;
+            Ok(removed)
         })
     }
 

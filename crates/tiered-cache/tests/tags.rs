@@ -1,0 +1,104 @@
+//! Tag invalidation across tiers, including promoted copies that carry no tags.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use perfkit_test_support::TestRedis;
+use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier, SetOptions};
+use redis::AsyncCommands;
+
+fn two_tiers(redis: &TestRedis) -> Cache<String> {
+    Cache::builder()
+        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(
+            RedisTier::builder(redis.url())
+                .prefix(redis.prefix())
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+fn tagged(tags: &[&str]) -> SetOptions {
+    SetOptions::default()
+        .ttl(Duration::from_secs(60))
+        .tags(tags.iter().copied())
+}
+
+#[tokio::test]
+async fn invalidate_tag_removes_tagged_entries_from_every_tier_and_nothing_else() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let cache = two_tiers(&redis);
+    cache
+        .set_with("agent:42:profile", "p".to_owned(), tagged(&["agent:42"]))
+        .await;
+    cache
+        .set_with(
+            "agent:42:orders",
+            "o".to_owned(),
+            tagged(&["agent:42", "orders"]),
+        )
+        .await;
+    cache
+        .set_with("agent:7:profile", "q".to_owned(), tagged(&["agent:7"]))
+        .await;
+
+    // Another instance promotes one of them into its own L1, untagged there.
+    let other = two_tiers(&redis);
+    assert!(other.get("agent:42:profile").await.is_some());
+
+    assert_eq!(other.invalidate_tag("agent:42").await, 2);
+
+    let mut conn = redis.connection();
+    for key in ["agent:42:profile", "agent:42:orders"] {
+        let exists: bool = conn.exists(redis.key(key)).await.unwrap();
+        assert!(!exists, "{key} left Redis");
+        assert_eq!(
+            other.get(key).await,
+            None,
+            "{key} left the promoted L1 copy too"
+        );
+    }
+    assert_eq!(
+        other
+            .get("agent:7:profile")
+            .await
+            .as_deref()
+            .map(String::as_str),
+        Some("q")
+    );
+    let tag_set_left: bool = conn.exists(redis.key("__tags:agent:42")).await.unwrap();
+    assert!(!tag_set_left, "the tag's index is gone with it");
+    let orders_ttl: i64 = conn.pttl(redis.key("__tags:orders")).await.unwrap();
+    assert!(
+        orders_ttl > 0 && orders_ttl <= 60_000,
+        "a tag set lives as long as its members: {orders_ttl}"
+    );
+    // (The first instance's own L1 copies go with cross-instance invalidation, issue #5.)
+}
+
+#[tokio::test]
+async fn memory_tier_tags_work_without_redis_and_forget_replaced_values() {
+    let cache: Cache<String> = Cache::builder()
+        .tier(MemoryTier::with_max_entries(1_000))
+        .build()
+        .unwrap();
+    cache.set_with("a", "1".to_owned(), tagged(&["t"])).await;
+    cache.set_with("b", "2".to_owned(), tagged(&["t"])).await;
+    // Rewritten without the tag: invalidating the tag must not remove it.
+    cache.set_with("b", "3".to_owned(), tagged(&["u"])).await;
+    assert_eq!(cache.invalidate_tag("t").await, 1);
+    assert_eq!(cache.get("a").await, None);
+    assert_eq!(
+        cache.get("b").await.as_deref().map(String::as_str),
+        Some("3")
+    );
+    assert_eq!(cache.invalidate_tag("u").await, 1);
+    assert_eq!(cache.get("b").await, None);
+    assert_eq!(cache.invalidate_tag("never-used").await, 0);
+}
