@@ -1,7 +1,6 @@
 //! The in-process tier: a moka map of `Arc<V>`, no serialization.
 
-use std::collections::{HashMap, HashSet};
-
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -27,10 +26,9 @@ struct Slot<V> {
     value: Arc<V>,
     expires_at: Option<Instant>,
     ttl: Option<Duration>,
-    /// Identifies this write in the tag index, so that the eviction of a
-    /// replaced value never unindexes the value that replaced it.
+    /// Identifies this write in the tag index: a tag only invalidates the
+    /// write it tagged, never a later write of the same key.
     id: u64,
-    tags: Option<Arc<[String]>>,
 }
 
 impl<V> Clone for Slot<V> {
@@ -40,47 +38,61 @@ impl<V> Clone for Slot<V> {
             expires_at: self.expires_at,
             ttl: self.ttl,
             id: self.id,
-            tags: self.tags.clone(),
         }
     }
 }
 
-/// Tag → (key → the write that tagged it). Entries leave with their value
-/// (moka's eviction listener), so the index never outgrows the map.
+/// Tag → (key → the write that tagged it).
+///
+/// Entries are not unindexed when moka evicts or expires them (an eviction
+/// listener would make moka allocate during reads); instead the index prunes
+/// pairs whose write is no longer in the map whenever it has doubled since
+/// the last prune, so it stays within a constant factor of the live tagged
+/// entries at amortized O(1) per write.
 #[derive(Default)]
-struct TagIndex(Mutex<HashMap<String, HashMap<String, u64>>>);
+struct TagIndex(Mutex<IndexState>);
+
+#[derive(Default)]
+struct IndexState {
+    tags: HashMap<String, HashMap<String, u64>>,
+    pairs: usize,
+    prune_at: usize,
+}
+
+const MIN_PRUNE_AT: usize = 1_024;
 
 impl TagIndex {
-    fn add(&self, key: &str, id: u64, tags: &[String]) {
-        let mut index = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Indexes a write, pruning first if due; `live` says whether a write is
+    /// still the key's current value.
+    fn add(&self, key: &str, id: u64, tags: &[String], live: impl Fn(&str, u64) -> bool) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.pairs >= state.prune_at.max(MIN_PRUNE_AT) {
+            state.tags.retain(|_, keys| {
+                keys.retain(|key, id| live(key, *id));
+                !keys.is_empty()
+            });
+            state.pairs = state.tags.values().map(HashMap::len).sum();
+            state.prune_at = state.pairs.saturating_mul(2);
+        }
         for tag in tags {
-            index
+            if state
+                .tags
                 .entry(tag.clone())
                 .or_default()
-                .insert(key.to_owned(), id);
-        }
-    }
-
-    fn remove(&self, key: &str, id: u64, tags: &[String]) {
-        let mut index = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        for tag in tags {
-            if let Some(keys) = index.get_mut(tag) {
-                if keys.get(key) == Some(&id) {
-                    keys.remove(key);
-                }
-                if keys.is_empty() {
-                    index.remove(tag);
-                }
+                .insert(key.to_owned(), id)
+                .is_none()
+            {
+                state.pairs += 1;
             }
         }
     }
 
-    fn take(&self, tag: &str) -> HashSet<String> {
-        let mut index = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        index
-            .remove(tag)
-            .map(|keys| keys.into_keys().collect())
-            .unwrap_or_default()
+    /// Removes a tag, returning the writes it indexed.
+    fn take(&self, tag: &str) -> HashMap<String, u64> {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = state.tags.remove(tag).unwrap_or_default();
+        state.pairs = state.pairs.saturating_sub(keys.len());
+        keys
     }
 }
 
@@ -162,9 +174,7 @@ impl MemoryTierBuilder {
 impl MemoryTierBuilder {
     fn assemble<V: Send + Sync + 'static>(self) -> MemoryTier<V> {
         let tags = Arc::new(TagIndex::default());
-        let builder = Moka::builder()
-            .expire_after(PerEntryTtl)
-            .eviction_listener(unindex(Arc::clone(&tags)));
+        let builder = Moka::builder().expire_after(PerEntryTtl);
         let map = match self.capacity {
             Capacity::Entries(entries) => builder.max_capacity(entries).build(),
             Capacity::Bytes(bytes, weigh) => builder
@@ -228,17 +238,17 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
             return;
         }
         let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
-        let tags: Option<Arc<[String]>> = (!tags.is_empty()).then(|| tags.into());
-        if let Some(tags) = &tags {
+        if !tags.is_empty() {
             // Indexed before the value is visible: an invalidation can never miss it.
-            self.tags.add(key, id, tags);
+            self.tags.add(key, id, tags, |key, id| {
+                self.map.get(key).is_some_and(|slot| slot.id == id)
+            });
         }
         let slot = Slot {
             value: Arc::clone(value),
             expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
             ttl,
             id,
-            tags,
         };
         self.map.insert(key.to_owned(), slot);
     }
@@ -274,7 +284,15 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     }
 
     fn delete_tag<'a>(&'a self, tag: &'a str) -> TierFuture<'a, Vec<String>> {
-        let keys: Vec<String> = self.tags.take(tag).into_iter().collect();
+        // Only keys whose current value is the tagged write: a key rewritten
+        // without the tag since is left alone.
+        let keys: Vec<String> = self
+            .tags
+            .take(tag)
+            .into_iter()
+            .filter(|(key, id)| self.map.get(key).is_some_and(|slot| slot.id == *id))
+            .map(|(key, _)| key)
+            .collect();
         for key in &keys {
             self.map.invalidate(key);
         }
@@ -292,17 +310,6 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     }
 }
 
-/// Takes an evicted, expired, removed or replaced value out of the tag index.
-fn unindex<V: Send + Sync + 'static>(
-    tags: Arc<TagIndex>,
-) -> impl Fn(Arc<String>, Slot<V>, moka::notification::RemovalCause) + Send + Sync + 'static {
-    move |key, slot, _cause| {
-        if let Some(slot_tags) = &slot.tags {
-            tags.remove(&key, slot.id, slot_tags);
-        }
-    }
-}
-
 impl<V> std::fmt::Debug for MemoryTier<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryTier")
@@ -310,5 +317,28 @@ impl<V> std::fmt::Debug for MemoryTier<V> {
             .field("entries", &self.map.entry_count())
             .field("max_ttl", &self.max_ttl)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tag_index_stays_proportional_to_live_entries() {
+        let tier: MemoryTier<u32> = MemoryTier::with_max_entries(100);
+        let tags = ["everyone".to_owned()];
+        for i in 0..20_000_u32 {
+            tier.insert(&format!("k{i}"), &Arc::new(i), None, &tags);
+            if i % 1_000 == 0 {
+                tier.map.run_pending_tasks();
+            }
+        }
+        tier.map.run_pending_tasks();
+        let pairs = tier.tags.0.lock().unwrap().pairs;
+        assert!(
+            pairs <= 2 * MIN_PRUNE_AT,
+            "{pairs} index entries for at most 100 live ones"
+        );
     }
 }
