@@ -46,6 +46,7 @@ pub struct CacheBuilder<V> {
     jitter: Option<f64>,
     negative_ttl: Option<Duration>,
     eager_refresh: Option<f64>,
+    stale_grace: Option<Duration>,
 }
 
 impl<V: Send + Sync + 'static> CacheBuilder<V> {
@@ -61,6 +62,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             jitter: None,
             negative_ttl: None,
             eager_refresh: None,
+            stale_grace: None,
         }
     }
 
@@ -132,6 +134,15 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
+    /// Serve-stale: the first tier keeps values up to `max_stale_age` past
+    /// their TTL (invisible to lookups), and a load whose loader fails
+    /// answers with that expired value instead of the error. Needs a first
+    /// tier that can keep expired entries ([`MemoryTier`] can). Default: off.
+    pub fn serve_stale(mut self, max_stale_age: Duration) -> Self {
+        self.stale_grace = Some(max_stale_age);
+        self
+    }
+
     /// Builds the cache. With no tier added, it gets one [`MemoryTier`] of
     /// 10,000 entries: the embedded default needs no server.
     ///
@@ -172,6 +183,16 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             self.tiers
                 .push(Box::new(MemoryTier::<V>::with_max_entries(10_000)));
         }
+        if let Some(grace) = self.stale_grace {
+            if grace.is_zero() {
+                return Err(ConfigError::ZeroDuration("serve_stale"));
+            }
+            if let Some(first) = self.tiers.first_mut()
+                && !first.keep_stale_for(grace)
+            {
+                return Err(ConfigError::StaleUnsupported(first.name().to_owned()));
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for tier in &self.tiers {
             if !names.insert(tier.name().to_owned()) {
@@ -206,6 +227,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
                     .build()
             }),
             eager_refresh: self.eager_refresh,
+            serve_stale: self.stale_grace.is_some(),
             metrics: CacheMetrics::new(&self.name),
             name: self.name.into_boxed_str(),
         }))

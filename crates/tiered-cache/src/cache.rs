@@ -58,6 +58,7 @@ pub(crate) struct Inner<V> {
     pub(crate) jitter: Option<Jitter>,
     pub(crate) negatives: Option<moka::sync::Cache<String, ()>>,
     pub(crate) eager_refresh: Option<f64>,
+    pub(crate) serve_stale: bool,
 }
 
 /// A loader with its error already erased, as the load flights run it.
@@ -406,6 +407,7 @@ where
             load_errors: self.inner.metrics.load_errors.get(),
             refreshes: self.inner.metrics.refreshes.get(),
             negative_hits: self.inner.metrics.negative_hits.get(),
+            stale_served: self.inner.metrics.stale_served.get(),
         }
     }
 
@@ -559,6 +561,16 @@ where
             }
             Err(error) => {
                 self.metrics.load_errors.increment();
+                if self.serve_stale
+                    && let Some(stale) = self
+                        .levels
+                        .first()
+                        .and_then(|first| first.tier.get_stale(key))
+                {
+                    self.metrics.stale_served.increment();
+                    tracing::warn!(cache.name = &*self.name, %error, "load failed; serving the stale value");
+                    return Ok(Some(stale.value));
+                }
                 Err(LoadError::from(error))
             }
         }

@@ -75,6 +75,10 @@ pub enum ConfigError {
     /// The group name labels metrics and spans, so it cannot be empty.
     #[error("the cache name must not be empty")]
     EmptyName,
+    /// `serve_stale` needs a first tier that can keep expired entries (such
+    /// as [`MemoryTier`](crate::MemoryTier)).
+    #[error("serve_stale needs a first tier that keeps expired entries; {0:?} does not")]
+    StaleUnsupported(String),
     /// A fraction setting is outside `0.0..1.0` (or `0.0..=1.0` where stated).
     #[error("{setting} must be a fraction between 0 and 1, got {value}")]
     Fraction {

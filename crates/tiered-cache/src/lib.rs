@@ -48,7 +48,7 @@
 //! ```
 //!
 //! See [`Cache`] for the guarantees, [`CacheBuilder`] for the policies (TTL
-//! jitter, negative caching, eager refresh), [`Tier`] for writing a tier of
+//! jitter, negative caching, eager refresh, serve-stale), [`Tier`] for writing a tier of
 //! your own.
 //!
 //! ## Observability
@@ -61,7 +61,7 @@
 //!   `perfkit_cache_breaker_open` (gauge); per cache:
 //!   `perfkit_cache_loads_total`, `perfkit_cache_load_errors_total`,
 //!   `perfkit_cache_refreshes_total`, `perfkit_cache_negative_hits_total`,
-//!   `perfkit_cache_load_duration_seconds`.
+//!   `perfkit_cache_stale_served_total`, `perfkit_cache_load_duration_seconds`.
 //! - [`Cache::stats`]: the same counters, with the hit ratio per tier.
 
 mod breaker;

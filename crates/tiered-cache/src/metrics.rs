@@ -86,6 +86,7 @@ pub(crate) struct CacheMetrics {
     pub(crate) loads: Local,
     pub(crate) refreshes: Local,
     pub(crate) negative_hits: Local,
+    pub(crate) stale_served: Local,
     pub(crate) load_errors: Local,
     pub(crate) load_seconds: Histogram,
 }
@@ -97,6 +98,7 @@ impl CacheMetrics {
             loads: Local::new(counter!("perfkit_cache_loads_total", &labels)),
             refreshes: Local::new(counter!("perfkit_cache_refreshes_total", &labels)),
             negative_hits: Local::new(counter!("perfkit_cache_negative_hits_total", &labels)),
+            stale_served: Local::new(counter!("perfkit_cache_stale_served_total", &labels)),
             load_errors: Local::new(counter!("perfkit_cache_load_errors_total", &labels)),
             load_seconds: histogram!("perfkit_cache_load_duration_seconds", &labels),
         }

@@ -14,6 +14,8 @@ pub struct Stats {
     pub refreshes: u64,
     /// `get_or_load_optional` calls answered by a remembered "not found".
     pub negative_hits: u64,
+    /// Failed loads answered with an expired value (serve-stale).
+    pub stale_served: u64,
 }
 
 /// Counters of one tier.

@@ -159,6 +159,22 @@ pub trait Tier<V>: Send + Sync + 'static {
         false
     }
 
+    /// Keeps entries for `grace` past their TTL, invisible to lookups, as a
+    /// fallback for when a reload fails (see [`Tier::get_stale`]). Returns
+    /// whether the tier can. Called once, when the cache is built. Default:
+    /// `false`.
+    fn keep_stale_for(&mut self, grace: Duration) -> bool {
+        let _ = grace;
+        false
+    }
+
+    /// The entry for `key` even if its TTL has passed (within the grace set
+    /// by [`Tier::keep_stale_for`]). Default: `None`.
+    fn get_stale(&self, key: &str) -> Option<Entry<V>> {
+        let _ = key;
+        None
+    }
+
     /// Looks `key` up: `Ok(None)` is a miss.
     fn get<'a>(&'a self, key: &'a str) -> TierFuture<'a, Option<Entry<V>>>;
 

@@ -243,3 +243,69 @@ async fn warm_loads_missing_keys_with_bounded_concurrency() {
         Some("value of key-7")
     );
 }
+
+#[tokio::test]
+async fn serve_stale_answers_a_failed_load_with_the_expired_value() {
+    let cache = memory_cache(
+        Cache::builder()
+            .default_ttl(Duration::from_millis(100))
+            .serve_stale(Duration::from_secs(60)),
+    );
+    let ok = |v: &'static str| move || async move { Ok::<_, std::io::Error>(v.to_owned()) };
+    let failing = || async { Err::<String, _>(std::io::Error::other("database is down")) };
+
+    assert_eq!(*cache.get_or_load("k", ok("v1")).await.unwrap(), "v1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        cache.get("k").await,
+        None,
+        "expired: not a hit, even though kept"
+    );
+    assert_eq!(
+        *cache.get_or_load("k", failing).await.unwrap(),
+        "v1",
+        "the stale value, not the error"
+    );
+    assert_eq!(cache.stats().stale_served, 1);
+    assert_eq!(
+        *cache.get_or_load("k", ok("v2")).await.unwrap(),
+        "v2",
+        "a working loader replaces it"
+    );
+}
+
+#[tokio::test]
+async fn without_serve_stale_a_failed_load_after_expiry_is_an_error() {
+    let cache = memory_cache(Cache::builder().default_ttl(Duration::from_millis(100)));
+    cache
+        .get_or_load("k", || async { Ok::<_, std::io::Error>("v1".to_owned()) })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let failed = cache
+        .get_or_load("k", || async {
+            Err::<String, _>(std::io::Error::other("down"))
+        })
+        .await;
+    assert!(failed.is_err());
+}
+
+#[tokio::test]
+async fn stale_values_are_dropped_after_the_max_stale_age() {
+    let cache = memory_cache(
+        Cache::builder()
+            .default_ttl(Duration::from_millis(50))
+            .serve_stale(Duration::from_millis(100)),
+    );
+    cache.set("k", "v1".to_owned()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failed = cache
+        .get_or_load("k", || async {
+            Err::<String, _>(std::io::Error::other("down"))
+        })
+        .await;
+    assert!(
+        failed.is_err(),
+        "past TTL + max stale age nothing is served"
+    );
+}

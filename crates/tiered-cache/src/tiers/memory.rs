@@ -20,12 +20,16 @@ pub struct MemoryTier<V> {
     max_ttl: Option<Duration>,
     tags: Arc<TagIndex>,
     next_slot: AtomicU64,
+    /// How long past its TTL an entry is kept as a stale fallback.
+    stale_grace: Option<Duration>,
 }
 
 struct Slot<V> {
     value: Arc<V>,
     expires_at: Option<Instant>,
     ttl: Option<Duration>,
+    /// How long moka keeps the entry: the TTL plus the stale grace.
+    retain: Option<Duration>,
     /// Identifies this write in the tag index: a tag only invalidates the
     /// write it tagged, never a later write of the same key.
     id: u64,
@@ -37,6 +41,7 @@ impl<V> Clone for Slot<V> {
             value: Arc::clone(&self.value),
             expires_at: self.expires_at,
             ttl: self.ttl,
+            retain: self.retain,
             id: self.id,
         }
     }
@@ -101,7 +106,7 @@ struct PerEntryTtl;
 
 impl<V> Expiry<String, Slot<V>> for PerEntryTtl {
     fn expire_after_create(&self, _: &String, slot: &Slot<V>, _: Instant) -> Option<Duration> {
-        slot.ttl
+        slot.retain
     }
 
     fn expire_after_update(
@@ -111,7 +116,7 @@ impl<V> Expiry<String, Slot<V>> for PerEntryTtl {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        slot.ttl
+        slot.retain
     }
 }
 
@@ -188,6 +193,7 @@ impl MemoryTierBuilder {
             max_ttl: self.max_ttl,
             tags,
             next_slot: AtomicU64::new(0),
+            stale_grace: None,
         }
     }
 }
@@ -223,9 +229,12 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
     }
 
     fn lookup(&self, key: &str) -> Option<Entry<V>> {
-        self.map
-            .get(key)
-            .map(|slot| Entry::new(slot.value, slot.expires_at).with_written_ttl(slot.ttl))
+        let slot = self.map.get(key)?;
+        // Kept past its TTL as a stale fallback: not a hit.
+        if self.stale_grace.is_some() && slot.expires_at.is_some_and(|at| at <= Instant::now()) {
+            return None;
+        }
+        Some(Entry::new(slot.value, slot.expires_at).with_written_ttl(slot.ttl))
     }
 
     fn insert(&self, key: &str, value: &Arc<V>, ttl: Option<Duration>, tags: &[String]) {
@@ -248,6 +257,7 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
             value: Arc::clone(value),
             expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
             ttl,
+            retain: ttl.map(|ttl| ttl.saturating_add(self.stale_grace.unwrap_or_default())),
             id,
         };
         self.map.insert(key.to_owned(), slot);
@@ -257,6 +267,16 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
 impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn keep_stale_for(&mut self, grace: Duration) -> bool {
+        self.stale_grace = Some(grace);
+        true
+    }
+
+    fn get_stale(&self, key: &str) -> Option<Entry<V>> {
+        let slot = self.map.get(key)?;
+        Some(Entry::new(slot.value, slot.expires_at).with_written_ttl(slot.ttl))
     }
 
     fn get_now(&self, key: &str) -> Option<Option<Entry<V>>> {
