@@ -2,9 +2,11 @@
 //! caches a Rust service would otherwise use, in one run.
 //!
 //! - L1 hit: `Cache::get` on a warm key against moka 0.12's sync and future
-//!   `get` (moka's sync cache is our L1) and `quick_cache` 0.7.
+//!   `get` (moka's sync cache is our L1), `quick_cache` 0.7, `amalgam-cache`
+//!   0.4.2 (`try_get`) and `multi-tier-cache` 0.6.9 (`CacheManager::get`,
+//!   which returns raw bytes: no decoding is counted for it).
 //! - L2 hit: `Cache::get` that misses L1, hits Redis and promotes the value,
-//!   against a raw redis-rs `GET` on the same connection type
+//!   against `multi-tier-cache`'s L2 hit and a raw redis-rs `GET` on the same connection type
 //!   (`ConnectionManager`). Needs Redis at `REDIS_URL`
 //!   (default `redis://127.0.0.1:6379`); skipped with a message otherwise.
 //!
@@ -100,6 +102,53 @@ fn l1_hit(c: &mut Criterion) {
         });
     });
 
+    let amalgam: amalgam::Cache<String> = amalgam::Cache::builder()
+        .try_build()
+        .expect("amalgam cache");
+    runtime
+        .block_on(async { amalgam.set(KEY, value()).await })
+        .expect("amalgam set");
+    group.bench_function(BenchmarkId::from_parameter("amalgam-cache"), |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(amalgam.try_get(black_box(KEY)).await.expect("amalgam get"));
+                }
+                start.elapsed()
+            })
+        });
+    });
+
+    // multi-tier-cache needs its Redis L2 even for an L1 hit.
+    if let Some(mtc) = runtime.block_on(multi_tier(&redis_url())) {
+        let manager = mtc.cache_manager().clone();
+        let key = format!("{PREFIX}{KEY}");
+        runtime
+            .block_on(manager.set_with_strategy(
+                &key,
+                bytes::Bytes::from(value()),
+                multi_tier_cache::CacheStrategy::ShortTerm,
+            ))
+            .expect("multi-tier-cache set");
+        group.bench_function(BenchmarkId::from_parameter("multi-tier-cache"), |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(
+                            manager
+                                .get(black_box(&key))
+                                .await
+                                .expect("multi-tier-cache get"),
+                        );
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+    }
+
     let quick: quick_cache::sync::Cache<String, Arc<String>> =
         quick_cache::sync::Cache::new(10_000);
     quick.insert(KEY.to_owned(), Arc::new(value()));
@@ -107,6 +156,22 @@ fn l1_hit(c: &mut Criterion) {
         b.iter(|| black_box(quick.get(black_box(KEY))));
     });
     group.finish();
+}
+
+/// A multi-tier-cache system on `url`, or `None` (printed) without Redis.
+async fn multi_tier(url: &str) -> Option<multi_tier_cache::CacheSystem> {
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        multi_tier_cache::CacheSystem::with_redis_url(url),
+    )
+    .await
+    {
+        Ok(Ok(system)) => Some(system),
+        _ => {
+            eprintln!("multi-tier-cache skipped: no Redis at {url}");
+            None
+        }
+    }
 }
 
 fn redis_url() -> String {
@@ -145,7 +210,10 @@ fn l2_hit(c: &mut Criterion) {
     runtime.block_on(async {
         let writer = fresh_cache();
         for key in &keys {
-            writer.set(key, value()).await;
+            // Expiring, so that benchmark runs leave nothing behind for long.
+            let expiring =
+                perfkit_tiered_cache::SetOptions::default().ttl(Duration::from_secs(600));
+            writer.set_with(key, value(), expiring).await;
         }
     });
 

@@ -1,0 +1,108 @@
+//! Round trips to Redis, counted by Redis itself (`INFO commandstats`) on a
+//! private server: a miss + load + fill costs two (one lookup, one write), an
+//! L2 hit one, a warm L1 hit none.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use perfkit_test_support::RedisServer;
+use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier};
+
+/// Calls per command since the last `CONFIG RESETSTAT`.
+async fn command_calls(admin: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(admin)
+        .await
+        .unwrap();
+    info.lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_"))
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .find_map(|field| field.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .filter(|(name, _)| !name.starts_with("info") && !name.starts_with("config"))
+        .collect()
+}
+
+async fn reset(admin: &mut redis::aio::MultiplexedConnection) {
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn miss_load_fill_is_two_round_trips_l2_hit_one_l1_hit_none() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let tier = || RedisTier::builder(&url).prefix("rt:").build().unwrap();
+    let cache: Cache<String> = Cache::builder()
+        .tier(MemoryTier::with_max_entries(100))
+        .tier(tier())
+        .build()
+        .unwrap();
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Open the cache's connection first, so that its handshake is not counted.
+    let _ = cache.get("warm-up").await;
+
+    reset(&mut admin).await;
+    let loaded = cache
+        .get_or_load("k", || async { Ok::<_, std::io::Error>("v".to_owned()) })
+        .await
+        .unwrap();
+    assert_eq!(*loaded, "v");
+    let calls = command_calls(&mut admin).await;
+    let expected: BTreeMap<String, u64> = [
+        ("multi", 1),
+        ("get", 1),
+        ("pttl", 1),
+        ("exec", 1),
+        ("set", 1),
+    ]
+    .into_iter()
+    .map(|(name, n)| (name.to_owned(), n))
+    .collect();
+    assert_eq!(
+        calls, expected,
+        "one MULTI round trip to look, one SET to fill"
+    );
+
+    // Another instance: L1 miss, L2 hit, promotion: one round trip.
+    let other: Cache<String> = Cache::builder()
+        .tier(MemoryTier::with_max_entries(100))
+        .tier(tier())
+        .build()
+        .unwrap();
+    let _ = other.get("warm-up").await;
+    reset(&mut admin).await;
+    assert!(other.get("k").await.is_some());
+    let calls = command_calls(&mut admin).await;
+    assert_eq!(
+        calls.values().sum::<u64>(),
+        4,
+        "GET and PTTL in one MULTI/EXEC: {calls:?}"
+    );
+    assert_eq!(
+        calls.get("set"),
+        None,
+        "promotion into L1 costs no round trip"
+    );
+
+    // Warm L1 hit: nothing reaches Redis.
+    reset(&mut admin).await;
+    assert!(other.get("k").await.is_some());
+    assert!(command_calls(&mut admin).await.is_empty());
+}
