@@ -245,6 +245,35 @@ fn l2_hit(c: &mut Criterion) {
         },
     );
     group.bench_function(
+        BenchmarkId::from_parameter("multi-tier-cache (L1 miss, L2 hit)"),
+        |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let mut total = Duration::ZERO;
+                    let mut done = 0;
+                    while done < iters {
+                        // A fresh system, so that its L1 is empty.
+                        let Some(system) = multi_tier(&url).await else {
+                            return total;
+                        };
+                        let manager = system.cache_manager().clone();
+                        for key in keys
+                            .iter()
+                            .take(usize::try_from(iters - done).unwrap_or(L2_KEYS))
+                        {
+                            let full = format!("{PREFIX}{key}");
+                            let start = Instant::now();
+                            black_box(manager.get(&full).await.expect("multi-tier-cache get"));
+                            total += start.elapsed();
+                            done += 1;
+                        }
+                    }
+                    total
+                })
+            });
+        },
+    );
+    group.bench_function(
         BenchmarkId::from_parameter("redis-rs GET (ConnectionManager)"),
         |b| {
             b.iter_custom(|iters| {
