@@ -447,14 +447,20 @@ where
     /// a hit into the faster tiers.
     async fn lookup_below_first(&self, key: &str, lease: Lease) -> Option<Entry<V>> {
         let span = tracing::Span::current();
+        // The first tier was already asked (and counted) when it answers at
+        // once; a fill may have landed since, so look again, silently.
+        let mut start = 0;
         if let Some(first) = self.levels.first()
-            && let Some(Some(entry)) = first.tier.get_now(key)
+            && let Some(found) = first.tier.get_now(key)
         {
-            span.record("cache.hit", true);
-            span.record("cache.tier", first.name());
-            return Some(entry);
+            if let Some(entry) = found {
+                span.record("cache.hit", true);
+                span.record("cache.tier", first.name());
+                return Some(entry);
+            }
+            start = 1;
         }
-        for (index, level) in self.levels.iter().enumerate().skip(1) {
+        for (index, level) in self.levels.iter().enumerate().skip(start) {
             match level.get(key).await {
                 Some(entry) => {
                     level.metrics.hits.increment();

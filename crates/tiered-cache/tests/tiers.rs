@@ -417,3 +417,58 @@ async fn a_custom_third_tier_hit_is_promoted_into_redis_and_memory() {
         "set writes every tier"
     );
 }
+
+#[tokio::test]
+async fn json_codec_writes_plain_json_that_other_languages_can_share() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Agent {
+        id: u32,
+        name: String,
+    }
+    let json_tier = || {
+        RedisTier::builder(redis.url())
+            .prefix(redis.prefix())
+            .codec(perfkit_tiered_cache::Json)
+            .build::<Agent>()
+            .unwrap()
+    };
+    let cache: Cache<Agent> = Cache::builder().tier(json_tier()).build().unwrap();
+    cache
+        .set(
+            "agent:1",
+            Agent {
+                id: 1,
+                name: "Ada".to_owned(),
+            },
+        )
+        .await;
+    let raw: String = redis.connection().get(redis.key("agent:1")).await.unwrap();
+    assert_eq!(raw, r#"{"id":1,"name":"Ada"}"#, "plain JSON under the key");
+
+    // Written by "another service": plain JSON, read back as the typed value.
+    let () = redis
+        .connection()
+        .set(redis.key("agent:2"), r#"{"id":2,"name":"Grace"}"#)
+        .await
+        .unwrap();
+    let read = cache.get("agent:2").await.unwrap();
+    assert_eq!(
+        *read,
+        Agent {
+            id: 2,
+            name: "Grace".to_owned()
+        }
+    );
+
+    // Garbage under a key is a miss (counted as a tier error), never a panic.
+    let () = redis
+        .connection()
+        .set(redis.key("agent:3"), "not json")
+        .await
+        .unwrap();
+    assert_eq!(cache.get("agent:3").await, None);
+    assert_eq!(cache.stats().tiers[0].errors, 1);
+}

@@ -132,8 +132,10 @@ pub struct MemoryTierBuilder {
 #[derive(Debug, Clone, Copy)]
 enum Capacity {
     Entries(u64),
-    Bytes(u64, fn(&str) -> u32),
 }
+
+/// Weighs an entry for a weighted-capacity tier.
+type Weigher<V> = Arc<dyn Fn(&str, &V) -> u32 + Send + Sync>;
 
 impl MemoryTierBuilder {
     /// The tier's name in metrics and stats. Default: `"l1"`.
@@ -148,12 +150,26 @@ impl MemoryTierBuilder {
         self
     }
 
-    /// Holds entries up to `bytes` in total, as weighed by `weigh_key` (moka
-    /// weighs each entry once, at insertion). Values are typed, so their size
-    /// is the caller's estimate: weigh by key when values are of similar size.
-    pub fn max_weight(mut self, bytes: u64, weigh_key: fn(&str) -> u32) -> Self {
-        self.capacity = Capacity::Bytes(bytes, weigh_key);
-        self
+    /// Builds a tier that holds entries up to `max_weight` in total, each
+    /// weighed once, at insertion, by `weigher(key, value)` (typically the
+    /// value's size in bytes: values are typed, so the estimate is yours).
+    /// Replaces [`MemoryTierBuilder::max_entries`].
+    ///
+    /// # Errors
+    ///
+    /// As [`MemoryTierBuilder::build`].
+    pub fn build_weighted<V, W>(
+        self,
+        max_weight: u64,
+        weigher: W,
+    ) -> Result<MemoryTier<V>, ConfigError>
+    where
+        V: Send + Sync + 'static,
+        W: Fn(&str, &V) -> u32 + Send + Sync + 'static,
+    {
+        self.validate()?;
+        let weigher: Weigher<V> = Arc::new(weigher);
+        Ok(self.assemble(Some((max_weight, weigher))))
     }
 
     /// Keeps no entry longer than `ttl` in this tier, whatever TTL it was
@@ -169,23 +185,31 @@ impl MemoryTierBuilder {
     ///
     /// [`ConfigError::ZeroDuration`] for a zero `max_ttl`.
     pub fn build<V: Send + Sync + 'static>(self) -> Result<MemoryTier<V>, ConfigError> {
+        self.validate()?;
+        Ok(self.assemble(None))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
         if self.max_ttl == Some(Duration::ZERO) {
             return Err(ConfigError::ZeroDuration("max_ttl"));
         }
-        Ok(self.assemble())
+        Ok(())
     }
 }
 
 impl MemoryTierBuilder {
-    fn assemble<V: Send + Sync + 'static>(self) -> MemoryTier<V> {
+    fn assemble<V: Send + Sync + 'static>(
+        self,
+        weighted: Option<(u64, Weigher<V>)>,
+    ) -> MemoryTier<V> {
         let tags = Arc::new(TagIndex::default());
         let builder = Moka::builder().expire_after(PerEntryTtl);
-        let map = match self.capacity {
-            Capacity::Entries(entries) => builder.max_capacity(entries).build(),
-            Capacity::Bytes(bytes, weigh) => builder
-                .max_capacity(bytes)
-                .weigher(move |key: &String, _: &Slot<V>| weigh(key))
+        let map = match (weighted, self.capacity) {
+            (Some((max_weight, weigh)), _) => builder
+                .max_capacity(max_weight)
+                .weigher(move |key: &String, slot: &Slot<V>| weigh(key, &slot.value))
                 .build(),
+            (None, Capacity::Entries(entries)) => builder.max_capacity(entries).build(),
         };
         MemoryTier {
             name: self.name,
@@ -219,7 +243,7 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
             capacity: Capacity::Entries(entries),
             max_ttl: None,
         }
-        .assemble()
+        .assemble(None)
     }
 
     /// Entries currently held (moka's estimate).
@@ -343,6 +367,24 @@ impl<V> std::fmt::Debug for MemoryTier<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_capacity_evicts_by_the_weight_of_values() {
+        let tier: MemoryTier<Vec<u8>> = MemoryTier::builder()
+            .build_weighted(10_000, |_key: &str, value: &Vec<u8>| {
+                u32::try_from(value.len()).unwrap_or(u32::MAX)
+            })
+            .unwrap();
+        for i in 0..100 {
+            tier.insert(&format!("k{i}"), &Arc::new(vec![0_u8; 1_000]), None, &[]);
+        }
+        tier.map.run_pending_tasks();
+        assert!(
+            tier.entry_count() <= 10,
+            "1 kB values in a 10 kB tier: {} kept",
+            tier.entry_count()
+        );
+    }
 
     #[test]
     fn the_tag_index_stays_proportional_to_live_entries() {
