@@ -153,12 +153,7 @@ where
         if let Some(found) = self.inner.get_first(key) {
             return found.map(|entry| entry.value);
         }
-        let span = tracing::debug_span!(
-            "cache.get",
-            cache.name = &*self.inner.name,
-            cache.hit = tracing::field::Empty,
-            cache.tier = tracing::field::Empty,
-        );
+        let span = self.inner.get_span();
         let inner = Arc::clone(&self.inner);
         let owned = key.to_owned();
         let outcome = self
@@ -233,13 +228,7 @@ where
             self.inner.metrics.negative_hits.increment();
             return Ok(None);
         }
-        let span = tracing::debug_span!(
-            "cache.get",
-            cache.name = &*self.inner.name,
-            cache.hit = tracing::field::Empty,
-            cache.tier = tracing::field::Empty,
-            cache.loaded = tracing::field::Empty,
-        );
+        let span = self.inner.get_span();
         let inner = Arc::clone(&self.inner);
         let owned = key.to_owned();
         let outcome = self
@@ -422,6 +411,17 @@ impl<V> Inner<V>
 where
     V: Send + Sync + 'static,
 {
+    /// The `cache.get` span of a lookup that goes past the first tier.
+    fn get_span(&self) -> tracing::Span {
+        tracing::debug_span!(
+            "cache.get",
+            cache.name = &*self.name,
+            cache.hit = tracing::field::Empty,
+            cache.tier = tracing::field::Empty,
+            cache.loaded = tracing::field::Empty,
+        )
+    }
+
     /// The synchronous first-tier lookup: `Some(Some(v))` hit, `Some(None)`
     /// miss there (go on), `None` when the first tier cannot answer at once.
     fn get_first(&self, key: &str) -> Option<Option<Entry<V>>> {

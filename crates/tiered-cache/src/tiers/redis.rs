@@ -285,35 +285,23 @@ where
         Box::pin(async move {
             let mut connection = self.connection().await?;
             let tag_key = self.tag_key(tag);
-            let mut cursor: u64 = 0;
             let mut removed = Vec::new();
-            loop {
-                // One SSCAN page and one UNLINK per round: bounded memory whatever the tag's size.
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SSCAN")
-                    .arg(&tag_key)
-                    .arg(cursor)
-                    .arg("COUNT")
-                    .arg(CLEAR_BATCH)
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(TierError::backend)?;
-                if !keys.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .exec_async(&mut connection)
-                        .await
-                        .map_err(TierError::backend)?;
+            unlink_scanned(
+                &mut connection,
+                |cursor| {
+                    let mut page = redis::cmd("SSCAN");
+                    page.arg(&tag_key).arg(cursor).arg("COUNT").arg(CLEAR_BATCH);
+                    page
+                },
+                |keys| {
                     removed.extend(
                         keys.iter()
                             .filter_map(|key| key.strip_prefix(&self.prefix))
                             .map(str::to_owned),
                     );
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+                },
+            )
+            .await?;
             redis::cmd("UNLINK")
                 .arg(&tag_key)
                 .exec_async(&mut connection)
@@ -327,31 +315,50 @@ where
         Box::pin(async move {
             let mut connection = self.connection().await?;
             let pattern = format!("{}*", escape_glob(&self.prefix));
-            let mut cursor: u64 = 0;
-            loop {
-                // Bounded work: one SCAN page and one UNLINK per round, never the whole keyspace in memory.
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(CLEAR_BATCH)
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(TierError::backend)?;
-                if !keys.is_empty() {
-                    redis::cmd("UNLINK")
-                        .arg(&keys)
-                        .exec_async(&mut connection)
-                        .await
-                        .map_err(TierError::backend)?;
-                }
-                if next == 0 {
-                    return Ok(());
-                }
-                cursor = next;
-            }
+            unlink_scanned(
+                &mut connection,
+                |cursor| {
+                    let mut page = redis::cmd("SCAN");
+                    page.arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(CLEAR_BATCH);
+                    page
+                },
+                |_| {},
+            )
+            .await
         })
+    }
+}
+
+/// Walks a cursor (`SCAN`, `SSCAN`) page by page and unlinks each page's
+/// keys: bounded memory and one round trip pair per page, never the whole set
+/// at once. `seen` gets every page after it is unlinked.
+async fn unlink_scanned(
+    connection: &mut ConnectionManager,
+    page: impl Fn(u64) -> redis::Cmd,
+    mut seen: impl FnMut(&[String]),
+) -> Result<(), TierError> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = page(cursor)
+            .query_async(connection)
+            .await
+            .map_err(TierError::backend)?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .exec_async(connection)
+                .await
+                .map_err(TierError::backend)?;
+            seen(&keys);
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
     }
 }
 
