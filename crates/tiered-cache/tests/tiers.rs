@@ -472,3 +472,57 @@ async fn json_codec_writes_plain_json_that_other_languages_can_share() {
     assert_eq!(cache.get("agent:3").await, None);
     assert_eq!(cache.stats().tiers[0].errors, 1);
 }
+
+#[tokio::test]
+async fn clear_empties_every_tier_under_its_own_prefix_only() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    // Two services side by side under the test's namespace.
+    let under = |service: &str| -> Cache<String> {
+        Cache::builder()
+            .tier(l1())
+            .tier(
+                RedisTier::builder(redis.url())
+                    .prefix(redis.key(&format!("{service}:")))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let cache = under("billing");
+    let neighbour = under("catalog");
+    for i in 0..1_200 {
+        cache.set(&format!("k{i}"), "v".to_owned()).await;
+    }
+    neighbour.set("kept", "v".to_owned()).await;
+
+    cache.clear().await;
+    assert_eq!(cache.get("k7").await, None, "gone from L1 and Redis");
+    let keys: Vec<String> = (0..1_200)
+        .map(|i| redis.key(&format!("billing:k{i}")))
+        .collect();
+    let left: usize = redis.connection().exists(&keys).await.unwrap();
+    assert_eq!(
+        left, 0,
+        "every key under the prefix, over several SCAN pages"
+    );
+    assert!(
+        neighbour.get("kept").await.is_some(),
+        "another prefix is untouched"
+    );
+}
+
+#[tokio::test]
+async fn stats_report_the_hit_ratio_per_tier() {
+    let cache: Cache<String> = Cache::builder().tier(l1()).build().unwrap();
+    cache.set("a", "1".to_owned()).await;
+    for _ in 0..3 {
+        assert!(cache.get("a").await.is_some());
+    }
+    assert!(cache.get("missing").await.is_none());
+    let l1 = &cache.stats().tiers[0];
+    assert_eq!((l1.hits, l1.misses), (3, 1));
+    assert!((l1.hit_ratio() - 0.75).abs() < f64::EPSILON);
+}
