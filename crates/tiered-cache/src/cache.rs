@@ -313,20 +313,10 @@ where
     /// the next `get_or_load` loads afresh instead of joining it.
     pub async fn remove(&self, key: &str) {
         self.inner.loads.forget(key);
-        let first = self.inner.levels.first();
         for level in self.inner.levels.iter().skip(1).rev() {
             level.delete(key).await;
         }
-        if let Some(first) = first {
-            let mut deleted = false;
-            self.inner.generations.bump_then(key, || {
-                self.inner.forget_negative(key);
-                deleted = first.tier.delete_now(key);
-            });
-            if !deleted {
-                first.delete(key).await;
-            }
-        }
+        self.inner.delete_from_first(key).await;
     }
 
     /// Removes every entry written with `tag` from every tier, using each
@@ -351,18 +341,8 @@ where
                     level.delete(key).await;
                 }
             }
-            if let Some(first) = levels.first() {
-                // Always, and under a generation bump: a promotion that raced the
-                // deletes above must not survive, nor a fill that began before.
-                let mut deleted = false;
-                self.inner.generations.bump_then(key, || {
-                    self.inner.forget_negative(key);
-                    deleted = first.tier.delete_now(key);
-                });
-                if !deleted {
-                    first.delete(key).await;
-                }
-            }
+            // Always: a promotion that raced the deletes above must not survive.
+            self.inner.delete_from_first(key).await;
         }
         all.len()
     }
@@ -551,10 +531,10 @@ where
                     tags: &[],
                 };
                 for level in self.levels.iter().rev() {
-                    if !self.generations.is_current(lease) {
+                    // Refused once the key was written or removed: stop filling.
+                    if !self.fill_level(level, &write, lease).await {
                         break;
                     }
-                    self.fill_level(level, &write, lease).await;
                 }
                 Ok(Some(value))
             }
@@ -629,6 +609,23 @@ where
     fn forget_negative(&self, key: &str) {
         if let Some(negatives) = &self.negatives {
             negatives.invalidate(key);
+        }
+    }
+
+    /// Removes `key` from the first tier under a generation bump (and
+    /// forgets a remembered "not found"): loads and promotions that began
+    /// earlier will not write it back.
+    async fn delete_from_first(&self, key: &str) {
+        let Some(first) = self.levels.first() else {
+            return;
+        };
+        let mut deleted = false;
+        self.generations.bump_then(key, || {
+            self.forget_negative(key);
+            deleted = first.tier.delete_now(key);
+        });
+        if !deleted {
+            first.delete(key).await;
         }
     }
 

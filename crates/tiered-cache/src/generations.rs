@@ -53,12 +53,6 @@ impl Generations {
         Lease { stripe, generation }
     }
 
-    /// Whether nothing has written or removed the lease's key since it began.
-    pub(crate) fn is_current(&self, lease: Lease) -> bool {
-        self.lock(lease.stripe)
-            .is_some_and(|g| *g == lease.generation)
-    }
-
     /// Runs `write` (an L1 change, synchronous) only if `lease` is current,
     /// atomically with respect to [`Generations::bump_then`].
     pub(crate) fn if_current(&self, lease: Lease, write: impl FnOnce()) -> bool {

@@ -63,6 +63,14 @@ impl<V> Entry<V> {
     }
 }
 
+/// `ttl` capped by a tier's `max_ttl`; an entry without TTL gets the cap.
+pub(crate) fn capped_ttl(ttl: Option<Duration>, max_ttl: Option<Duration>) -> Option<Duration> {
+    match (ttl, max_ttl) {
+        (Some(ttl), Some(max)) => Some(ttl.min(max)),
+        (ttl, max) => ttl.or(max),
+    }
+}
+
 /// A write into a tier: what [`Tier::set`] receives.
 #[derive(Debug)]
 #[non_exhaustive]

@@ -9,7 +9,7 @@ use moka::Expiry;
 use moka::sync::Cache as Moka;
 
 use crate::error::ConfigError;
-use crate::tier::{Entry, Tier, TierFuture, Write};
+use crate::tier::{Entry, Tier, TierFuture, Write, capped_ttl};
 
 /// The in-process tier (usually L1): values are held as `Arc<V>`, never
 /// serialized. Backed by [moka](https://docs.rs/moka)'s concurrent map with
@@ -125,13 +125,8 @@ impl<V> Expiry<String, Slot<V>> for PerEntryTtl {
 #[must_use]
 pub struct MemoryTierBuilder {
     name: String,
-    capacity: Capacity,
+    max_entries: u64,
     max_ttl: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Capacity {
-    Entries(u64),
 }
 
 /// Weighs an entry for a weighted-capacity tier.
@@ -146,7 +141,7 @@ impl MemoryTierBuilder {
 
     /// Holds at most `entries` entries. Default: 10,000.
     pub fn max_entries(mut self, entries: u64) -> Self {
-        self.capacity = Capacity::Entries(entries);
+        self.max_entries = entries;
         self
     }
 
@@ -204,12 +199,12 @@ impl MemoryTierBuilder {
     ) -> MemoryTier<V> {
         let tags = Arc::new(TagIndex::default());
         let builder = Moka::builder().expire_after(PerEntryTtl);
-        let map = match (weighted, self.capacity) {
-            (Some((max_weight, weigh)), _) => builder
+        let map = match weighted {
+            Some((max_weight, weigh)) => builder
                 .max_capacity(max_weight)
                 .weigher(move |key: &String, slot: &Slot<V>| weigh(key, &slot.value))
                 .build(),
-            (None, Capacity::Entries(entries)) => builder.max_capacity(entries).build(),
+            None => builder.max_capacity(self.max_entries).build(),
         };
         MemoryTier {
             name: self.name,
@@ -228,7 +223,7 @@ impl MemoryTier<()> {
     pub fn builder() -> MemoryTierBuilder {
         MemoryTierBuilder {
             name: "l1".to_owned(),
-            capacity: Capacity::Entries(10_000),
+            max_entries: 10_000,
             max_ttl: None,
         }
     }
@@ -240,7 +235,7 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
     pub fn with_max_entries(entries: u64) -> Self {
         MemoryTierBuilder {
             name: "l1".to_owned(),
-            capacity: Capacity::Entries(entries),
+            max_entries: entries,
             max_ttl: None,
         }
         .assemble(None)
@@ -262,10 +257,7 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
     }
 
     fn insert(&self, key: &str, value: &Arc<V>, ttl: Option<Duration>, tags: &[String]) {
-        let ttl = match (ttl, self.max_ttl) {
-            (Some(ttl), Some(max)) => Some(ttl.min(max)),
-            (ttl, max) => ttl.or(max),
-        };
+        let ttl = capped_ttl(ttl, self.max_ttl);
         if ttl == Some(Duration::ZERO) {
             self.map.invalidate(key);
             return;

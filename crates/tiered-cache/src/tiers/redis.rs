@@ -9,7 +9,7 @@ use tokio::sync::OnceCell;
 
 use crate::codec::{Codec, Postcard};
 use crate::error::{ConfigError, TierError};
-use crate::tier::{Entry, Tier, TierFuture, Write};
+use crate::tier::{Entry, Tier, TierFuture, Write, capped_ttl};
 
 /// Keys deleted per command when clearing a prefix.
 const CLEAR_BATCH: usize = 500;
@@ -187,10 +187,7 @@ where
     }
 
     fn cap(&self, ttl: Option<Duration>) -> Option<Duration> {
-        match (ttl, self.max_ttl) {
-            (Some(ttl), Some(max)) => Some(ttl.min(max)),
-            (ttl, max) => ttl.or(max),
-        }
+        capped_ttl(ttl, self.max_ttl)
     }
 }
 
