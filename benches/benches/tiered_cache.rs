@@ -158,6 +158,33 @@ fn l1_hit(c: &mut Criterion) {
     group.finish();
 }
 
+/// Times `iters` gets, each on a cold instance (empty L1) made by `fresh`,
+/// a new one every `keys.len()` gets, so that every get goes to Redis.
+async fn time_cold_gets<C>(
+    iters: u64,
+    keys: &[String],
+    fresh: impl AsyncFn() -> Option<C>,
+    get: impl AsyncFn(&C, &str),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let Some(instance) = fresh().await else {
+            return total;
+        };
+        for key in keys
+            .iter()
+            .take(usize::try_from(iters - done).unwrap_or(keys.len()))
+        {
+            let start = Instant::now();
+            get(&instance, key).await;
+            total += start.elapsed();
+            done += 1;
+        }
+    }
+    total
+}
+
 /// A multi-tier-cache system on `url`, or `None` (printed) without Redis.
 async fn multi_tier(url: &str) -> Option<multi_tier_cache::CacheSystem> {
     match tokio::time::timeout(
@@ -222,54 +249,39 @@ fn l2_hit(c: &mut Criterion) {
         BenchmarkId::from_parameter("perfkit-tiered-cache (L1 miss, L2 hit, promotion)"),
         |b| {
             b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let mut total = Duration::ZERO;
-                    let mut done = 0;
-                    while done < iters {
-                        // A cache with an empty L1, so that every get goes to Redis.
+                runtime.block_on(time_cold_gets(
+                    iters,
+                    &keys,
+                    async || {
+                        // Opens the connection before the timed gets.
                         let cache = fresh_cache();
                         let _ = cache.get("warm-up").await;
-                        for key in keys
-                            .iter()
-                            .take(usize::try_from(iters - done).unwrap_or(L2_KEYS))
-                        {
-                            let start = Instant::now();
-                            black_box(cache.get(key).await.expect("value in Redis"));
-                            total += start.elapsed();
-                            done += 1;
-                        }
-                    }
-                    total
-                })
+                        Some(cache)
+                    },
+                    async |cache: &Cache<String>, key: &str| {
+                        black_box(cache.get(key).await.expect("value in Redis"));
+                    },
+                ))
             });
         },
     );
+    let full_keys: Vec<String> = keys.iter().map(|key| format!("{PREFIX}{key}")).collect();
     group.bench_function(
         BenchmarkId::from_parameter("multi-tier-cache (L1 miss, L2 hit)"),
         |b| {
             b.iter_custom(|iters| {
-                runtime.block_on(async {
-                    let mut total = Duration::ZERO;
-                    let mut done = 0;
-                    while done < iters {
-                        // A fresh system, so that its L1 is empty.
-                        let Some(system) = multi_tier(&url).await else {
-                            return total;
-                        };
-                        let manager = system.cache_manager().clone();
-                        for key in keys
-                            .iter()
-                            .take(usize::try_from(iters - done).unwrap_or(L2_KEYS))
-                        {
-                            let full = format!("{PREFIX}{key}");
-                            let start = Instant::now();
-                            black_box(manager.get(&full).await.expect("multi-tier-cache get"));
-                            total += start.elapsed();
-                            done += 1;
-                        }
-                    }
-                    total
-                })
+                runtime.block_on(time_cold_gets(
+                    iters,
+                    &full_keys,
+                    async || {
+                        multi_tier(&url)
+                            .await
+                            .map(|system| system.cache_manager().clone())
+                    },
+                    async |manager: &Arc<multi_tier_cache::CacheManager>, key: &str| {
+                        black_box(manager.get(key).await.expect("multi-tier-cache get"));
+                    },
+                ))
             });
         },
     );
