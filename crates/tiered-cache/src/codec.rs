@@ -11,12 +11,13 @@ use crate::error::TierError;
 /// Rust services using the same type. [`Json`] (feature `json`) is for keys
 /// shared with services in other languages.
 pub trait Codec<V>: Send + Sync + 'static {
-    /// Encodes `value`.
+    /// Encodes `value`, appending its bytes to `out` (which may already hold
+    /// a tier's header).
     ///
     /// # Errors
     ///
     /// [`TierError::Codec`] when the value cannot be represented.
-    fn encode(&self, value: &V) -> Result<Vec<u8>, TierError>;
+    fn encode(&self, value: &V, out: &mut Vec<u8>) -> Result<(), TierError>;
 
     /// Decodes bytes written by [`Codec::encode`].
     ///
@@ -36,8 +37,10 @@ impl<V> Codec<V> for Postcard
 where
     V: Serialize + DeserializeOwned,
 {
-    fn encode(&self, value: &V) -> Result<Vec<u8>, TierError> {
-        postcard::to_allocvec(value).map_err(|e| TierError::Codec(e.to_string()))
+    fn encode(&self, value: &V, out: &mut Vec<u8>) -> Result<(), TierError> {
+        let buffer = std::mem::take(out);
+        *out = postcard::to_extend(value, buffer).map_err(|e| TierError::Codec(e.to_string()))?;
+        Ok(())
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V, TierError> {
@@ -55,8 +58,8 @@ impl<V> Codec<V> for Json
 where
     V: Serialize + DeserializeOwned,
 {
-    fn encode(&self, value: &V) -> Result<Vec<u8>, TierError> {
-        serde_json::to_vec(value).map_err(|e| TierError::Codec(e.to_string()))
+    fn encode(&self, value: &V, out: &mut Vec<u8>) -> Result<(), TierError> {
+        serde_json::to_writer(out, value).map_err(|e| TierError::Codec(e.to_string()))
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V, TierError> {

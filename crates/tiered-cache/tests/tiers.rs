@@ -432,6 +432,7 @@ async fn json_codec_writes_plain_json_that_other_languages_can_share() {
         RedisTier::builder(redis.url())
             .prefix(redis.prefix())
             .codec(perfkit_tiered_cache::Json)
+            .plain_values()
             .build::<Agent>()
             .unwrap()
     };
@@ -525,4 +526,123 @@ async fn stats_report_the_hit_ratio_per_tier() {
     let l1 = &cache.stats().tiers[0];
     assert_eq!((l1.hits, l1.misses), (3, 1));
     assert!((l1.hit_ratio() - 0.75).abs() < f64::EPSILON);
+}
+
+#[tokio::test]
+async fn the_stored_header_carries_the_expiry_and_never_extends_the_written_ttl() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let cache = two_tiers(&redis);
+    cache
+        .set_with(
+            "agent:1",
+            "Ada".to_owned(),
+            SetOptions::default().ttl(Duration::from_secs(10)),
+        )
+        .await;
+    let raw: Vec<u8> = redis.connection().get(redis.key("agent:1")).await.unwrap();
+    assert_eq!(&raw[..4], b"pk\x01v", "magic, format 1, a value");
+    let field = |at: usize| u64::from_be_bytes(raw[at..at + 8].try_into().unwrap());
+    assert_eq!(field(12), 10_000, "the written TTL in milliseconds");
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    assert!(
+        (now_ms + 9_000..=now_ms + 10_000).contains(&field(4)),
+        "the expiry, Unix milliseconds"
+    );
+
+    // A writer whose clock runs an hour ahead: its expiry is an hour away,
+    // but the value was written with a 1 s TTL, and that bounds the promotion.
+    let mut skewed = raw.clone();
+    skewed[4..12].copy_from_slice(&(now_ms + 3_600_000).to_be_bytes());
+    skewed[12..20].copy_from_slice(&1_000_u64.to_be_bytes());
+    let () = redis
+        .connection()
+        .set_ex(redis.key("agent:2"), skewed, 60)
+        .await
+        .unwrap();
+    let reader = two_tiers(&redis);
+    assert_eq!(
+        reader.get("agent:2").await.as_deref().map(String::as_str),
+        Some("Ada")
+    );
+    assert_eq!(reader.stats().tiers[0].promotions, 1);
+    let () = redis.connection().del(redis.key("agent:2")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert_eq!(
+        reader.get("agent:2").await,
+        None,
+        "promoted for at most the written TTL"
+    );
+
+    // Bytes without the header (another program's) are a miss, counted as an error.
+    let () = redis
+        .connection()
+        .set(redis.key("agent:3"), "Ada")
+        .await
+        .unwrap();
+    assert_eq!(reader.get("agent:3").await, None);
+    assert_eq!(reader.stats().tiers[1].errors, 1);
+}
+
+#[tokio::test]
+async fn plain_values_are_promoted_with_the_ttl_redis_has_left() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let plain = || {
+        RedisTier::builder(redis.url())
+            .prefix(redis.prefix())
+            .plain_values()
+            .build::<String>()
+            .unwrap()
+    };
+    let writer: Cache<String> = Cache::builder().tier(plain()).build().unwrap();
+    let reader: Cache<String> = Cache::builder().tier(l1()).tier(plain()).build().unwrap();
+    writer
+        .set_with(
+            "agent:1",
+            "Ada".to_owned(),
+            SetOptions::default().ttl(Duration::from_millis(1_000)),
+        )
+        .await;
+    let raw: Vec<u8> = redis.connection().get(redis.key("agent:1")).await.unwrap();
+    assert_eq!(
+        raw,
+        postcard::to_allocvec("Ada").unwrap(),
+        "the codec's bytes alone"
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        reader.get("agent:1").await.as_deref().map(String::as_str),
+        Some("Ada")
+    );
+    assert_eq!(reader.stats().tiers[0].promotions, 1);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        reader.get("agent:1").await,
+        None,
+        "L1 kept the remaining TTL"
+    );
+
+    let () = redis
+        .connection()
+        .set(
+            redis.key("agent:2"),
+            postcard::to_allocvec("Grace").unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        reader.get("agent:2").await.as_deref().map(String::as_str),
+        Some("Grace"),
+        "a value another program wrote without TTL"
+    );
 }

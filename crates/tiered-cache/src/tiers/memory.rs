@@ -22,17 +22,34 @@ pub struct MemoryTier<V> {
     next_slot: AtomicU64,
     /// How long past its TTL an entry is kept as a stale fallback.
     stale_grace: Option<Duration>,
+    /// The origin of the slots' compact timestamps.
+    epoch: Instant,
 }
 
+/// What the map holds for a key. Kept small (moka clones it on every hit):
+/// times are nanoseconds, [`NONE`] for "no TTL".
 struct Slot<V> {
     value: Arc<V>,
-    expires_at: Option<Instant>,
-    ttl: Option<Duration>,
+    /// When the entry expires, in nanoseconds since the tier's epoch.
+    expires_at: u64,
+    /// The TTL it was written with, in nanoseconds.
+    ttl: u64,
     /// How long moka keeps the entry: the TTL plus the stale grace.
-    retain: Option<Duration>,
+    retain: u64,
     /// Identifies this write in the tag index: a tag only invalidates the
     /// write it tagged, never a later write of the same key.
     id: u64,
+}
+
+/// "No TTL" in a [`Slot`].
+const NONE: u64 = u64::MAX;
+
+fn nanos(duration: Option<Duration>) -> u64 {
+    duration.map_or(NONE, |d| u64::try_from(d.as_nanos()).unwrap_or(NONE))
+}
+
+fn duration(nanos: u64) -> Option<Duration> {
+    (nanos != NONE).then(|| Duration::from_nanos(nanos))
 }
 
 impl<V> Clone for Slot<V> {
@@ -106,7 +123,7 @@ struct PerEntryTtl;
 
 impl<V> Expiry<String, Slot<V>> for PerEntryTtl {
     fn expire_after_create(&self, _: &String, slot: &Slot<V>, _: Instant) -> Option<Duration> {
-        slot.retain
+        duration(slot.retain)
     }
 
     fn expire_after_update(
@@ -116,7 +133,7 @@ impl<V> Expiry<String, Slot<V>> for PerEntryTtl {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        slot.retain
+        duration(slot.retain)
     }
 }
 
@@ -213,6 +230,7 @@ impl MemoryTierBuilder {
             tags,
             next_slot: AtomicU64::new(0),
             stale_grace: None,
+            epoch: Instant::now(),
         }
     }
 }
@@ -248,12 +266,20 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
     }
 
     fn lookup(&self, key: &str) -> Option<Entry<V>> {
-        let slot = self.map.get(key)?;
+        let entry = self.entry(self.map.get(key)?);
         // Kept past its TTL as a stale fallback: not a hit.
-        if self.stale_grace.is_some() && slot.expires_at.is_some_and(|at| at <= Instant::now()) {
+        if self.stale_grace.is_some() && entry.expires_at.is_some_and(|at| at <= Instant::now()) {
             return None;
         }
-        Some(Entry::new(slot.value, slot.expires_at).with_written_ttl(slot.ttl))
+        Some(entry)
+    }
+
+    fn instant(&self, nanos: u64) -> Option<Instant> {
+        duration(nanos).and_then(|since| self.epoch.checked_add(since))
+    }
+
+    fn entry(&self, slot: Slot<V>) -> Entry<V> {
+        Entry::new(slot.value, self.instant(slot.expires_at)).with_written_ttl(duration(slot.ttl))
     }
 
     fn insert(&self, key: &str, value: &Arc<V>, ttl: Option<Duration>, tags: &[String]) {
@@ -271,9 +297,9 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
         }
         let slot = Slot {
             value: Arc::clone(value),
-            expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
-            ttl,
-            retain: ttl.map(|ttl| ttl.saturating_add(self.stale_grace.unwrap_or_default())),
+            expires_at: nanos(ttl.map(|ttl| self.epoch.elapsed().saturating_add(ttl))),
+            ttl: nanos(ttl),
+            retain: nanos(ttl.map(|ttl| ttl.saturating_add(self.stale_grace.unwrap_or_default()))),
             id,
         };
         self.map.insert(key.to_owned(), slot);
@@ -291,8 +317,7 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     }
 
     fn get_stale(&self, key: &str) -> Option<Entry<V>> {
-        let slot = self.map.get(key)?;
-        Some(Entry::new(slot.value, slot.expires_at).with_written_ttl(slot.ttl))
+        self.map.get(key).map(|slot| self.entry(slot))
     }
 
     fn get_now(&self, key: &str) -> Option<Option<Entry<V>>> {

@@ -17,9 +17,9 @@ const CLEAR_BATCH: usize = 500;
 /// A Redis tier (usually L2, shared by every instance of a service).
 ///
 /// Every key carries the tier's prefix. Values are encoded with a [`Codec`]
-/// ([`Postcard`] by default). A lookup reads the value and its remaining TTL
-/// in one round trip (`GET` + `PTTL` in `MULTI`), so promotion keeps the TTL
-/// Redis has left. The connection is a redis-rs [`ConnectionManager`]
+/// ([`Postcard`] by default) behind a small header that records when the
+/// entry expires, so a lookup is one plain `GET` and promotion still keeps
+/// the TTL the entry has left (see [Value format](#value-format)). The connection is a redis-rs [`ConnectionManager`]
 /// (multiplexed, reconnecting), opened on first use: a cache can be built
 /// while Redis is down. The cache wraps this tier in a timeout and a circuit
 /// breaker, so a Redis outage costs callers a miss, never a reconnect wait.
@@ -29,6 +29,31 @@ const CLEAR_BATCH: usize = 500;
 /// which lives as long as its longest-lived member (`PEXPIRE ... NX/GT`:
 /// Redis 7.0 or later). Invalidating a tag walks that set with `SSCAN`, never
 /// the keyspace.
+///
+/// # Value format
+///
+/// Each Redis value is a 20-byte header followed by the codec's bytes:
+///
+/// | bytes | content |
+/// | --- | --- |
+/// | 0–1 | `pk` |
+/// | 2 | format, `1` |
+/// | 3 | kind: `v` for a value |
+/// | 4–11 | expiry, Unix time in milliseconds, big-endian; 0 for none |
+/// | 12–19 | the TTL it was written with, in milliseconds, big-endian; 0 for none |
+///
+/// A value without the header is not one of ours: a lookup counts it as a
+/// tier error (a miss) and the next fill overwrites it. For keys shared with
+/// programs that do not know the header (services in other languages, with
+/// the [`Json`] codec), [`RedisTierBuilder::plain_values`] stores the codec's
+/// bytes alone and reads the TTL with `PTTL` in the same round trip.
+///
+/// The remaining TTL of a hit is the stored expiry minus this instance's
+/// clock, never more than the TTL the value was written with: instances
+/// whose clocks disagree promote with TTLs off by that much (Redis itself
+/// expires the key by its own clock).
+///
+/// [`Json`]: crate::Json
 pub struct RedisTier<V, C = Postcard> {
     name: String,
     prefix: String,
@@ -37,6 +62,7 @@ pub struct RedisTier<V, C = Postcard> {
     connection: OnceCell<ConnectionManager>,
     codec: C,
     max_ttl: Option<Duration>,
+    plain: bool,
     _values: PhantomData<fn() -> V>,
 }
 
@@ -50,6 +76,7 @@ pub struct RedisTierBuilder<C = Postcard> {
     codec: C,
     max_ttl: Option<Duration>,
     connect_timeout: Duration,
+    plain: bool,
 }
 
 impl RedisTierBuilder<Postcard> {
@@ -61,6 +88,7 @@ impl RedisTierBuilder<Postcard> {
             codec: Postcard,
             max_ttl: None,
             connect_timeout: Duration::from_millis(250),
+            plain: false,
         }
     }
 }
@@ -93,6 +121,16 @@ impl<C> RedisTierBuilder<C> {
         self
     }
 
+    /// Stores each value as the codec's bytes alone, without the header
+    /// described in [`RedisTier`]'s value format, so that programs that
+    /// know nothing of perfkit can read and write the same keys (pair it with
+    /// the [`Json`](crate::Json) codec). A lookup is then `GET` and `PTTL`
+    /// pipelined in one round trip instead of one `GET`. Default: off.
+    pub fn plain_values(mut self) -> Self {
+        self.plain = true;
+        self
+    }
+
     /// Encodes values with `codec` instead of [`Postcard`].
     pub fn codec<C2>(self, codec: C2) -> RedisTierBuilder<C2> {
         RedisTierBuilder {
@@ -102,6 +140,7 @@ impl<C> RedisTierBuilder<C> {
             codec,
             max_ttl: self.max_ttl,
             connect_timeout: self.connect_timeout,
+            plain: self.plain,
         }
     }
 
@@ -139,6 +178,7 @@ impl<C> RedisTierBuilder<C> {
             connection: OnceCell::new(),
             codec: self.codec,
             max_ttl: self.max_ttl,
+            plain: self.plain,
             _values: PhantomData,
         })
     }
@@ -189,6 +229,32 @@ where
     fn cap(&self, ttl: Option<Duration>) -> Option<Duration> {
         capped_ttl(ttl, self.max_ttl)
     }
+
+    /// A lookup of a value stored without header: `GET` and `PTTL` in one
+    /// round trip.
+    async fn get_plain(&self, key: &str) -> Result<Option<Entry<V>>, TierError> {
+        let mut connection = self.connection().await?;
+        let key = self.key(key);
+        let (bytes, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
+            .get(&key)
+            .pttl(&key)
+            .query_async(&mut connection)
+            .await
+            .map_err(TierError::backend)?;
+        let Some(bytes) = bytes else { return Ok(None) };
+        let value = self.codec.decode(&bytes)?;
+        let now = Instant::now();
+        let expires_at = match pttl {
+            // No TTL.
+            -1 => None,
+            // Gone since the GET: expired now, so it is not promoted.
+            ms => Some(
+                now.checked_add(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+                    .unwrap_or(now),
+            ),
+        };
+        Ok(Some(Entry::new(Arc::new(value), expires_at)))
+    }
 }
 
 impl<V, C> Tier<V> for RedisTier<V, C>
@@ -205,35 +271,39 @@ where
     }
 
     fn get<'a>(&'a self, key: &'a str) -> TierFuture<'a, Option<Entry<V>>> {
+        if self.plain {
+            return Box::pin(self.get_plain(key));
+        }
         Box::pin(async move {
             let mut connection = self.connection().await?;
-            let key = self.key(key);
-            let (bytes, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
-                .atomic()
-                .get(&key)
-                .pttl(&key)
+            let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(self.key(key))
                 .query_async(&mut connection)
                 .await
                 .map_err(TierError::backend)?;
             let Some(bytes) = bytes else { return Ok(None) };
-            let value = self.codec.decode(&bytes)?;
-            // PTTL: -1 no TTL; -2 gone since the GET (treat as no TTL: it was just read).
-            let expires_at = u64::try_from(pttl)
-                .ok()
-                .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
-            Ok(Some(Entry::new(Arc::new(value), expires_at)))
+            let stored = envelope::open(&bytes)?;
+            let value = self.codec.decode(stored.payload)?;
+            Ok(Some(
+                Entry::new(Arc::new(value), stored.expires_at).with_written_ttl(stored.ttl),
+            ))
         })
     }
 
     fn set<'a>(&'a self, write: &'a Write<'a, V>) -> TierFuture<'a, ()> {
         Box::pin(async move {
-            let bytes = self.codec.encode(write.value)?;
-            let mut connection = self.connection().await?;
-            let key = self.key(write.key);
             // Redis rejects PX 0; a sub-millisecond TTL becomes 1 ms.
             let ms = self
                 .cap(write.ttl)
                 .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            let mut bytes = if self.plain {
+                Vec::with_capacity(64)
+            } else {
+                envelope::header(ms)
+            };
+            self.codec.encode(write.value, &mut bytes)?;
+            let mut connection = self.connection().await?;
+            let key = self.key(write.key);
             let mut set = redis::cmd("SET");
             set.arg(&key).arg(bytes);
             if let Some(ms) = ms {
@@ -356,6 +426,75 @@ async fn unlink_scanned(
             return Ok(());
         }
         cursor = next;
+    }
+}
+
+/// The header in front of every value this tier stores (see
+/// [`RedisTier`]'s value format).
+mod envelope {
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use crate::error::TierError;
+
+    const MAGIC: [u8; 3] = [b'p', b'k', 1];
+    const VALUE: u8 = b'v';
+    pub(super) const LEN: usize = 20;
+
+    /// A value's header for a TTL of `ttl_ms` (`None`: no TTL), with room
+    /// for a small encoded value after it.
+    pub(super) fn header(ttl_ms: Option<u64>) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(LEN + 64);
+        bytes.extend_from_slice(&MAGIC);
+        bytes.push(VALUE);
+        let expires = ttl_ms.map_or(0, |ms| unix_ms().saturating_add(ms));
+        bytes.extend_from_slice(&expires.to_be_bytes());
+        bytes.extend_from_slice(&ttl_ms.unwrap_or(0).to_be_bytes());
+        bytes
+    }
+
+    /// What a stored value says.
+    pub(super) struct Stored<'a> {
+        pub(super) expires_at: Option<Instant>,
+        pub(super) ttl: Option<Duration>,
+        pub(super) payload: &'a [u8],
+    }
+
+    /// Reads a stored value's header.
+    pub(super) fn open(bytes: &[u8]) -> Result<Stored<'_>, TierError> {
+        let foreign = || TierError::Codec("not a perfkit cache value (no header)".to_owned());
+        let (header, payload) = bytes.split_at_checked(LEN).ok_or_else(foreign)?;
+        if header.get(..3) != Some(&MAGIC[..]) || header.get(3) != Some(&VALUE) {
+            return Err(foreign());
+        }
+        let field = |at: usize| {
+            header
+                .get(at..at + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes)
+        };
+        let (expires, ttl_ms) = (field(4), field(12));
+        if expires == 0 {
+            return Ok(Stored {
+                expires_at: None,
+                ttl: None,
+                payload,
+            });
+        }
+        // By this instance's clock, and never longer than the written TTL.
+        let left = expires.saturating_sub(unix_ms()).min(ttl_ms);
+        Ok(Stored {
+            expires_at: Instant::now().checked_add(Duration::from_millis(left)),
+            ttl: Some(Duration::from_millis(ttl_ms)),
+            payload,
+        })
+    }
+
+    fn unix_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            })
     }
 }
 
