@@ -150,8 +150,8 @@ where
     /// into the faster ones), or `None`. A tier that fails counts as a miss.
     /// Concurrent misses of one key share one lookup of the lower tiers.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        if let Some(found) = self.inner.get_first(key) {
-            return found.map(|entry| entry.value);
+        if let Some(found) = self.inner.get_first_value(key) {
+            return found;
         }
         let span = self.inner.get_span();
         let inner = Arc::clone(&self.inner);
@@ -420,6 +420,21 @@ where
                 None
             }
         }
+    }
+
+    /// [`Inner::get_first`] for a caller that needs only the value.
+    fn get_first_value(&self, key: &str) -> Option<Option<Arc<V>>> {
+        let first = self.levels.first()?;
+        let found = first.tier.get_value_now(key)?;
+        if found.is_some() {
+            first.metrics.hits.increment();
+        } else {
+            first.metrics.misses.increment();
+            if self.levels.len() > 1 {
+                return None;
+            }
+        }
+        Some(found)
     }
 
     /// Looks in every tier below the first (after a silent second look at

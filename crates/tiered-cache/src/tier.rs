@@ -151,6 +151,14 @@ pub trait Tier<V>: Send + Sync + 'static {
         None
     }
 
+    /// [`Tier::get_now`] for a caller that needs only the value (a plain
+    /// [`Cache::get`](crate::Cache::get)): an in-process tier can skip
+    /// building the entry's expiry. Default: derived from [`Tier::get_now`].
+    fn get_value_now(&self, key: &str) -> Option<Option<Arc<V>>> {
+        self.get_now(key)
+            .map(|found| found.map(|entry| entry.value))
+    }
+
     /// Stores a value without awaiting, when the tier can (an in-process
     /// map); returns whether it did. The cache uses it to make L1 writes
     /// atomic with respect to `set` and `remove` of the same key, so a load

@@ -22,34 +22,19 @@ pub struct MemoryTier<V> {
     next_slot: AtomicU64,
     /// How long past its TTL an entry is kept as a stale fallback.
     stale_grace: Option<Duration>,
-    /// The origin of the slots' compact timestamps.
-    epoch: Instant,
+    /// The grace, shared with the map's expiry policy, in nanoseconds.
+    grace: Arc<AtomicU64>,
 }
 
-/// What the map holds for a key. Kept small (moka clones it on every hit):
-/// times are nanoseconds, [`NONE`] for "no TTL".
+/// What the map holds for a key. Kept small: moka clones it on every hit.
 struct Slot<V> {
     value: Arc<V>,
-    /// When the entry expires, in nanoseconds since the tier's epoch.
-    expires_at: u64,
-    /// The TTL it was written with, in nanoseconds.
-    ttl: u64,
-    /// How long moka keeps the entry: the TTL plus the stale grace.
-    retain: u64,
+    expires_at: Option<Instant>,
+    /// The TTL it was written with.
+    ttl: Option<Duration>,
     /// Identifies this write in the tag index: a tag only invalidates the
     /// write it tagged, never a later write of the same key.
     id: u64,
-}
-
-/// "No TTL" in a [`Slot`].
-const NONE: u64 = u64::MAX;
-
-fn nanos(duration: Option<Duration>) -> u64 {
-    duration.map_or(NONE, |d| u64::try_from(d.as_nanos()).unwrap_or(NONE))
-}
-
-fn duration(nanos: u64) -> Option<Duration> {
-    (nanos != NONE).then(|| Duration::from_nanos(nanos))
 }
 
 impl<V> Clone for Slot<V> {
@@ -58,7 +43,6 @@ impl<V> Clone for Slot<V> {
             value: Arc::clone(&self.value),
             expires_at: self.expires_at,
             ttl: self.ttl,
-            retain: self.retain,
             id: self.id,
         }
     }
@@ -118,12 +102,22 @@ impl TagIndex {
     }
 }
 
-/// Each entry lives for the TTL it was written with.
-struct PerEntryTtl;
+/// Each entry stays in the map for the TTL it was written with, plus the
+/// stale grace.
+struct PerEntryTtl {
+    grace: Arc<AtomicU64>,
+}
+
+impl PerEntryTtl {
+    fn retain<V>(&self, slot: &Slot<V>) -> Option<Duration> {
+        let grace = Duration::from_nanos(self.grace.load(Ordering::Relaxed));
+        slot.ttl.map(|ttl| ttl.saturating_add(grace))
+    }
+}
 
 impl<V> Expiry<String, Slot<V>> for PerEntryTtl {
     fn expire_after_create(&self, _: &String, slot: &Slot<V>, _: Instant) -> Option<Duration> {
-        duration(slot.retain)
+        self.retain(slot)
     }
 
     fn expire_after_update(
@@ -133,7 +127,7 @@ impl<V> Expiry<String, Slot<V>> for PerEntryTtl {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        duration(slot.retain)
+        self.retain(slot)
     }
 }
 
@@ -215,7 +209,10 @@ impl MemoryTierBuilder {
         weighted: Option<(u64, Weigher<V>)>,
     ) -> MemoryTier<V> {
         let tags = Arc::new(TagIndex::default());
-        let builder = Moka::builder().expire_after(PerEntryTtl);
+        let grace = Arc::new(AtomicU64::new(0));
+        let builder = Moka::builder().expire_after(PerEntryTtl {
+            grace: Arc::clone(&grace),
+        });
         let map = match weighted {
             Some((max_weight, weigh)) => builder
                 .max_capacity(max_weight)
@@ -230,7 +227,7 @@ impl MemoryTierBuilder {
             tags,
             next_slot: AtomicU64::new(0),
             stale_grace: None,
-            epoch: Instant::now(),
+            grace,
         }
     }
 }
@@ -266,7 +263,7 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
     }
 
     fn lookup(&self, key: &str) -> Option<Entry<V>> {
-        let entry = self.entry(self.map.get(key)?);
+        let entry = Self::entry(self.map.get(key)?);
         // Kept past its TTL as a stale fallback: not a hit.
         if self.stale_grace.is_some() && entry.expires_at.is_some_and(|at| at <= Instant::now()) {
             return None;
@@ -274,12 +271,8 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
         Some(entry)
     }
 
-    fn instant(&self, nanos: u64) -> Option<Instant> {
-        duration(nanos).and_then(|since| self.epoch.checked_add(since))
-    }
-
-    fn entry(&self, slot: Slot<V>) -> Entry<V> {
-        Entry::new(slot.value, self.instant(slot.expires_at)).with_written_ttl(duration(slot.ttl))
+    fn entry(slot: Slot<V>) -> Entry<V> {
+        Entry::new(slot.value, slot.expires_at).with_written_ttl(slot.ttl)
     }
 
     fn insert(&self, key: &str, value: &Arc<V>, ttl: Option<Duration>, tags: &[String]) {
@@ -297,9 +290,8 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
         }
         let slot = Slot {
             value: Arc::clone(value),
-            expires_at: nanos(ttl.map(|ttl| self.epoch.elapsed().saturating_add(ttl))),
-            ttl: nanos(ttl),
-            retain: nanos(ttl.map(|ttl| ttl.saturating_add(self.stale_grace.unwrap_or_default()))),
+            expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
+            ttl,
             id,
         };
         self.map.insert(key.to_owned(), slot);
@@ -313,15 +305,30 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
 
     fn keep_stale_for(&mut self, grace: Duration) -> bool {
         self.stale_grace = Some(grace);
+        self.grace.store(
+            u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         true
     }
 
     fn get_stale(&self, key: &str) -> Option<Entry<V>> {
-        self.map.get(key).map(|slot| self.entry(slot))
+        self.map.get(key).map(Self::entry)
     }
 
     fn get_now(&self, key: &str) -> Option<Option<Entry<V>>> {
         Some(self.lookup(key))
+    }
+
+    fn get_value_now(&self, key: &str) -> Option<Option<Arc<V>>> {
+        let Some(slot) = self.map.get(key) else {
+            return Some(None);
+        };
+        // Kept past its TTL as a stale fallback: not a hit.
+        if self.stale_grace.is_some() && slot.expires_at.is_some_and(|at| at <= Instant::now()) {
+            return Some(None);
+        }
+        Some(Some(slot.value))
     }
 
     fn set_now(&self, write: &Write<'_, V>) -> bool {
