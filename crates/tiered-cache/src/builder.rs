@@ -5,9 +5,13 @@ use std::time::Duration;
 
 use perfkit_dedup::Group;
 
+use std::sync::Arc;
+
+use crate::bus::InvalidationBus;
 use crate::cache::{Cache, Inner};
 use crate::error::ConfigError;
 use crate::generations::Generations;
+use crate::invalidation::BusLink;
 use crate::jitter::Jitter;
 use crate::level::Level;
 use crate::metrics::CacheMetrics;
@@ -16,6 +20,8 @@ use crate::tiers::memory::MemoryTier;
 
 /// Default [`CacheBuilder::remote_timeout`]: 50 ms.
 const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default [`CacheBuilder::bulk_timeout`]: 30 s.
+const DEFAULT_BULK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default [`CacheBuilder::circuit_breaker`] threshold.
 const DEFAULT_BREAKER_FAILURES: u32 = 5;
 /// Default [`CacheBuilder::circuit_breaker`] cool-down.
@@ -40,6 +46,7 @@ pub struct CacheBuilder<V> {
     tiers: Vec<Box<dyn Tier<V>>>,
     default_ttl: Option<Duration>,
     remote_timeout: Duration,
+    bulk_timeout: Duration,
     breaker_failures: NonZeroU32,
     breaker_cool_down: Duration,
     promote: bool,
@@ -47,6 +54,8 @@ pub struct CacheBuilder<V> {
     negative_ttl: Option<Duration>,
     eager_refresh: Option<f64>,
     stale_grace: Option<Duration>,
+    bus: Option<Arc<dyn InvalidationBus>>,
+    strict: Option<Duration>,
 }
 
 impl<V: Send + Sync + 'static> CacheBuilder<V> {
@@ -56,6 +65,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             tiers: Vec::new(),
             default_ttl: None,
             remote_timeout: DEFAULT_REMOTE_TIMEOUT,
+            bulk_timeout: DEFAULT_BULK_TIMEOUT,
             breaker_failures: NonZeroU32::new(DEFAULT_BREAKER_FAILURES).unwrap_or(NonZeroU32::MIN),
             breaker_cool_down: DEFAULT_BREAKER_COOL_DOWN,
             promote: true,
@@ -63,6 +73,8 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             negative_ttl: None,
             eager_refresh: None,
             stale_grace: None,
+            bus: None,
+            strict: None,
         }
     }
 
@@ -89,6 +101,14 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
     /// failure (a miss). Default: 50 ms.
     pub fn remote_timeout(mut self, timeout: Duration) -> Self {
         self.remote_timeout = timeout;
+        self
+    }
+
+    /// The most a remote tier may take for an operation that walks many
+    /// keys page by page (`invalidate_tag`, `invalidate_pattern`, `clear`).
+    /// Default: 30 s.
+    pub fn bulk_timeout(mut self, timeout: Duration) -> Self {
+        self.bulk_timeout = timeout;
         self
     }
 
@@ -143,19 +163,46 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
+    /// Invalidates other instances through `bus`, and applies theirs: every
+    /// `set`, `remove`/`invalidate`, `invalidate_pattern`, `invalidate_tag`
+    /// and `clear` is published after this instance has changed its tiers,
+    /// and each instance applies the others' to its first tier only (never
+    /// to shared tiers, which the sender already changed). When the bus may
+    /// have lost messages (disconnected, reconnected, lagging), the first
+    /// tier is flushed. Use [`RedisBus`](crate::RedisBus) between processes,
+    /// [`LocalBus`](crate::LocalBus) within one. Building the cache then needs
+    /// a tokio runtime (the subscription is a task). Default: none.
+    pub fn invalidation_bus(mut self, bus: impl InvalidationBus) -> Self {
+        self.bus = Some(Arc::new(bus));
+        self
+    }
+
+    /// Strict mode: once the invalidation bus has been down for `bound`, the
+    /// first tier is bypassed (lookups go to the next tier or the loader)
+    /// until the bus is back, so no value is served from it that an unseen
+    /// invalidation may have made stale for longer than `bound`. Before the
+    /// first subscription the bus counts as down. Default: relaxed (the first
+    /// tier keeps serving while the bus is down; it is flushed when the bus
+    /// goes down and again when it comes back).
+    pub fn strict_invalidation(mut self, bound: Duration) -> Self {
+        self.strict = Some(bound);
+        self
+    }
+
     /// Builds the cache. With no tier added, it gets one [`MemoryTier`] of
     /// 10,000 entries: the embedded default needs no server.
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for an empty name, two tiers with one name, or a zero
-    /// duration.
+    /// [`ConfigError`] for an empty name, two tiers with one name, a zero
+    /// duration, or an invalidation bus without a tokio runtime.
     pub fn build(mut self) -> Result<Cache<V>, ConfigError> {
         if self.name.trim().is_empty() {
             return Err(ConfigError::EmptyName);
         }
         for (what, duration) in [
             ("remote_timeout", Some(self.remote_timeout)),
+            ("bulk_timeout", Some(self.bulk_timeout)),
             ("circuit_breaker cool_down", Some(self.breaker_cool_down)),
             ("default_ttl", self.default_ttl),
         ] {
@@ -193,6 +240,12 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
                 return Err(ConfigError::StaleUnsupported(first.name().to_owned()));
             }
         }
+        if self.bus.is_some() && tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError::NoRuntime);
+        }
+        if self.strict.is_some() && self.bus.is_none() {
+            return Err(ConfigError::StrictWithoutBus);
+        }
         let mut names = std::collections::HashSet::new();
         for tier in &self.tiers {
             if !names.insert(tier.name().to_owned()) {
@@ -203,10 +256,17 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         let levels = self
             .tiers
             .into_iter()
-            .map(|tier| Level::new(tier, &self.name, self.remote_timeout, breaker))
+            .map(|tier| {
+                let timeouts = (self.remote_timeout, self.bulk_timeout);
+                Level::new(tier, &self.name, timeouts, breaker)
+            })
             .collect();
         let group_name = format!("cache.{}", self.name);
+        let bus = self
+            .bus
+            .map(|bus| BusLink::new(bus, &self.name, self.strict, self.remote_timeout));
         Ok(Cache::from_inner(Inner {
+            bus,
             levels,
             default_ttl: self.default_ttl,
             promote: self.promote,

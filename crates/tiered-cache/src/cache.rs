@@ -9,13 +9,15 @@ use perfkit_dedup::Group;
 use tracing::Instrument;
 
 use crate::builder::CacheBuilder;
+use crate::bus::Target;
 use crate::error::{Error, LoadError};
 use crate::generations::{Generations, Lease};
+use crate::invalidation::BusLink;
 use crate::jitter::Jitter;
 use crate::level::Level;
 use crate::metrics::CacheMetrics;
 use crate::stats::{Stats, TierStats};
-use crate::tier::{Entry, Write};
+use crate::tier::{Entry, Version, Write};
 
 /// A cache over an ordered list of tiers (fastest first), with promotion of
 /// lower-tier hits, one load per key, and fail-safe remote tiers.
@@ -59,6 +61,21 @@ pub(crate) struct Inner<V> {
     pub(crate) negatives: Option<moka::sync::Cache<String, ()>>,
     pub(crate) eager_refresh: Option<f64>,
     pub(crate) serve_stale: bool,
+    pub(crate) bus: Option<BusLink>,
+}
+
+/// What the remote tiers saw during a lookup, by level index (`None`: the
+/// lookup failed there). Empty, and unallocated, for a two-tier cache's `get`.
+type Seen = Vec<(usize, Option<Version>)>;
+
+/// How a fill of one tier went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    Done,
+    /// The key changed since the lookup: faster tiers must not be filled either.
+    Refused,
+    /// Not attempted (the tier's lookup failed).
+    Skipped,
 }
 
 /// A loader with its error already erased, as the load flights run it.
@@ -141,18 +158,21 @@ where
     }
 
     pub(crate) fn from_inner(inner: Inner<V>) -> Self {
-        Self {
-            inner: Arc::new(inner),
+        let inner = Arc::new(inner);
+        if let Some(link) = &inner.bus {
+            link.start(Arc::downgrade(&inner));
         }
+        Self { inner }
     }
 
     /// The value for `key`, from the fastest tier that has it (promoting it
     /// into the faster ones), or `None`. A tier that fails counts as a miss.
     /// Concurrent misses of one key share one lookup of the lower tiers.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        if let Some(found) = self.inner.get_first_value(key) {
-            return found;
-        }
+        let first_missed = match self.inner.get_first_value(key) {
+            Ok(found) => return found,
+            Err(asked) => asked,
+        };
         let span = self.inner.get_span();
         let inner = Arc::clone(&self.inner);
         let owned = key.to_owned();
@@ -161,7 +181,13 @@ where
             .lookups
             .run(owned.clone(), move || async move {
                 let lease = inner.generations.lease(&owned);
-                Ok(inner.lookup_below_first(&owned, lease).await)
+                // A value filled into the first tier since it missed is in
+                // the lower tiers too (they are filled first): no second look.
+                let start = usize::from(first_missed);
+                let mut seen = Seen::new();
+                Ok(inner
+                    .lookup_below_first(&owned, lease, start, &mut seen, false)
+                    .await)
             })
             .instrument(span)
             .await;
@@ -307,16 +333,49 @@ where
             tags: &options.tags,
         };
         self.inner.write_through(&write).await;
+        self.inner.publish(Target::Key(key.to_owned())).await;
     }
 
-    /// Removes `key` from every tier. A load of `key` in flight is detached:
-    /// the next `get_or_load` loads afresh instead of joining it.
-    pub async fn remove(&self, key: &str) {
+    /// Removes `key` from every tier, then tells other instances (with an
+    /// invalidation bus) to drop it from their first tier. A load of `key` in
+    /// flight is detached: the next `get_or_load` loads afresh instead of
+    /// joining it, and the detached load does not write L1.
+    pub async fn invalidate(&self, key: &str) {
         self.inner.loads.forget(key);
+        self.inner.lookups.forget(key);
         for level in self.inner.levels.iter().skip(1).rev() {
             level.delete(key).await;
         }
         self.inner.delete_from_first(key).await;
+        self.inner.publish(Target::Key(key.to_owned())).await;
+    }
+
+    /// The same as [`Cache::invalidate`].
+    pub async fn remove(&self, key: &str) {
+        self.invalidate(key).await;
+    }
+
+    /// Removes every key matching `pattern` (a Redis-style glob: `*`, `?`,
+    /// `[a-z]`, `\` escapes) from every tier, then tells other instances to
+    /// do the same in their first tier. Remote tiers walk their keys with a
+    /// cursor in batches (`SCAN MATCH`), never holding every match at once;
+    /// the first tier matches locally. Loads and promotions of any key that
+    /// began earlier will not refill the first tier. Returns how many
+    /// entries the tiers removed (a key held by two tiers counts twice).
+    pub async fn invalidate_pattern(&self, pattern: &str) -> u64 {
+        let mut removed = 0;
+        for level in self.inner.levels.iter().skip(1).rev() {
+            removed += level.delete_matching(pattern).await;
+        }
+        self.inner.generations.bump_all();
+        self.inner.forget_negatives();
+        if let Some(first) = self.inner.levels.first() {
+            removed += first.delete_matching(pattern).await;
+        }
+        self.inner
+            .publish(Target::Pattern(pattern.to_owned()))
+            .await;
+        removed
     }
 
     /// Removes every entry written with `tag` from every tier, using each
@@ -344,14 +403,18 @@ where
             // Always: a promotion that raced the deletes above must not survive.
             self.inner.delete_from_first(key).await;
         }
+        self.inner.publish(Target::Tag(tag.to_owned())).await;
         all.len()
     }
 
-    /// Removes every entry from every tier (remote tiers: every key under their prefix).
+    /// Removes every entry from every tier (remote tiers: every key under
+    /// their prefix), then tells other instances to empty their first tier.
     pub async fn clear(&self) {
-        for level in self.inner.levels.iter().rev() {
+        for level in self.inner.levels.iter().skip(1).rev() {
             level.clear().await;
         }
+        self.inner.flush_first_tier().await;
+        self.inner.publish(Target::Clear).await;
     }
 
     /// Counters per tier and for loads, since the cache was built.
@@ -377,6 +440,18 @@ where
             refreshes: self.inner.metrics.refreshes.get(),
             negative_hits: self.inner.metrics.negative_hits.get(),
             stale_served: self.inner.metrics.stale_served.get(),
+            invalidations_sent: self.inner.bus.as_ref().map_or(0, |b| b.metrics.sent.get()),
+            invalidations_received: self
+                .inner
+                .bus
+                .as_ref()
+                .map_or(0, |b| b.metrics.received.get()),
+            l1_flushes: self.inner.bus.as_ref().map_or(0, |b| b.metrics.flushes()),
+            bus_reconnects: self
+                .inner
+                .bus
+                .as_ref()
+                .map_or(0, |b| b.metrics.reconnects.get()),
         }
     }
 
@@ -405,6 +480,9 @@ where
     /// The synchronous first-tier lookup: `Some(Some(v))` hit, `Some(None)`
     /// miss there (go on), `None` when the first tier cannot answer at once.
     fn get_first(&self, key: &str) -> Option<Option<Entry<V>>> {
+        if self.first_tier_suspect() {
+            return None;
+        }
         let first = self.levels.first()?;
         match first.tier.get_now(key)? {
             Some(entry) => {
@@ -422,30 +500,49 @@ where
         }
     }
 
-    /// [`Inner::get_first`] for a caller that needs only the value.
-    fn get_first_value(&self, key: &str) -> Option<Option<Arc<V>>> {
-        let first = self.levels.first()?;
-        let found = first.tier.get_value_now(key)?;
+    /// [`Inner::get_first`] for a caller that needs only the value:
+    /// `Ok(found)` is the answer; `Err(asked)` means go on to the lower
+    /// tiers, `asked` telling whether the first tier was asked (and missed).
+    fn get_first_value(&self, key: &str) -> Result<Option<Arc<V>>, bool> {
+        if self.first_tier_suspect() {
+            return Err(false);
+        }
+        let first = self.levels.first().ok_or(false)?;
+        let found = first.tier.get_value_now(key).ok_or(false)?;
         if found.is_some() {
             first.metrics.hits.increment();
         } else {
             first.metrics.misses.increment();
             if self.levels.len() > 1 {
-                return None;
+                return Err(true);
             }
         }
-        Some(found)
+        Ok(found)
     }
 
-    /// Looks in every tier below the first (after a silent second look at
-    /// the first, which a concurrent fill may have just written), promoting
-    /// a hit into the faster tiers.
-    async fn lookup_below_first(&self, key: &str, lease: Lease) -> Option<Entry<V>> {
+    /// Looks in the tiers from `start` down, promoting a hit into the faster
+    /// tiers. With `start` 0, a first tier that answers at once was already
+    /// asked (and counted): it is asked again silently, since a fill may have
+    /// landed since (a load must not run for a value that just arrived).
+    ///
+    /// What each remote tier saw is recorded in `seen` (by level index) when
+    /// a fill may follow: for a load, every remote tier; otherwise the
+    /// remote tiers a promotion could fill (all but the last).
+    async fn lookup_below_first(
+        &self,
+        key: &str,
+        lease: Lease,
+        mut start: usize,
+        seen: &mut Seen,
+        for_load: bool,
+    ) -> Option<Entry<V>> {
         let span = tracing::Span::current();
-        // The first tier was already asked (and counted) when it answers at
-        // once; a fill may have landed since, so look again, silently.
-        let mut start = 0;
-        if let Some(first) = self.levels.first()
+        if start > 0 {
+            // Already asked.
+        } else if self.first_tier_suspect() {
+            // Strict mode with the invalidation bus down: skip the first tier.
+            start = 1;
+        } else if let Some(first) = self.levels.first()
             && let Some(found) = first.tier.get_now(key)
         {
             if let Some(entry) = found {
@@ -455,14 +552,22 @@ where
             }
             start = 1;
         }
+        let last = self.levels.len().saturating_sub(1);
         for (index, level) in self.levels.iter().enumerate().skip(start) {
-            match level.get(key).await {
+            let found = if for_load || index < last {
+                let (found, version) = level.lookup(key).await;
+                seen.push((index, version));
+                found
+            } else {
+                level.get(key).await
+            };
+            match found {
                 Some(entry) => {
                     level.metrics.hits.increment();
                     span.record("cache.hit", true);
                     span.record("cache.tier", level.name());
                     if self.promote {
-                        self.promote(key, &entry, index, lease).await;
+                        self.promote(key, &entry, index, lease, seen).await;
                     }
                     return Some(entry);
                 }
@@ -475,7 +580,14 @@ where
 
     /// Writes a hit from tier `found_at` into the faster tiers, with the TTL
     /// it has left, unless its key was written or removed meanwhile.
-    async fn promote(&self, key: &str, entry: &Entry<V>, found_at: usize, lease: Lease) {
+    async fn promote(
+        &self,
+        key: &str,
+        entry: &Entry<V>,
+        found_at: usize,
+        lease: Lease,
+        seen: &Seen,
+    ) {
         let ttl = entry.ttl();
         if ttl == Some(Duration::ZERO) {
             return;
@@ -484,31 +596,63 @@ where
             key,
             value: &entry.value,
             ttl,
-            tags: &[],
+            tags: &entry.tags,
         };
         if let Some(levels) = self.levels.get(..found_at) {
-            for level in levels.iter().rev() {
-                if self.fill_level(level, &write, lease).await {
-                    level.metrics.promotions.increment();
+            for (index, level) in levels.iter().enumerate().rev() {
+                match self.fill_level(level, index, &write, lease, seen).await {
+                    Fill::Done => level.metrics.promotions.increment(),
+                    Fill::Refused => return,
+                    Fill::Skipped => {}
                 }
             }
         }
     }
 
     /// A fill of one tier under `lease`: refused once the key was written or
-    /// removed. Synchronous tiers check and write atomically.
-    async fn fill_level(&self, level: &Level<V>, write: &Write<'_, V>, lease: Lease) -> bool {
+    /// removed in this instance (or, with an invalidation bus, in another).
+    /// Synchronous tiers check and write atomically; remote ones write only
+    /// if the key is still as their lookup saw it (`seen`).
+    async fn fill_level(
+        &self,
+        level: &Level<V>,
+        index: usize,
+        write: &Write<'_, V>,
+        lease: Lease,
+        seen: &Seen,
+    ) -> Fill {
         let mut done = false;
         let current = self
             .generations
             .if_current(lease, || done = level.tier.set_now(write));
         if !current {
-            return false;
+            return Fill::Refused;
         }
-        if !done {
-            level.set(write).await;
+        if done {
+            return Fill::Done;
         }
-        true
+        match seen.iter().find(|(at, _)| *at == index) {
+            Some((_, Some(version))) => {
+                if level.fill(write, version).await {
+                    Fill::Done
+                } else {
+                    Fill::Refused
+                }
+            }
+            // The lookup failed there (or never looked): leave the tier alone.
+            _ => Fill::Skipped,
+        }
+    }
+
+    /// What the remote tiers hold for `key` now, for a reload's fills.
+    async fn versions(&self, key: &str) -> Seen {
+        let mut seen = Seen::new();
+        for (index, level) in self.levels.iter().enumerate() {
+            if level.tier.get_now(key).is_none() {
+                seen.push((index, level.lookup(key).await.1));
+            }
+        }
+        seen
     }
 
     /// The flight of a load: look in every tier (unless refreshing), else
@@ -525,8 +669,16 @@ where
         Fut: Future<Output = Erased<V>>,
     {
         let lease = self.generations.lease(key);
-        if look_first && let Some(entry) = self.lookup_below_first(key, lease).await {
-            return Ok(Some(entry.value));
+        let mut seen = Seen::new();
+        if look_first {
+            if let Some(entry) = self
+                .lookup_below_first(key, lease, 0, &mut seen, true)
+                .await
+            {
+                return Ok(Some(entry.value));
+            }
+        } else {
+            seen = self.versions(key).await;
         }
         let span = tracing::Span::current();
         self.metrics.loads.increment();
@@ -545,9 +697,10 @@ where
                     ttl: self.jittered(self.default_ttl),
                     tags: &[],
                 };
-                for level in self.levels.iter().rev() {
+                for (index, level) in self.levels.iter().enumerate().rev() {
                     // Refused once the key was written or removed: stop filling.
-                    if !self.fill_level(level, &write, lease).await {
+                    let fill = self.fill_level(level, index, &write, lease, &seen).await;
+                    if fill == Fill::Refused {
                         break;
                     }
                 }
@@ -627,10 +780,16 @@ where
         }
     }
 
+    pub(crate) fn forget_negatives(&self) {
+        if let Some(negatives) = &self.negatives {
+            negatives.invalidate_all();
+        }
+    }
+
     /// Removes `key` from the first tier under a generation bump (and
     /// forgets a remembered "not found"): loads and promotions that began
     /// earlier will not write it back.
-    async fn delete_from_first(&self, key: &str) {
+    pub(crate) async fn delete_from_first(&self, key: &str) {
         let Some(first) = self.levels.first() else {
             return;
         };

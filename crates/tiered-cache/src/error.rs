@@ -79,6 +79,14 @@ pub enum ConfigError {
     /// as [`MemoryTier`](crate::MemoryTier)).
     #[error("serve_stale needs a first tier that keeps expired entries; {0:?} does not")]
     StaleUnsupported(String),
+    /// An invalidation bus runs a subscription task: build the cache inside
+    /// a tokio runtime.
+    #[error("a cache with an invalidation bus must be built inside a tokio runtime")]
+    NoRuntime,
+    /// `strict_invalidation` bounds how long the first tier serves while the
+    /// invalidation bus is down, so it needs a bus.
+    #[error("strict_invalidation needs an invalidation_bus")]
+    StrictWithoutBus,
     /// A fraction setting is outside `0.0..1.0` (or `0.0..=1.0` where stated).
     #[error("{setting} must be a fraction between 0 and 1, got {value}")]
     Fraction {

@@ -7,15 +7,23 @@
 //! starts and writes L1 only if the stripe has not moved since, under the same
 //! lock. Two keys sharing a stripe can only cause a fill to be skipped, never
 //! a stale write. Memory is fixed (no per-key state); every operation is O(1).
+//!
+//! Invalidations that cover many keys at once (a pattern, a tag, a clear, a
+//! gap in the invalidation bus) move one cache-wide epoch instead: a lease
+//! also records the epoch, and a fill checks both.
 
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 const STRIPES: usize = 1024;
 
 pub(crate) struct Generations {
     hasher: foldhash::fast::RandomState,
     stripes: Box<[Mutex<u64>]>,
+    /// Held shared by fills from their check to their write, exclusively by
+    /// [`Generations::bump_all`]: a fill that passed the check has written
+    /// before the epoch moves.
+    epoch: RwLock<u64>,
 }
 
 /// The generation of a key's stripe when a fill began.
@@ -23,6 +31,7 @@ pub(crate) struct Generations {
 pub(crate) struct Lease {
     stripe: usize,
     generation: u64,
+    epoch: u64,
 }
 
 impl Generations {
@@ -30,6 +39,7 @@ impl Generations {
         Self {
             hasher: foldhash::fast::RandomState::default(),
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
+            epoch: RwLock::new(0),
         }
     }
 
@@ -49,13 +59,22 @@ impl Generations {
     /// Starts a fill of `key`.
     pub(crate) fn lease(&self, key: &str) -> Lease {
         let stripe = self.stripe(key);
+        let epoch = *self.epoch.read().unwrap_or_else(PoisonError::into_inner);
         let generation = self.lock(stripe).map_or(0, |g| *g);
-        Lease { stripe, generation }
+        Lease {
+            stripe,
+            generation,
+            epoch,
+        }
     }
 
     /// Runs `write` (an L1 change, synchronous) only if `lease` is current,
     /// atomically with respect to [`Generations::bump_then`].
     pub(crate) fn if_current(&self, lease: Lease, write: impl FnOnce()) -> bool {
+        let epoch = self.epoch.read().unwrap_or_else(PoisonError::into_inner);
+        if *epoch != lease.epoch {
+            return false;
+        }
         match self.lock(lease.stripe) {
             Some(generation) if *generation == lease.generation => {
                 write();
@@ -72,5 +91,13 @@ impl Generations {
             *generation = generation.wrapping_add(1);
             write();
         }
+    }
+
+    /// Moves the cache-wide epoch: every fill that began earlier is refused
+    /// from now on. Fills already past their check have written by the time
+    /// this returns, so an L1 change made after it removes them.
+    pub(crate) fn bump_all(&self) {
+        let mut epoch = self.epoch.write().unwrap_or_else(PoisonError::into_inner);
+        *epoch = epoch.wrapping_add(1);
     }
 }

@@ -6,11 +6,13 @@ use std::time::Duration;
 use crate::breaker::{Breaker, Transition};
 use crate::error::TierError;
 use crate::metrics::TierMetrics;
-use crate::tier::{Entry, Tier, TierFuture, Write};
+use crate::tier::{Entry, Tier, TierFuture, Version, Write};
 
 pub(crate) struct Level<V> {
     pub(crate) tier: Box<dyn Tier<V>>,
     timeout: Option<Duration>,
+    /// The bound of operations that walk many keys (tags, patterns, clear).
+    bulk_timeout: Option<Duration>,
     breaker: Option<Breaker>,
     pub(crate) metrics: TierMetrics,
 }
@@ -19,14 +21,15 @@ impl<V: Send + Sync + 'static> Level<V> {
     pub(crate) fn new(
         tier: Box<dyn Tier<V>>,
         cache: &str,
-        timeout: Duration,
+        timeouts: (Duration, Duration),
         breaker: (u32, Duration),
     ) -> Self {
         let remote = tier.is_remote();
         let metrics = TierMetrics::new(cache, tier.name());
         metrics.breaker_open.set(0.0);
         Self {
-            timeout: remote.then_some(timeout),
+            timeout: remote.then_some(timeouts.0),
+            bulk_timeout: remote.then_some(timeouts.1),
             breaker: remote.then(|| Breaker::new(breaker.0, breaker.1)),
             metrics,
             tier,
@@ -48,13 +51,31 @@ impl<V: Send + Sync + 'static> Level<V> {
         op: &'static str,
         call: TierFuture<'a, T>,
     ) -> Result<T, TierError> {
+        self.bounded(op, self.timeout, call).await
+    }
+
+    /// [`Level::guarded`] for operations that walk many keys.
+    async fn guarded_bulk<'a, T>(
+        &'a self,
+        op: &'static str,
+        call: TierFuture<'a, T>,
+    ) -> Result<T, TierError> {
+        self.bounded(op, self.bulk_timeout, call).await
+    }
+
+    async fn bounded<'a, T>(
+        &'a self,
+        op: &'static str,
+        timeout: Option<Duration>,
+        call: TierFuture<'a, T>,
+    ) -> Result<T, TierError> {
         if let Some(breaker) = &self.breaker
             && !breaker.allow()
         {
             self.metrics.skipped.increment();
             return Err(TierError::CircuitOpen);
         }
-        let result = match self.timeout {
+        let result = match timeout {
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
                 .unwrap_or(Err(TierError::Timeout(limit))),
@@ -95,6 +116,28 @@ impl<V: Send + Sync + 'static> Level<V> {
         self.guarded("get", self.tier.get(key)).await.ok().flatten()
     }
 
+    /// A lookup that may be followed by a fill: the version is `None` when
+    /// the tier failed (nothing may be filled there then).
+    pub(crate) async fn lookup(&self, key: &str) -> (Option<Entry<V>>, Option<Version>) {
+        if let Some(found) = self.tier.get_now(key) {
+            return (found, Some(Version::unversioned()));
+        }
+        match self.guarded("get", self.tier.lookup(key)).await {
+            Ok((found, version)) => (found, Some(version)),
+            Err(_) => (None, None),
+        }
+    }
+
+    /// A conditional fill; `false` when refused or failed.
+    pub(crate) async fn fill(&self, write: &Write<'_, V>, seen: &Version) -> bool {
+        if self.tier.set_now(write) {
+            return true;
+        }
+        self.guarded("fill", self.tier.fill(write, seen))
+            .await
+            .unwrap_or(false)
+    }
+
     pub(crate) async fn set(&self, write: &Write<'_, V>) {
         if !self.tier.set_now(write) {
             let _ = self.guarded("set", self.tier.set(write)).await;
@@ -108,12 +151,18 @@ impl<V: Send + Sync + 'static> Level<V> {
     }
 
     pub(crate) async fn delete_tag(&self, tag: &str) -> Vec<String> {
-        self.guarded("delete_tag", self.tier.delete_tag(tag))
+        self.guarded_bulk("delete_tag", self.tier.delete_tag(tag))
+            .await
+            .unwrap_or_default()
+    }
+
+    pub(crate) async fn delete_matching(&self, pattern: &str) -> u64 {
+        self.guarded_bulk("delete_matching", self.tier.delete_matching(pattern))
             .await
             .unwrap_or_default()
     }
 
     pub(crate) async fn clear(&self) {
-        let _ = self.guarded("clear", self.tier.clear()).await;
+        let _ = self.guarded_bulk("clear", self.tier.clear()).await;
     }
 }

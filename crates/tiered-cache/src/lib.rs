@@ -66,25 +66,33 @@
 
 mod breaker;
 mod builder;
+mod bus;
 mod cache;
 mod codec;
 mod error;
 mod generations;
+mod glob;
+mod invalidation;
 mod jitter;
 mod level;
 mod metrics;
+#[cfg(feature = "redis")]
+mod redis_bus;
 mod stats;
 mod tier;
 mod tiers;
 
 pub use crate::builder::CacheBuilder;
+pub use crate::bus::{BusEvent, BusFuture, InvalidationBus, LocalBus, Message, Target};
 pub use crate::cache::{Cache, SetOptions, WarmReport};
 #[cfg(feature = "json")]
 pub use crate::codec::Json;
 pub use crate::codec::{Codec, Postcard};
 pub use crate::error::{ConfigError, Error, LoadError, TierError};
+#[cfg(feature = "redis")]
+pub use crate::redis_bus::{RedisBus, RedisBusBuilder};
 pub use crate::stats::{Stats, TierStats};
-pub use crate::tier::{Entry, Tier, TierFuture, Write};
+pub use crate::tier::{Entry, Tier, TierFuture, Version, Write};
 pub use crate::tiers::memory::{MemoryTier, MemoryTierBuilder};
 #[cfg(feature = "redis")]
 pub use crate::tiers::redis::{RedisTier, RedisTierBuilder};

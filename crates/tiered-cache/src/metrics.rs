@@ -46,7 +46,7 @@ fn stripe() -> usize {
 }
 
 impl Local {
-    fn new(exported: Counter) -> Self {
+    pub(crate) fn new(exported: Counter) -> Self {
         Self {
             exported,
             stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),

@@ -16,6 +16,15 @@ pub struct Stats {
     pub negative_hits: u64,
     /// Failed loads answered with an expired value (serve-stale).
     pub stale_served: u64,
+    /// Invalidations published to the invalidation bus.
+    pub invalidations_sent: u64,
+    /// Invalidations from other instances applied to the first tier.
+    pub invalidations_received: u64,
+    /// First-tier flushes because the invalidation bus may have lost
+    /// messages (down, back up, lagging; the first subscription counts once).
+    pub l1_flushes: u64,
+    /// Times the invalidation bus came back after being down.
+    pub bus_reconnects: u64,
 }
 
 /// Counters of one tier.

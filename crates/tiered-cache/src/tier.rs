@@ -24,6 +24,9 @@ pub struct Entry<V> {
     /// The TTL the entry was written with, when the tier knows it (eager
     /// refresh measures how much of it has passed).
     pub written_ttl: Option<Duration>,
+    /// The tags it was written with, when the tier keeps them with the value
+    /// (a promotion carries them into the faster tiers).
+    pub tags: Vec<String>,
 }
 
 impl<V> Clone for Entry<V> {
@@ -32,6 +35,7 @@ impl<V> Clone for Entry<V> {
             value: Arc::clone(&self.value),
             expires_at: self.expires_at,
             written_ttl: self.written_ttl,
+            tags: self.tags.clone(),
         }
     }
 }
@@ -44,7 +48,15 @@ impl<V> Entry<V> {
             value,
             expires_at,
             written_ttl: None,
+            tags: Vec::new(),
         }
+    }
+
+    /// Records the tags the entry was written with.
+    #[must_use]
+    pub fn with_tags(mut self, tags: Vec<String>) -> Self {
+        self.tags = tags;
+        self
     }
 
     /// Records the TTL the entry was written with.
@@ -68,6 +80,49 @@ pub(crate) fn capped_ttl(ttl: Option<Duration>, max_ttl: Option<Duration>) -> Op
     match (ttl, max_ttl) {
         (Some(ttl), Some(max)) => Some(ttl.min(max)),
         (ttl, max) => ttl.or(max),
+    }
+}
+
+/// What a lookup saw in a tier where it missed, so that a later fill of
+/// the same key can be made conditional on nothing having changed there
+/// since (see [`Tier::lookup`] and [`Tier::fill`]). Opaque to the cache:
+/// each tier keeps what it needs in it.
+#[derive(Clone, Default)]
+pub struct Version(Option<Arc<dyn std::any::Any + Send + Sync>>);
+
+impl Version {
+    /// No version: a fill with it is unconditional.
+    #[must_use]
+    pub fn unversioned() -> Self {
+        Self(None)
+    }
+
+    /// A version holding a tier's own record of what it saw.
+    #[must_use]
+    pub fn new<T: std::any::Any + Send + Sync>(seen: T) -> Self {
+        Self(Some(Arc::new(seen)))
+    }
+
+    /// The tier's record, if this version holds one of type `T`.
+    #[must_use]
+    pub fn get<T: std::any::Any>(&self) -> Option<&T> {
+        self.0.as_deref().and_then(|seen| seen.downcast_ref())
+    }
+
+    /// Whether the version holds nothing (an unconditional fill).
+    #[must_use]
+    pub fn is_unversioned(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl std::fmt::Debug for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Version(..)"
+        } else {
+            "Version(unversioned)"
+        })
     }
 }
 
@@ -197,6 +252,32 @@ pub trait Tier<V>: Send + Sync + 'static {
     /// Stores a value.
     fn set<'a>(&'a self, write: &'a Write<'a, V>) -> TierFuture<'a, ()>;
 
+    /// Looks `key` up for a load or a promotion that may fill this tier
+    /// afterwards: a hit, or a miss with the [`Version`] a later
+    /// [`Tier::fill`] is conditioned on. The default is [`Tier::get`] with
+    /// no version (fills are then unconditional).
+    fn lookup<'a>(&'a self, key: &'a str) -> TierFuture<'a, (Option<Entry<V>>, Version)>
+    where
+        V: 'a,
+    {
+        let get = self.get(key);
+        Box::pin(async move { Ok((get.await?, Version::unversioned())) })
+    }
+
+    /// Stores a value a load (or a promotion) produced, unless the key
+    /// changed in this tier since [`Tier::lookup`] returned `seen` (a write,
+    /// a delete, an invalidation): this is what keeps a load that began
+    /// before an invalidation from writing its old value back ("no stale
+    /// sets"). Returns whether it stored. The default stores unconditionally.
+    fn fill<'a>(&'a self, write: &'a Write<'a, V>, seen: &'a Version) -> TierFuture<'a, bool> {
+        let _ = seen;
+        let set = self.set(write);
+        Box::pin(async move {
+            set.await?;
+            Ok(true)
+        })
+    }
+
     /// Removes `key`; removing a missing key succeeds.
     fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()>;
 
@@ -207,6 +288,27 @@ pub trait Tier<V>: Send + Sync + 'static {
     fn delete_tag<'a>(&'a self, tag: &'a str) -> TierFuture<'a, Vec<String>> {
         let _ = tag;
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Removes every entry whose key matches `pattern`, a Redis-style glob
+    /// (`*`, `?`, `[a-z]`, `\` escapes) over cache keys (without any tier
+    /// prefix), and returns how many it removed. The default clears the whole
+    /// tier, which removes at least what was asked: override it when the tier
+    /// can enumerate its keys.
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> TierFuture<'a, u64> {
+        let _ = pattern;
+        Box::pin(async move {
+            self.clear().await?;
+            Ok(0)
+        })
+    }
+
+    /// Whether [`Tier::get`] returns the tags an entry was written with
+    /// ([`Entry::tags`]). When a tier below the first does not, a copy
+    /// promoted from it carries no tags, so the cache flushes its first tier
+    /// on a tag invalidation from another instance. Default: `false`.
+    fn keeps_tags(&self) -> bool {
+        false
     }
 
     /// Removes every entry of this tier (for a prefixed tier, every key under its prefix).

@@ -9,6 +9,7 @@ use moka::Expiry;
 use moka::sync::Cache as Moka;
 
 use crate::error::ConfigError;
+use crate::glob::Glob;
 use crate::tier::{Entry, Tier, TierFuture, Write, capped_ttl};
 
 /// The in-process tier (usually L1): values are held as `Arc<V>`, never
@@ -370,6 +371,18 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()> {
         self.map.invalidate(key);
         Box::pin(async { Ok(()) })
+    }
+
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> TierFuture<'a, u64> {
+        let glob = Glob::new(pattern);
+        let mut removed = 0;
+        for (key, _) in &self.map {
+            if glob.matches(&key) {
+                self.map.invalidate(key.as_str());
+                removed += 1;
+            }
+        }
+        Box::pin(async move { Ok(removed) })
     }
 
     fn clear(&self) -> TierFuture<'_, ()> {

@@ -9,10 +9,58 @@ use tokio::sync::OnceCell;
 
 use crate::codec::{Codec, Postcard};
 use crate::error::{ConfigError, TierError};
-use crate::tier::{Entry, Tier, TierFuture, Write, capped_ttl};
+use crate::tier::{Entry, Tier, TierFuture, Version, Write, capped_ttl};
 
 /// Keys deleted per command when clearing a prefix.
 const CLEAR_BATCH: usize = 500;
+
+/// What a lookup saw, for the fill that may follow.
+struct Seen {
+    /// The bytes under the key (a tombstone, a foreign value), or nothing.
+    bytes: Option<Vec<u8>>,
+    /// The tier's epoch.
+    epoch: Option<Vec<u8>>,
+    at: Instant,
+}
+
+/// The conditional fill: writes only if the key and the epoch are as the
+/// lookup saw them, tags indexed before the value is visible.
+///
+/// `KEYS`: the key, the epoch, then tag sets. `ARGV`: key seen (`1`/`0`),
+/// its bytes, epoch seen (`1`/`0`), its value, the new bytes, TTL in ms or `""`.
+static FILL: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+local epoch = redis.call('GET', KEYS[2])
+if ARGV[3] == '1' then
+  if epoch ~= ARGV[4] then return 0 end
+elseif epoch then
+  return 0
+end
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], KEYS[1])
+  if ARGV[6] == '' then
+    redis.call('PERSIST', KEYS[i])
+  else
+    redis.call('PEXPIRE', KEYS[i], ARGV[6], 'NX')
+    redis.call('PEXPIRE', KEYS[i], ARGV[6], 'GT')
+  end
+end
+if ARGV[6] == '' then
+  redis.call('SET', KEYS[1], ARGV[5])
+else
+  redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[6])
+end
+return 1
+",
+    )
+});
 
 /// A Redis tier (usually L2, shared by every instance of a service).
 ///
@@ -32,15 +80,21 @@ const CLEAR_BATCH: usize = 500;
 ///
 /// # Value format
 ///
-/// Each Redis value is a 20-byte header followed by the codec's bytes:
+/// Each Redis value is a header followed by the codec's bytes (integers
+/// big-endian):
 ///
 /// | bytes | content |
 /// | --- | --- |
 /// | 0–1 | `pk` |
 /// | 2 | format, `1` |
 /// | 3 | kind: `v` for a value |
-/// | 4–11 | expiry, Unix time in milliseconds, big-endian; 0 for none |
-/// | 12–19 | the TTL it was written with, in milliseconds, big-endian; 0 for none |
+/// | 4–11 | expiry, Unix time in milliseconds; 0 for none |
+/// | 12–19 | the TTL it was written with, in milliseconds; 0 for none |
+/// | 20–21 | the number of tags, then each tag as a 2-byte length and UTF-8 |
+///
+/// The tags travel with the value, so that a copy promoted into another
+/// instance's L1 is indexed by them and a tag invalidation received from the
+/// invalidation bus reaches it.
 ///
 /// A value without the header is not one of ours: a lookup counts it as a
 /// tier error (a miss) and the next fill overwrites it. For keys shared with
@@ -63,6 +117,8 @@ pub struct RedisTier<V, C = Postcard> {
     codec: C,
     max_ttl: Option<Duration>,
     plain: bool,
+    tombstone_ttl: Duration,
+    tombstones: envelope::Tombstones,
     _values: PhantomData<fn() -> V>,
 }
 
@@ -77,6 +133,7 @@ pub struct RedisTierBuilder<C = Postcard> {
     max_ttl: Option<Duration>,
     connect_timeout: Duration,
     plain: bool,
+    tombstone_ttl: Duration,
 }
 
 impl RedisTierBuilder<Postcard> {
@@ -89,6 +146,7 @@ impl RedisTierBuilder<Postcard> {
             max_ttl: None,
             connect_timeout: Duration::from_millis(250),
             plain: false,
+            tombstone_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -131,6 +189,15 @@ impl<C> RedisTierBuilder<C> {
         self
     }
 
+    /// How long a removed key keeps a tombstone (a small marker in place of
+    /// the value, a miss for lookups) that refuses the fills of loads which
+    /// looked before the removal. A load that takes longer than this never
+    /// fills this tier. Default: 60 s.
+    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.tombstone_ttl = ttl;
+        self
+    }
+
     /// Encodes values with `codec` instead of [`Postcard`].
     pub fn codec<C2>(self, codec: C2) -> RedisTierBuilder<C2> {
         RedisTierBuilder {
@@ -141,6 +208,7 @@ impl<C> RedisTierBuilder<C> {
             max_ttl: self.max_ttl,
             connect_timeout: self.connect_timeout,
             plain: self.plain,
+            tombstone_ttl: self.tombstone_ttl,
         }
     }
 
@@ -163,10 +231,17 @@ impl<C> RedisTierBuilder<C> {
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::ZeroDuration("connect_timeout"));
         }
+        if self.tombstone_ttl.is_zero() {
+            return Err(ConfigError::ZeroDuration("tombstone_ttl"));
+        }
         let client = redis::Client::open(self.url.as_str())
             .map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
-        // Few, quick retries: the cache's timeout and breaker decide when to give up.
+        // Few, quick retries: the cache's timeout and breaker decide when to
+        // give up. No response timeout of redis-rs's own: the cache bounds
+        // every call already, and a second timer per request costs as much
+        // CPU as the rest of a lookup.
         let config = ConnectionManagerConfig::new()
+            .set_response_timeout(None)
             .set_connection_timeout(Some(self.connect_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
@@ -179,6 +254,8 @@ impl<C> RedisTierBuilder<C> {
             codec: self.codec,
             max_ttl: self.max_ttl,
             plain: self.plain,
+            tombstone_ttl: self.tombstone_ttl,
+            tombstones: envelope::Tombstones::new(),
             _values: PhantomData,
         })
     }
@@ -230,6 +307,48 @@ where
         capped_ttl(ttl, self.max_ttl)
     }
 
+    /// The key whose value moves on every invalidation of many keys (tag,
+    /// pattern, clear): a fill checks it has not moved since its lookup.
+    fn epoch_key(&self) -> String {
+        format!("{}__epoch", self.prefix)
+    }
+
+    async fn move_epoch(&self, connection: &mut ConnectionManager) -> Result<(), TierError> {
+        redis::cmd("INCR")
+            .arg(self.epoch_key())
+            .exec_async(connection)
+            .await
+            .map_err(TierError::backend)
+    }
+
+    /// A write's bytes as stored, and its TTL in milliseconds (Redis
+    /// rejects `PX 0`: a sub-millisecond TTL becomes 1 ms).
+    fn encode(&self, write: &Write<'_, V>) -> Result<(Vec<u8>, Option<u64>), TierError> {
+        let ms = self
+            .cap(write.ttl)
+            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+        let mut bytes = if self.plain {
+            Vec::with_capacity(64)
+        } else {
+            envelope::header(ms, write.tags)?
+        };
+        self.codec.encode(write.value, &mut bytes)?;
+        Ok((bytes, ms))
+    }
+
+    /// A stored value read back: `None` for a tombstone.
+    fn decode(&self, bytes: &[u8]) -> Result<Option<Entry<V>>, TierError> {
+        let Some(stored) = envelope::open(bytes)? else {
+            return Ok(None);
+        };
+        let value = self.codec.decode(stored.payload)?;
+        Ok(Some(
+            Entry::new(Arc::new(value), stored.expires_at)
+                .with_written_ttl(stored.ttl)
+                .with_tags(stored.tags),
+        ))
+    }
+
     /// A lookup of a value stored without header: `GET` and `PTTL` in one
     /// round trip.
     async fn get_plain(&self, key: &str) -> Result<Option<Entry<V>>, TierError> {
@@ -241,8 +360,15 @@ where
             .query_async(&mut connection)
             .await
             .map_err(TierError::backend)?;
-        let Some(bytes) = bytes else { return Ok(None) };
-        let value = self.codec.decode(&bytes)?;
+        match bytes {
+            Some(bytes) => self.plain_entry(&bytes, pttl).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A value stored without header, with the `PTTL` read beside it.
+    fn plain_entry(&self, bytes: &[u8], pttl: i64) -> Result<Entry<V>, TierError> {
+        let value = self.codec.decode(bytes)?;
         let now = Instant::now();
         let expires_at = match pttl {
             // No TTL.
@@ -253,7 +379,7 @@ where
                     .unwrap_or(now),
             ),
         };
-        Ok(Some(Entry::new(Arc::new(value), expires_at)))
+        Ok(Entry::new(Arc::new(value), expires_at))
     }
 }
 
@@ -281,27 +407,16 @@ where
                 .query_async(&mut connection)
                 .await
                 .map_err(TierError::backend)?;
-            let Some(bytes) = bytes else { return Ok(None) };
-            let stored = envelope::open(&bytes)?;
-            let value = self.codec.decode(stored.payload)?;
-            Ok(Some(
-                Entry::new(Arc::new(value), stored.expires_at).with_written_ttl(stored.ttl),
-            ))
+            match bytes {
+                Some(bytes) => self.decode(&bytes),
+                None => Ok(None),
+            }
         })
     }
 
     fn set<'a>(&'a self, write: &'a Write<'a, V>) -> TierFuture<'a, ()> {
         Box::pin(async move {
-            // Redis rejects PX 0; a sub-millisecond TTL becomes 1 ms.
-            let ms = self
-                .cap(write.ttl)
-                .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-            let mut bytes = if self.plain {
-                Vec::with_capacity(64)
-            } else {
-                envelope::header(ms)
-            };
-            self.codec.encode(write.value, &mut bytes)?;
+            let (bytes, ms) = self.encode(write)?;
             let mut connection = self.connection().await?;
             let key = self.key(write.key);
             let mut set = redis::cmd("SET");
@@ -315,8 +430,9 @@ where
                     .await
                     .map_err(TierError::backend);
             }
+            // Indexed before the value is visible: a tag invalidation never misses it.
             let mut pipe = redis::pipe();
-            pipe.add_command(set).ignore();
+            pipe.atomic();
             for tag in write.tags {
                 // A tag's set of keys lives as long as its longest-lived member.
                 let tag_key = self.tag_key(tag);
@@ -331,17 +447,109 @@ where
                     }
                 }
             }
+            pipe.add_command(set).ignore();
             pipe.exec_async(&mut connection)
                 .await
                 .map_err(TierError::backend)
         })
     }
 
+    fn lookup<'a>(&'a self, key: &'a str) -> TierFuture<'a, (Option<Entry<V>>, Version)>
+    where
+        V: 'a,
+    {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            let key = self.key(key);
+            // The TTL is in the header, except for plain values.
+            let mut pipe = redis::pipe();
+            pipe.get(&key).get(self.epoch_key());
+            if self.plain {
+                pipe.pttl(&key);
+            }
+            let (bytes, epoch, pttl): (Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>) =
+                if self.plain {
+                    pipe.query_async(&mut connection)
+                        .await
+                        .map_err(TierError::backend)?
+                } else {
+                    let (bytes, epoch): (Option<Vec<u8>>, Option<Vec<u8>>) = pipe
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(TierError::backend)?;
+                    (bytes, epoch, None)
+                };
+            let found = match (&bytes, pttl) {
+                (Some(bytes), Some(pttl)) => Some(self.plain_entry(bytes, pttl)?),
+                (Some(bytes), None) => self.decode(bytes)?,
+                (None, _) => None,
+            };
+            let seen = Seen {
+                bytes,
+                epoch,
+                at: Instant::now(),
+            };
+            Ok((found, Version::new(seen)))
+        })
+    }
+
+    fn fill<'a>(&'a self, write: &'a Write<'a, V>, seen: &'a Version) -> TierFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(seen) = seen.get::<Seen>() else {
+                // Not a version of ours: nothing to check against, so no write.
+                return Ok(false);
+            };
+            // Older than a tombstone lives: an invalidation it missed may be gone.
+            if seen.at.elapsed() >= self.tombstone_ttl {
+                return Ok(false);
+            }
+            let (bytes, ms) = self.encode(write)?;
+            let mut connection = self.connection().await?;
+            let mut invocation = FILL.prepare_invoke();
+            invocation.key(self.key(write.key)).key(self.epoch_key());
+            for tag in write.tags {
+                invocation.key(self.tag_key(tag));
+            }
+            invocation
+                .arg(if seen.bytes.is_some() { "1" } else { "0" })
+                .arg(seen.bytes.as_deref().unwrap_or_default())
+                .arg(if seen.epoch.is_some() { "1" } else { "0" })
+                .arg(seen.epoch.as_deref().unwrap_or_default())
+                .arg(bytes)
+                .arg(ms.map_or_else(String::new, |ms| ms.to_string()));
+            let stored: i64 = invocation
+                .invoke_async(&mut connection)
+                .await
+                .map_err(TierError::backend)?;
+            Ok(stored == 1)
+        })
+    }
+
     fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()> {
         Box::pin(async move {
             let mut connection = self.connection().await?;
-            redis::cmd("DEL")
+            if self.plain {
+                // No tombstones among foreign readers: move the epoch instead,
+                // which refuses every fill in flight (of any key).
+                return redis::pipe()
+                    .atomic()
+                    .del(self.key(key))
+                    .ignore()
+                    .incr(self.epoch_key(), 1)
+                    .ignore()
+                    .exec_async(&mut connection)
+                    .await
+                    .map_err(TierError::backend);
+            }
+            // One write, which also refuses every fill that looked before it.
+            let ms = u64::try_from(self.tombstone_ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            redis::cmd("SET")
                 .arg(self.key(key))
+                .arg(envelope::tombstone(&self.tombstones))
+                .arg("PX")
+                .arg(ms)
                 .exec_async(&mut connection)
                 .await
                 .map_err(TierError::backend)
@@ -351,6 +559,7 @@ where
     fn delete_tag<'a>(&'a self, tag: &'a str) -> TierFuture<'a, Vec<String>> {
         Box::pin(async move {
             let mut connection = self.connection().await?;
+            self.move_epoch(&mut connection).await?;
             let tag_key = self.tag_key(tag);
             let mut removed = Vec::new();
             unlink_scanned(
@@ -360,6 +569,7 @@ where
                     page.arg(&tag_key).arg(cursor).arg("COUNT").arg(CLEAR_BATCH);
                     page
                 },
+                |_| true,
                 |keys| {
                     removed.extend(
                         keys.iter()
@@ -381,7 +591,9 @@ where
     fn clear(&self) -> TierFuture<'_, ()> {
         Box::pin(async move {
             let mut connection = self.connection().await?;
+            self.move_epoch(&mut connection).await?;
             let pattern = format!("{}*", escape_glob(&self.prefix));
+            let epoch = self.epoch_key();
             unlink_scanned(
                 &mut connection,
                 |cursor| {
@@ -393,27 +605,63 @@ where
                         .arg(CLEAR_BATCH);
                     page
                 },
+                // The epoch must only ever move forward.
+                |key| key != epoch,
                 |_| {},
             )
             .await
         })
     }
+
+    fn delete_matching<'a>(&'a self, pattern: &'a str) -> TierFuture<'a, u64> {
+        Box::pin(async move {
+            let mut connection = self.connection().await?;
+            self.move_epoch(&mut connection).await?;
+            let pattern = format!("{}{pattern}", escape_glob(&self.prefix));
+            let reserved = format!("{}__", self.prefix);
+            let mut removed = 0_u64;
+            unlink_scanned(
+                &mut connection,
+                |cursor| {
+                    let mut page = redis::cmd("SCAN");
+                    page.arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(CLEAR_BATCH);
+                    page
+                },
+                // Tag sets and the epoch are the tier's own bookkeeping.
+                |key| !key.starts_with(&reserved),
+                |keys| removed += keys.len() as u64,
+            )
+            .await?;
+            Ok(removed)
+        })
+    }
+
+    fn keeps_tags(&self) -> bool {
+        !self.plain
+    }
 }
 
 /// Walks a cursor (`SCAN`, `SSCAN`) page by page and unlinks each page's
-/// keys: bounded memory and one round trip pair per page, never the whole set
-/// at once. `seen` gets every page after it is unlinked.
+/// keys that `select` accepts: bounded memory and one round trip pair per
+/// page, never the whole set at once. `seen` gets every page after it is
+/// unlinked.
 async fn unlink_scanned(
     connection: &mut ConnectionManager,
     page: impl Fn(u64) -> redis::Cmd,
+    select: impl Fn(&str) -> bool,
     mut seen: impl FnMut(&[String]),
 ) -> Result<(), TierError> {
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = page(cursor)
+        let (next, mut keys): (u64, Vec<String>) = page(cursor)
             .query_async(connection)
             .await
             .map_err(TierError::backend)?;
+        keys.retain(|key| select(key));
         if !keys.is_empty() {
             redis::cmd("UNLINK")
                 .arg(&keys)
@@ -438,31 +686,85 @@ mod envelope {
 
     const MAGIC: [u8; 3] = [b'p', b'k', 1];
     const VALUE: u8 = b'v';
-    pub(super) const LEN: usize = 20;
+    const TOMBSTONE: u8 = b't';
 
-    /// A value's header for a TTL of `ttl_ms` (`None`: no TTL), with room
-    /// for a small encoded value after it.
-    pub(super) fn header(ttl_ms: Option<u64>) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(LEN + 64);
+    /// Makes tombstones that no other write (of this or another instance)
+    /// can equal: a random seed and a counter.
+    pub(super) struct Tombstones {
+        seed: u64,
+        next: std::sync::atomic::AtomicU64,
+    }
+
+    impl Tombstones {
+        pub(super) fn new() -> Self {
+            use std::hash::{BuildHasher, Hasher};
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(unix_ms().into());
+            Self {
+                seed: hasher.finish(),
+                next: std::sync::atomic::AtomicU64::new(0),
+            }
+        }
+    }
+
+    /// A tombstone: the magic, `t`, then 16 unique bytes.
+    pub(super) fn tombstone(tombstones: &Tombstones) -> Vec<u8> {
+        let n = tombstones
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut bytes = Vec::with_capacity(20);
+        bytes.extend_from_slice(&MAGIC);
+        bytes.push(TOMBSTONE);
+        bytes.extend_from_slice(&tombstones.seed.to_be_bytes());
+        bytes.extend_from_slice(&n.to_be_bytes());
+        bytes
+    }
+    /// The fixed part: magic, kind, expiry, TTL, tag count.
+    const FIXED: usize = 22;
+
+    /// A value's header for a TTL of `ttl_ms` (`None`: no TTL) and `tags`,
+    /// with room for a small encoded value after it.
+    pub(super) fn header(ttl_ms: Option<u64>, tags: &[String]) -> Result<Vec<u8>, TierError> {
+        let tag_bytes: usize = tags.iter().map(|tag| 2 + tag.len()).sum();
+        let mut bytes = Vec::with_capacity(FIXED + tag_bytes + 64);
         bytes.extend_from_slice(&MAGIC);
         bytes.push(VALUE);
         let expires = ttl_ms.map_or(0, |ms| unix_ms().saturating_add(ms));
         bytes.extend_from_slice(&expires.to_be_bytes());
         bytes.extend_from_slice(&ttl_ms.unwrap_or(0).to_be_bytes());
-        bytes
+        let too_many =
+            || TierError::Codec("more than 65,535 tags, or a tag over 64 KiB".to_owned());
+        bytes.extend_from_slice(
+            &u16::try_from(tags.len())
+                .map_err(|_| too_many())?
+                .to_be_bytes(),
+        );
+        for tag in tags {
+            bytes.extend_from_slice(
+                &u16::try_from(tag.len())
+                    .map_err(|_| too_many())?
+                    .to_be_bytes(),
+            );
+            bytes.extend_from_slice(tag.as_bytes());
+        }
+        Ok(bytes)
     }
 
     /// What a stored value says.
     pub(super) struct Stored<'a> {
         pub(super) expires_at: Option<Instant>,
         pub(super) ttl: Option<Duration>,
+        pub(super) tags: Vec<String>,
         pub(super) payload: &'a [u8],
     }
 
-    /// Reads a stored value's header.
-    pub(super) fn open(bytes: &[u8]) -> Result<Stored<'_>, TierError> {
+    /// Reads a stored value's header; `None` for a tombstone.
+    pub(super) fn open(bytes: &[u8]) -> Result<Option<Stored<'_>>, TierError> {
         let foreign = || TierError::Codec("not a perfkit cache value (no header)".to_owned());
-        let (header, payload) = bytes.split_at_checked(LEN).ok_or_else(foreign)?;
+        if bytes.get(..3) == Some(&MAGIC[..]) && bytes.get(3) == Some(&TOMBSTONE) {
+            return Ok(None);
+        }
+        let (header, mut rest) = bytes.split_at_checked(FIXED).ok_or_else(foreign)?;
         if header.get(..3) != Some(&MAGIC[..]) || header.get(3) != Some(&VALUE) {
             return Err(foreign());
         }
@@ -473,20 +775,33 @@ mod envelope {
                 .map_or(0, u64::from_be_bytes)
         };
         let (expires, ttl_ms) = (field(4), field(12));
-        if expires == 0 {
-            return Ok(Stored {
-                expires_at: None,
-                ttl: None,
-                payload,
-            });
+        let count = header
+            .get(20..22)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        let mut tags = Vec::new();
+        for _ in 0..count {
+            let (length, after) = rest.split_at_checked(2).ok_or_else(foreign)?;
+            let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
+            let (tag, after) = after.split_at_checked(length).ok_or_else(foreign)?;
+            tags.push(String::from_utf8(tag.to_vec()).map_err(|_| foreign())?);
+            rest = after;
         }
-        // By this instance's clock, and never longer than the written TTL.
-        let left = expires.saturating_sub(unix_ms()).min(ttl_ms);
-        Ok(Stored {
-            expires_at: Instant::now().checked_add(Duration::from_millis(left)),
-            ttl: Some(Duration::from_millis(ttl_ms)),
-            payload,
-        })
+        let (expires_at, ttl) = if expires == 0 {
+            (None, None)
+        } else {
+            // By this instance's clock, and never longer than the written TTL.
+            let left = expires.saturating_sub(unix_ms()).min(ttl_ms);
+            (
+                Instant::now().checked_add(Duration::from_millis(left)),
+                Some(Duration::from_millis(ttl_ms)),
+            )
+        };
+        Ok(Some(Stored {
+            expires_at,
+            ttl,
+            tags,
+            payload: rest,
+        }))
     }
 
     fn unix_ms() -> u64 {

@@ -1,0 +1,253 @@
+//! Invalidations over Redis pub/sub.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_core::Stream;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
+use tokio::sync::{OnceCell, mpsc};
+
+use crate::bus::{BusEvent, BusFuture, InvalidationBus, Message, SUBSCRIPTION_BUFFER};
+use crate::error::{ConfigError, TierError};
+
+/// An [`InvalidationBus`] over Redis pub/sub: one `PUBLISH` per
+/// invalidation, one subscriber connection per cache instance.
+///
+/// The subscription runs on its own connection in a background task that
+/// reconnects forever (50 ms doubling to 1 s between attempts) and checks the
+/// connection with a `PING` every [`RedisBusBuilder::health_check`]. Every
+/// loss is reported ([`BusEvent::Down`]) and every re-subscription too
+/// ([`BusEvent::Up`]): pub/sub keeps no backlog, so the cache flushes its
+/// first tier on both, never trusting what it may have missed. Publishing
+/// uses an auto-reconnecting multiplexed connection, opened on first use.
+pub struct RedisBus {
+    client: redis::Client,
+    channel: String,
+    config: ConnectionManagerConfig,
+    publisher: OnceCell<ConnectionManager>,
+    connect_timeout: Duration,
+    health_check: Duration,
+}
+
+/// Configures a [`RedisBus`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisBusBuilder {
+    url: String,
+    channel: String,
+    connect_timeout: Duration,
+    health_check: Duration,
+}
+
+impl RedisBus {
+    /// Configures a bus on the Redis at `url`.
+    pub fn builder(url: &str) -> RedisBusBuilder {
+        RedisBusBuilder {
+            url: url.to_owned(),
+            channel: "perfkit:cache:invalidations".to_owned(),
+            connect_timeout: Duration::from_millis(250),
+            health_check: Duration::from_secs(1),
+        }
+    }
+
+    /// The pub/sub channel.
+    #[must_use]
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    async fn publisher(&self) -> Result<ConnectionManager, TierError> {
+        self.publisher
+            .get_or_try_init(|| {
+                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
+            })
+            .await
+            .cloned()
+            .map_err(TierError::backend)
+    }
+}
+
+impl RedisBusBuilder {
+    /// The pub/sub channel. Default: `"perfkit:cache:invalidations"`.
+    /// Caches sharing a channel ignore each other's messages (they carry the
+    /// cache's name), but each still receives them: give busy caches their own.
+    pub fn channel(mut self, channel: impl Into<String>) -> Self {
+        self.channel = channel.into();
+        self
+    }
+
+    /// How long one connection attempt, or one health-check `PING`, may
+    /// take. Default: 250 ms.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How often the subscriber connection is checked with a `PING`; a
+    /// connection that does not answer within the connect timeout counts as
+    /// lost. This bounds how long a silently dead connection goes unnoticed.
+    /// Default: 1 s.
+    pub fn health_check(mut self, every: Duration) -> Self {
+        self.health_check = every;
+        self
+    }
+
+    /// Builds the bus; connections open on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] for an unparsable URL, an empty channel or a zero duration.
+    pub fn build(self) -> Result<RedisBus, ConfigError> {
+        if self.channel.is_empty() {
+            return Err(ConfigError::EmptyPrefix);
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration("connect_timeout"));
+        }
+        if self.health_check.is_zero() {
+            return Err(ConfigError::ZeroDuration("health_check"));
+        }
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(100));
+        Ok(RedisBus {
+            client,
+            channel: self.channel,
+            config,
+            publisher: OnceCell::new(),
+            connect_timeout: self.connect_timeout,
+            health_check: self.health_check,
+        })
+    }
+}
+
+impl InvalidationBus for RedisBus {
+    fn publish<'a>(&'a self, message: &'a Message) -> BusFuture<'a> {
+        Box::pin(async move {
+            let payload = message.encode()?;
+            let mut connection = self.publisher().await?;
+            redis::cmd("PUBLISH")
+                .arg(&self.channel)
+                .arg(payload)
+                .exec_async(&mut connection)
+                .await
+                .map_err(TierError::backend)
+        })
+    }
+
+    fn subscribe(&self) -> mpsc::Receiver<BusEvent> {
+        let (events, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let subscriber = Subscriber {
+            client: self.client.clone(),
+            channel: self.channel.clone(),
+            connect_timeout: self.connect_timeout,
+            health_check: self.health_check,
+            events,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(subscriber.run());
+        }
+        receiver
+    }
+}
+
+/// The subscription task.
+struct Subscriber {
+    client: redis::Client,
+    channel: String,
+    connect_timeout: Duration,
+    health_check: Duration,
+    events: mpsc::Sender<BusEvent>,
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(50);
+const LAST_RETRY: Duration = Duration::from_secs(1);
+
+impl Subscriber {
+    /// Subscribes, forwards messages, reports losses, reconnects; returns
+    /// once the cache has dropped its receiver.
+    async fn run(self) {
+        let mut retry = FIRST_RETRY;
+        loop {
+            let (mut sink, mut stream) = match self.connect().await {
+                Ok(halves) => halves,
+                Err(error) => {
+                    tracing::debug!(bus.channel = %self.channel, %error, "cannot subscribe yet");
+                    tokio::select! {
+                        () = tokio::time::sleep(retry) => {}
+                        () = self.events.closed() => return,
+                    }
+                    retry = (retry * 2).min(LAST_RETRY);
+                    continue;
+                }
+            };
+            retry = FIRST_RETRY;
+            if self.events.send(BusEvent::Up).await.is_err() {
+                return;
+            }
+            let mut health = tokio::time::interval(self.health_check);
+            health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            health.tick().await;
+            let reason = loop {
+                tokio::select! {
+                    message = next(&mut stream) => {
+                        let Some(message) = message else {
+                            break "the connection closed".to_owned();
+                        };
+                        match Message::decode(message.get_payload_bytes()) {
+                            Ok(message) => {
+                                if self.events.send(BusEvent::Message(message)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(bus.channel = %self.channel, %error, "ignored a message that is not an invalidation");
+                            }
+                        }
+                    }
+                    _ = health.tick() => {
+                        match tokio::time::timeout(self.connect_timeout, sink.ping::<redis::Value>()).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(error)) => break format!("PING failed: {error}"),
+                            Err(_) => break format!("no PING answer within {:?}", self.connect_timeout),
+                        }
+                    }
+                    () = self.events.closed() => return,
+                }
+            };
+            tracing::warn!(bus.channel = %self.channel, %reason, "invalidation subscription lost; reconnecting");
+            if self.events.send(BusEvent::Down { reason }).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(redis::aio::PubSubSink, PubSubStream), TierError> {
+        let attempt = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(&self.channel).await?;
+            Ok::<_, redis::RedisError>(pubsub.split())
+        };
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(halves)) => Ok(halves),
+            Ok(Err(error)) => Err(TierError::backend(error)),
+            Err(_) => Err(TierError::Timeout(self.connect_timeout)),
+        }
+    }
+}
+
+async fn next(stream: &mut PubSubStream) -> Option<redis::Msg> {
+    std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("channel", &self.channel)
+            .field("health_check", &self.health_check)
+            .finish_non_exhaustive()
+    }
+}
