@@ -103,6 +103,8 @@ where
         Fut: Future<Output = Result<T, E>> + Send + 'static,
     {
         group.metrics().executions.increment(1);
+        // Known before the first poll, so that a wake during it reaches us.
+        self.lock().waiters.register(LEADER, cx.waker());
         let built = {
             let _entered = self.span.enter();
             catch_unwind(AssertUnwindSafe(|| Box::pin(make()) as Work<T, E>))
@@ -169,6 +171,14 @@ where
                 let mut state = self.lock();
                 state.work = Some(work);
                 state.waiters.register(waiter, cx.waker());
+                // Woken while we polled it (from this thread or another): the
+                // wake may have gone to a waker we had not registered yet, so
+                // make sure we come back. `notified` stays set for the watchdog.
+                let woken = state.notified;
+                drop(state);
+                if woken {
+                    cx.waker().wake_by_ref();
+                }
                 return Poll::Pending;
             }
             Ok(Poll::Ready(result)) => result.map_err(|e| Error::Failed(Arc::new(e))),

@@ -506,3 +506,36 @@ fn builder_rejects_impossible_settings() {
     assert!(Prices::builder().name(" ").build().is_err());
     assert!(Prices::builder().shards(64).name("prices").build().is_ok());
 }
+
+/// Work that is woken while it is being polled: synchronously on the first
+/// poll (as a future does when it is ready again at once), and from another
+/// thread on later polls (as an I/O driver on another worker does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_woken_during_its_own_poll_is_polled_again() {
+    let group: Group<u32, u32, ()> = Group::new();
+    for round in 0..1_000 {
+        let mut polls = 0;
+        let outcome = within(
+            "a flight whose work wakes itself while polled",
+            group.run(round, move || {
+                poll_fn(move |cx| {
+                    polls += 1;
+                    match polls {
+                        1 => {
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                        2 => {
+                            let waker = cx.waker().clone();
+                            std::thread::spawn(move || waker.wake());
+                            Poll::Pending
+                        }
+                        _ => Poll::Ready(Ok(round)),
+                    }
+                })
+            }),
+        )
+        .await;
+        assert_eq!(outcome.result.unwrap(), round);
+    }
+}
