@@ -202,8 +202,10 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 if message.cache != *self.name || message.origin == link.instance {
                     return;
                 }
-                link.metrics.received.increment();
                 self.apply_target(message.target).await;
+                // Counted once applied: a test (or a dashboard) that sees the
+                // count sees the change.
+                link.metrics.received.increment();
                 #[allow(clippy::cast_precision_loss)] // a delay in seconds, for a histogram
                 let delay = unix_micros().saturating_sub(message.sent_at_micros) as f64 / 1e6;
                 link.metrics.delay.record(delay);

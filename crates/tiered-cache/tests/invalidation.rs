@@ -1,0 +1,503 @@
+//! Invalidation across instances: two (or three) caches in one test process,
+//! each with its own connections, sharing a real Redis and an invalidation bus.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use perfkit_test_support::concurrency::within;
+use perfkit_test_support::{RedisServer, TestRedis};
+use perfkit_tiered_cache::{Cache, LocalBus, MemoryTier, RedisBus, RedisTier, SetOptions};
+use redis::AsyncCommands;
+
+/// One service instance: L1, Redis under `prefix`, and a Redis bus on `channel`.
+fn instance(url: &str, prefix: &str, channel: &str) -> Cache<String> {
+    instance_with(url, prefix, channel, None)
+}
+
+fn instance_with(
+    url: &str,
+    prefix: &str,
+    channel: &str,
+    strict: Option<Duration>,
+) -> Cache<String> {
+    let builder = Cache::builder()
+        .name("invalidation")
+        .tier(MemoryTier::with_max_entries(10_000))
+        .tier(RedisTier::builder(url).prefix(prefix).build().unwrap())
+        // Generous: these tests run in parallel on a small machine, and a
+        // timed-out lookup would read as a miss.
+        .remote_timeout(Duration::from_secs(2))
+        .invalidation_bus(
+            RedisBus::builder(url)
+                .channel(channel)
+                .health_check(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        );
+    match strict {
+        Some(bound) => builder.strict_invalidation(bound).build().unwrap(),
+        None => builder.build().unwrap(),
+    }
+}
+
+fn pair(redis: &TestRedis) -> (Cache<String>, Cache<String>) {
+    let channel = format!("{}bus", redis.prefix());
+    (
+        instance(redis.url(), redis.prefix(), &channel),
+        instance(redis.url(), redis.prefix(), &channel),
+    )
+}
+
+/// Waits until every cache has subscribed (its first subscription flushes L1 once).
+async fn subscribed(caches: &[&Cache<String>]) {
+    within("the bus subscriptions", async {
+        while caches.iter().any(|cache| cache.stats().l1_flushes == 0) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+/// Waits until `cache` no longer answers `old` for `key`; returns how long that took.
+async fn until_not(cache: &Cache<String>, key: &str, old: &str) -> Duration {
+    let start = Instant::now();
+    within("an invalidation reaching the other instance", async {
+        while cache.get(key).await.as_deref().map(String::as_str) == Some(old) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_bus_drops_the_other_instances_l1_and_ignores_its_own_messages() {
+    let bus = LocalBus::new();
+    let make = || {
+        Cache::<String>::builder()
+            .name("local")
+            .tier(MemoryTier::with_max_entries(100))
+            .invalidation_bus(bus.clone())
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (make(), make());
+    subscribed(&[&a, &b]).await;
+
+    b.set("k", "b".to_owned()).await;
+    within("A receiving B's set", async {
+        while a.stats().invalidations_received == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    a.set("k", "a".to_owned()).await;
+    // A's set reaches B, which drops its copy; A keeps its own value.
+    until_not(&b, "k", "b").await;
+    assert_eq!(b.get("k").await, None, "L1-only: nothing left in B");
+    assert_eq!(a.get("k").await.as_deref().map(String::as_str), Some("a"));
+
+    a.invalidate("k").await;
+    assert_eq!(a.get("k").await, None);
+    within("B receiving A's messages", async {
+        while b.stats().invalidations_received < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let (sa, sb) = (a.stats(), b.stats());
+    assert_eq!((sa.invalidations_sent, sb.invalidations_sent), (2, 1));
+    assert_eq!(
+        (sa.invalidations_received, sb.invalidations_received),
+        (1, 2),
+        "each applies only the other's messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_on_a_stops_b_serving_the_old_value_and_the_window_is_measured() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let (a, b) = pair(&redis);
+    subscribed(&[&a, &b]).await;
+    // The same, through Redis: B reads A's value from Redis into its L1, A
+    // invalidates, B stops serving it.
+    for i in 0..100 {
+        let value = format!("v{i}");
+        a.set("agent:1", value.clone()).await;
+        within("B seeing A's set", async {
+            while b.get("agent:1").await.as_deref() != Some(&value) {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        a.invalidate("agent:1").await;
+        until_not(&b, "agent:1", &value).await;
+        assert_eq!(b.get("agent:1").await, None, "gone from every tier");
+    }
+
+    // The window itself: an observer whose only tier is its L1, so that
+    // "no longer served" is not blurred by a Redis read.
+    let observer: Cache<String> = Cache::builder()
+        .name("invalidation")
+        .tier(MemoryTier::with_max_entries(100))
+        .invalidation_bus(
+            RedisBus::builder(redis.url())
+                .channel(format!("{}bus", redis.prefix()))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    subscribed(&[&observer]).await;
+    let mut windows = Vec::with_capacity(1_000);
+    for i in 0..1_000 {
+        let value = format!("w{i}");
+        observer.set("agent:2", value.clone()).await;
+        a.invalidate("agent:2").await;
+        windows.push(until_not(&observer, "agent:2", &value).await);
+    }
+    windows.sort_unstable();
+    println!(
+        "propagation window over {} invalidations (invalidate() returned on A -> B's L1 stops serving; debug build, tests in parallel): p50 {:?}, p99 {:?}, max {:?}",
+        windows.len(),
+        percentile(&windows, 0.50),
+        percentile(&windows, 0.99),
+        windows[windows.len() - 1],
+    );
+}
+
+/// The stale-set race: loads on A and B read the "database" before an
+/// update and finish around the invalidation that follows it; afterwards no
+/// tier may hold a value older than the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_that_began_before_an_invalidation_never_write_their_old_value_afterwards() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let (a, b) = pair(&redis);
+    subscribed(&[&a, &b]).await;
+    let database = Arc::new(AtomicU64::new(0));
+    let mut seed: u64 = 0x5EED;
+    let mut random = move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+    let iterations = 2_000;
+    for i in 0..iterations {
+        let key = format!("race:{}", i % 50);
+        let loader = |delay: u64| {
+            let database = Arc::clone(&database);
+            move || async move {
+                // The read happens when the loader starts; the answer comes later.
+                let read = database.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_micros(delay)).await;
+                Ok::<_, std::io::Error>(format!("{read}"))
+            }
+        };
+        let (da, db, dw) = (random(1_500), random(1_500), random(1_000));
+        let (ka, kb) = (key.clone(), key.clone());
+        let (ca, cb) = (a.clone(), b.clone());
+        let on_a = tokio::spawn({
+            let load = loader(da);
+            async move { ca.get_or_load(&ka, load).await }
+        });
+        let on_b = tokio::spawn({
+            let load = loader(db);
+            async move { cb.get_or_load(&kb, load).await }
+        });
+        tokio::time::sleep(Duration::from_micros(dw)).await;
+        // The write: update the database, then invalidate (through A or B).
+        let now = database.fetch_add(1, Ordering::SeqCst) + 1;
+        let received_before = (
+            a.stats().invalidations_received,
+            b.stats().invalidations_received,
+        );
+        let (writer, other) = if random(2) == 0 { (&a, &b) } else { (&b, &a) };
+        writer.invalidate(&key).await;
+        let _ = within("the loads", on_a).await.unwrap();
+        let _ = within("the loads", on_b).await.unwrap();
+        // Let the other instance apply the message.
+        let other_before = if std::ptr::eq(other, &a) {
+            received_before.0
+        } else {
+            received_before.1
+        };
+        within("the invalidation reaching the other instance", async {
+            while other.stats().invalidations_received == other_before {
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+        })
+        .await;
+
+        for (name, cache) in [("A", &a), ("B", &b)] {
+            if let Some(value) = cache.get(&key).await {
+                let seen: u64 = value.parse().unwrap();
+                assert!(
+                    seen >= now,
+                    "iteration {i}: {name} serves {seen}, loaded before the update to {now}"
+                );
+            }
+        }
+        let raw: Option<Vec<u8>> = redis.connection().get(redis.key(&key)).await.unwrap();
+        if let Some(raw) = raw
+            && &raw[..4] == b"pk\x01v"
+        {
+            let text = String::from_utf8_lossy(&raw);
+            assert!(
+                !text.ends_with(&format!("{}", now - 1)) || now == 0,
+                "iteration {i}: Redis holds the value from before the update: {text:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_and_tag_invalidations_reach_the_other_instance() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let (a, b) = pair(&redis);
+    subscribed(&[&a, &b]).await;
+    for i in 0..20 {
+        a.set(&format!("user:{i}:profile"), format!("p{i}")).await;
+        a.set(&format!("order:{i}"), format!("o{i}")).await;
+    }
+    a.set_with(
+        "report:1",
+        "r".to_owned(),
+        SetOptions::default().tags(["team:7"]),
+    )
+    .await;
+    // B holds copies of everything (promoted from Redis, tags included).
+    for i in 0..20 {
+        assert!(b.get(&format!("user:{i}:profile")).await.is_some());
+        assert!(b.get(&format!("order:{i}")).await.is_some());
+    }
+    assert!(b.get("report:1").await.is_some());
+
+    let removed = a.invalidate_pattern("user:*:profile").await;
+    assert!(removed >= 20, "20 keys in Redis (and L1): {removed}");
+    within("the pattern reaching B", async {
+        while b.get("user:7:profile").await.is_some() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    for i in 0..20 {
+        assert_eq!(b.get(&format!("user:{i}:profile")).await, None);
+        assert!(
+            b.get(&format!("order:{i}")).await.is_some(),
+            "keys outside the pattern stay"
+        );
+    }
+
+    a.invalidate_tag("team:7").await;
+    within("the tag reaching B", async {
+        while b.get("report:1").await.is_some() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(b.get("order:3").await.is_some(), "untagged keys stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redis_write_per_invalidated_key_whatever_the_number_of_instances() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let caches: Vec<Cache<String>> = (0..3).map(|_| instance(&url, "one:", "one:bus")).collect();
+    subscribed(&caches.iter().collect::<Vec<_>>()).await;
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    caches[0].set("k", "v".to_owned()).await;
+    for cache in &caches {
+        let found = cache.get("k").await;
+        assert!(found.is_some(), "{:?}", cache.stats());
+    }
+    let received: Vec<u64> = caches
+        .iter()
+        .map(|c| c.stats().invalidations_received)
+        .collect();
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+
+    caches[0].invalidate("k").await;
+    within("every instance applying it", async {
+        while caches
+            .iter()
+            .zip(&received)
+            .skip(1)
+            .any(|(cache, before)| cache.stats().invalidations_received == *before)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let calls: BTreeMap<String, u64> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?;
+            Some((name.to_owned(), calls.parse().ok()?))
+        })
+        .filter(|(name, _)| !matches!(name.as_str(), "info" | "config|resetstat" | "ping"))
+        .collect();
+    let expected: BTreeMap<String, u64> = [("set".to_owned(), 1), ("publish".to_owned(), 1)]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        calls, expected,
+        "one write (the tombstone that replaces the value) and one PUBLISH; the receivers touch nothing in Redis"
+    );
+    for cache in &caches {
+        assert_eq!(cache.get("k").await, None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_subscription_or_a_restarted_redis_flushes_l1_then_propagation_resumes() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let (a, b) = (
+        instance(&url, "gap:", "gap:bus"),
+        instance(&url, "gap:", "gap:bus"),
+    );
+    subscribed(&[&a, &b]).await;
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    // 1. CLIENT KILL TYPE pubsub: both subscriptions drop.
+    a.set("k", "1".to_owned()).await;
+    assert!(b.get("k").await.is_some());
+    let flushes = b.stats().l1_flushes;
+    let () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async::<u64>(&mut admin)
+        .await
+        .map(|_| ())
+        .unwrap();
+    within("B noticing the loss and resubscribing", async {
+        while b.stats().bus_reconnects == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        b.stats().l1_flushes >= flushes + 2,
+        "flushed when the subscription dropped and again when it came back"
+    );
+    // Propagation works again.
+    let again = b.get("k").await;
+    assert!(
+        again.is_some(),
+        "B reads k from Redis again: {:?}",
+        b.stats()
+    );
+    a.invalidate("k").await;
+    until_not(&b, "k", "1").await;
+
+    // 2. Redis restarted (empty: it keeps no data).
+    a.set("k", "2".to_owned()).await;
+    assert!(b.get("k").await.is_some());
+    let reconnects = b.stats().bus_reconnects;
+    server.restart().unwrap();
+    within("B resubscribing after the restart", async {
+        while b.stats().bus_reconnects == reconnects {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let _ = a.get("warm-up").await;
+    a.set("k", "3".to_owned()).await;
+    within("B seeing A's set after the restart", async {
+        while b.get("k").await.as_deref().map(String::as_str) != Some("3") {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    a.invalidate("k").await;
+    until_not(&b, "k", "3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_stops_serving_l1_once_the_bus_has_been_down_for_the_bound() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let loads = Arc::new(AtomicU64::new(0));
+    let cache = instance_with(
+        &url,
+        "strict:",
+        "strict:bus",
+        Some(Duration::from_millis(300)),
+    );
+    subscribed(&[&cache]).await;
+    let load = |cache: Cache<String>, loads: Arc<AtomicU64>| async move {
+        cache
+            .get_or_load("k", move || async move {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>("v".to_owned())
+            })
+            .await
+            .unwrap()
+    };
+    load(cache.clone(), Arc::clone(&loads)).await;
+    load(cache.clone(), Arc::clone(&loads)).await;
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "served from L1 while the bus is up"
+    );
+
+    server.stop();
+    // Redis is gone: every lookup past L1 fails fast, so loads count L1 bypasses.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = loads.load(Ordering::SeqCst);
+    load(cache.clone(), Arc::clone(&loads)).await;
+    load(cache.clone(), Arc::clone(&loads)).await;
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        before + 2,
+        "past the bound, L1 is not served: every call loads"
+    );
+}
