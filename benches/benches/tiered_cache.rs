@@ -5,6 +5,8 @@
 //!   `get` (moka's sync cache is our L1), `quick_cache` 0.7, `amalgam-cache`
 //!   0.4.2 (`try_get`) and `multi-tier-cache` 0.6.9 (`CacheManager::get`,
 //!   which returns raw bytes: no decoding is counted for it).
+//!   The same cache with an invalidation bus in strict mode shows what
+//!   invalidation across instances adds to a hit.
 //! - L2 hit: `Cache::get` that misses L1, hits Redis and promotes the value,
 //!   against `multi-tier-cache`'s L2 hit and a raw redis-rs `GET` on the same connection type
 //!   (`ConnectionManager`). Needs Redis at `REDIS_URL`
@@ -68,6 +70,36 @@ fn l1_hit(c: &mut Criterion) {
             })
         });
     });
+
+    // The same cache with an invalidation bus in strict mode: what
+    // invalidation across instances adds to a hit (a check that the bus is up).
+    let with_bus: Cache<String> = runtime.block_on(async {
+        let cache = Cache::builder()
+            .tier(MemoryTier::with_max_entries(10_000))
+            .invalidation_bus(perfkit_tiered_cache::LocalBus::new())
+            .strict_invalidation(Duration::from_secs(1))
+            .build()
+            .expect("cache");
+        while cache.stats().l1_flushes == 0 {
+            tokio::task::yield_now().await;
+        }
+        cache.set(KEY, value()).await;
+        cache
+    });
+    group.bench_function(
+        BenchmarkId::from_parameter("perfkit-tiered-cache, invalidation bus, strict mode"),
+        |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(with_bus.get(black_box(KEY)).await);
+                    }
+                    start.elapsed()
+                })
+            });
+        },
+    );
 
     let moka_sync: moka::sync::Cache<String, Arc<String>> = moka::sync::Cache::new(10_000);
     moka_sync.insert(KEY.to_owned(), Arc::new(value()));
