@@ -34,10 +34,20 @@ use crate::tier::{Entry, Version, Write};
 /// - **Promotion.** A hit at tier *i* is written into tiers `0..i` with the
 ///   TTL it has left there (entries without TTL stay without), unless
 ///   disabled with [`CacheBuilder::promote`].
-/// - **No stale L1 fill within an instance.** A load or promotion that began
-///   before a `set` or `remove` of its key never writes L1 afterwards. (The
-///   same guarantee for shared tiers and across instances comes with
-///   invalidation over pub/sub.)
+/// - **No stale sets.** A load or promotion that began before an
+///   invalidation of its key (`invalidate`, `set`, or a pattern, tag or
+///   clear covering it) never writes its value into this instance's first
+///   tier afterwards, nor into a remote tier once the invalidation has
+///   reached it: remote fills are conditional on the key (and the tier's
+///   epoch) being exactly as the load's lookup saw them (see
+///   [`Tier::fill`](crate::Tier::fill)). With an invalidation bus, another
+///   instance serves an old value only until it applies the message (the
+///   propagation window); when the bus may have lost messages, instances
+///   flush their first tier, and in strict mode stop serving from it (see
+///   [`CacheBuilder::strict_invalidation`]).
+/// - **One remote write per invalidation.** The instance that invalidates
+///   changes the shared tiers once; the others only drop their first-tier
+///   copies and never reload because of it.
 /// - **Fail-safe remote tiers.** Every call to a remote tier (Redis) has a
 ///   timeout; a failure counts as a miss, is logged and counted; after
 ///   repeated failures a circuit breaker skips the tier for a cool-down, then

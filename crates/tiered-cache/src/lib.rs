@@ -47,7 +47,37 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See [`Cache`] for the guarantees, [`CacheBuilder`] for the policies (TTL
+//! Instances invalidate each other's L1 through an [`InvalidationBus`]:
+//! [`RedisBus`] between processes, [`LocalBus`] within one (here, two
+//! "instances" in one process):
+//!
+//! ```
+//! use perfkit_tiered_cache::{Cache, LocalBus, MemoryTier};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bus = LocalBus::new();
+//! let instance = || {
+//!     Cache::<String>::builder()
+//!         .name("agents")
+//!         .tier(MemoryTier::with_max_entries(1_000))
+//!         .invalidation_bus(bus.clone())
+//!         .build()
+//! };
+//! let (a, b) = (instance()?, instance()?);
+//! # tokio::task::yield_now().await;
+//! b.set("agent:42", "Ada".to_owned()).await;
+//! a.invalidate("agent:42").await;
+//! // B drops its copy as soon as it applies A's message.
+//! while b.get("agent:42").await.is_some() {
+//!     tokio::task::yield_now().await;
+//! }
+//! assert_eq!(b.stats().invalidations_received, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See [`Cache`] for the guarantees (no stale sets among them), [`CacheBuilder`] for the policies (TTL
 //! jitter, negative caching, eager refresh, serve-stale), [`Tier`] for writing a tier of
 //! your own.
 //!
@@ -62,6 +92,11 @@
 //!   `perfkit_cache_loads_total`, `perfkit_cache_load_errors_total`,
 //!   `perfkit_cache_refreshes_total`, `perfkit_cache_negative_hits_total`,
 //!   `perfkit_cache_stale_served_total`, `perfkit_cache_load_duration_seconds`.
+//! - Invalidation: `perfkit_cache_invalidations_sent_total`,
+//!   `perfkit_cache_invalidations_received_total`,
+//!   `perfkit_cache_invalidation_publish_errors_total`,
+//!   `perfkit_cache_l1_flushes_total` (`reason`), `perfkit_cache_bus_reconnects_total`,
+//!   `perfkit_cache_bus_up` (gauge), `perfkit_cache_invalidation_delay_seconds`.
 //! - [`Cache::stats`]: the same counters, with the hit ratio per tier.
 
 mod breaker;
