@@ -596,15 +596,7 @@ where
             let epoch = self.epoch_key();
             unlink_scanned(
                 &mut connection,
-                |cursor| {
-                    let mut page = redis::cmd("SCAN");
-                    page.arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(CLEAR_BATCH);
-                    page
-                },
+                |cursor| scan_page(cursor, &pattern),
                 // The epoch must only ever move forward.
                 |key| key != epoch,
                 |_| {},
@@ -622,15 +614,7 @@ where
             let mut removed = 0_u64;
             unlink_scanned(
                 &mut connection,
-                |cursor| {
-                    let mut page = redis::cmd("SCAN");
-                    page.arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(CLEAR_BATCH);
-                    page
-                },
+                |cursor| scan_page(cursor, &pattern),
                 // Tag sets and the epoch are the tier's own bookkeeping.
                 |key| !key.starts_with(&reserved),
                 |keys| removed += keys.len() as u64,
@@ -811,6 +795,17 @@ mod envelope {
                 u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
             })
     }
+}
+
+/// One page of `SCAN cursor MATCH pattern COUNT <batch>`.
+fn scan_page(cursor: u64, pattern: &str) -> redis::Cmd {
+    let mut page = redis::cmd("SCAN");
+    page.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(CLEAR_BATCH);
+    page
 }
 
 /// Escapes Redis glob metacharacters so a prefix matches only itself.
