@@ -109,6 +109,8 @@ mod generations;
 mod glob;
 mod invalidation;
 mod jitter;
+#[cfg(feature = "redis")]
+mod lazy_connection;
 mod level;
 mod metrics;
 #[cfg(feature = "redis")]

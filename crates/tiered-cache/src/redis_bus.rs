@@ -4,11 +4,12 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_core::Stream;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
-use tokio::sync::{OnceCell, mpsc};
+use redis::aio::{ConnectionManager, PubSubStream};
+use tokio::sync::mpsc;
 
 use crate::bus::{BusEvent, BusFuture, InvalidationBus, Message, SUBSCRIPTION_BUFFER};
 use crate::error::{ConfigError, TierError};
+use crate::lazy_connection::LazyConnection;
 
 /// An [`InvalidationBus`] over Redis pub/sub: one `PUBLISH` per
 /// invalidation, one subscriber connection per cache instance.
@@ -21,10 +22,8 @@ use crate::error::{ConfigError, TierError};
 /// first tier on both, never trusting what it may have missed. Publishing
 /// uses an auto-reconnecting multiplexed connection, opened on first use.
 pub struct RedisBus {
-    client: redis::Client,
     channel: String,
-    config: ConnectionManagerConfig,
-    publisher: OnceCell<ConnectionManager>,
+    publisher: LazyConnection,
     connect_timeout: Duration,
     health_check: Duration,
 }
@@ -57,13 +56,7 @@ impl RedisBus {
     }
 
     async fn publisher(&self) -> Result<ConnectionManager, TierError> {
-        self.publisher
-            .get_or_try_init(|| {
-                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
-            })
-            .await
-            .cloned()
-            .map_err(TierError::backend)
+        self.publisher.get().await
     }
 }
 
@@ -107,17 +100,10 @@ impl RedisBusBuilder {
         if self.health_check.is_zero() {
             return Err(ConfigError::ZeroDuration("health_check"));
         }
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
+        let publisher = LazyConnection::new(&self.url, self.connect_timeout)?;
         Ok(RedisBus {
-            client,
             channel: self.channel,
-            config,
-            publisher: OnceCell::new(),
+            publisher,
             connect_timeout: self.connect_timeout,
             health_check: self.health_check,
         })
@@ -141,7 +127,7 @@ impl InvalidationBus for RedisBus {
     fn subscribe(&self) -> mpsc::Receiver<BusEvent> {
         let (events, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let subscriber = Subscriber {
-            client: self.client.clone(),
+            client: self.publisher.client().clone(),
             channel: self.channel.clone(),
             connect_timeout: self.connect_timeout,
             health_check: self.health_check,

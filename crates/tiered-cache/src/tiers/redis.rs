@@ -4,11 +4,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::OnceCell;
+use redis::aio::ConnectionManager;
 
 use crate::codec::{Codec, Postcard};
 use crate::error::{ConfigError, TierError};
+use crate::lazy_connection::LazyConnection;
 use crate::tier::{Entry, Tier, TierFuture, Version, Write, capped_ttl};
 
 /// Keys deleted per command when clearing a prefix.
@@ -111,9 +111,7 @@ return 1
 pub struct RedisTier<V, C = Postcard> {
     name: String,
     prefix: String,
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    connection: OnceCell<ConnectionManager>,
+    connection: LazyConnection,
     codec: C,
     max_ttl: Option<Duration>,
     plain: bool,
@@ -234,23 +232,11 @@ impl<C> RedisTierBuilder<C> {
         if self.tombstone_ttl.is_zero() {
             return Err(ConfigError::ZeroDuration("tombstone_ttl"));
         }
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| ConfigError::RedisUrl(e.to_string()))?;
-        // Few, quick retries: the cache's timeout and breaker decide when to
-        // give up. No response timeout of redis-rs's own: the cache bounds
-        // every call already, and a second timer per request costs as much
-        // CPU as the rest of a lookup.
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
+        let connection = LazyConnection::new(&self.url, self.connect_timeout)?;
         Ok(RedisTier {
             name: self.name,
             prefix: self.prefix,
-            client,
-            config,
-            connection: OnceCell::new(),
+            connection,
             codec: self.codec,
             max_ttl: self.max_ttl,
             plain: self.plain,
@@ -281,13 +267,7 @@ where
     }
 
     async fn connection(&self) -> Result<ConnectionManager, TierError> {
-        self.connection
-            .get_or_try_init(|| {
-                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
-            })
-            .await
-            .cloned()
-            .map_err(TierError::backend)
+        self.connection.get().await
     }
 
     fn key(&self, key: &str) -> String {
@@ -825,7 +805,7 @@ impl<V, C> std::fmt::Debug for RedisTier<V, C> {
         f.debug_struct("RedisTier")
             .field("name", &self.name)
             .field("prefix", &self.prefix)
-            .field("connected", &self.connection.initialized())
+            .field("connected", &self.connection.is_open())
             .field("max_ttl", &self.max_ttl)
             .finish_non_exhaustive()
     }
