@@ -12,12 +12,12 @@ use crate::builder::CacheBuilder;
 use crate::bus::Target;
 use crate::error::{Error, LoadError};
 use crate::generations::{Generations, Lease};
-use crate::invalidation::BusLink;
+use crate::invalidation::{BusLink, BusMetrics};
 use crate::jitter::Jitter;
 use crate::level::Level;
 use crate::metrics::CacheMetrics;
 use crate::stats::{Stats, TierStats};
-use crate::tier::{Entry, Version, Write};
+use crate::tier::{Entry, Tier, Version, Write};
 
 /// A cache over an ordered list of tiers (fastest first), with promotion of
 /// lower-tier hits, one load per key, and fail-safe remote tiers.
@@ -179,7 +179,7 @@ where
     /// into the faster ones), or `None`. A tier that fails counts as a miss.
     /// Concurrent misses of one key share one lookup of the lower tiers.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        let first_missed = match self.inner.get_first_value(key) {
+        let first_missed = match self.inner.ask_first(|tier| tier.get_value_now(key)) {
             Ok(found) => return found,
             Err(asked) => asked,
         };
@@ -254,7 +254,7 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Erased<V>> + Send + 'static,
     {
-        if let Some(Some(entry)) = self.inner.get_first(key) {
+        if let Ok(Some(entry)) = self.inner.ask_first(|tier| tier.get_now(key)) {
             self.inner.refresh_if_late(key, &entry, loader);
             return Ok(Some(entry.value));
         }
@@ -377,11 +377,7 @@ where
         for level in self.inner.levels.iter().skip(1).rev() {
             removed += level.delete_matching(pattern).await;
         }
-        self.inner.generations.bump_all();
-        self.inner.forget_negatives();
-        if let Some(first) = self.inner.levels.first() {
-            removed += first.delete_matching(pattern).await;
-        }
+        removed += self.inner.delete_matching_from_first(pattern).await;
         self.inner
             .publish(Target::Pattern(pattern.to_owned()))
             .await;
@@ -430,6 +426,7 @@ where
     /// Counters per tier and for loads, since the cache was built.
     #[must_use]
     pub fn stats(&self) -> Stats {
+        let bus = self.inner.bus.as_ref().map(|link| &link.metrics);
         Stats {
             tiers: self
                 .inner
@@ -450,18 +447,10 @@ where
             refreshes: self.inner.metrics.refreshes.get(),
             negative_hits: self.inner.metrics.negative_hits.get(),
             stale_served: self.inner.metrics.stale_served.get(),
-            invalidations_sent: self.inner.bus.as_ref().map_or(0, |b| b.metrics.sent.get()),
-            invalidations_received: self
-                .inner
-                .bus
-                .as_ref()
-                .map_or(0, |b| b.metrics.received.get()),
-            l1_flushes: self.inner.bus.as_ref().map_or(0, |b| b.metrics.flushes()),
-            bus_reconnects: self
-                .inner
-                .bus
-                .as_ref()
-                .map_or(0, |b| b.metrics.reconnects.get()),
+            invalidations_sent: bus.map_or(0, |m| m.sent.get()),
+            invalidations_received: bus.map_or(0, |m| m.received.get()),
+            l1_flushes: bus.map_or(0, BusMetrics::flushes),
+            bus_reconnects: bus.map_or(0, |m| m.reconnects.get()),
         }
     }
 
@@ -487,38 +476,21 @@ where
         )
     }
 
-    /// The synchronous first-tier lookup: `Some(Some(v))` hit, `Some(None)`
-    /// miss there (go on), `None` when the first tier cannot answer at once.
-    fn get_first(&self, key: &str) -> Option<Option<Entry<V>>> {
-        if self.first_tier_suspect() {
-            return None;
-        }
-        let first = self.levels.first()?;
-        match first.tier.get_now(key)? {
-            Some(entry) => {
-                first.metrics.hits.increment();
-                Some(Some(entry))
-            }
-            None if self.levels.len() == 1 => {
-                first.metrics.misses.increment();
-                Some(None)
-            }
-            None => {
-                first.metrics.misses.increment();
-                None
-            }
-        }
-    }
-
-    /// [`Inner::get_first`] for a caller that needs only the value:
-    /// `Ok(found)` is the answer; `Err(asked)` means go on to the lower
-    /// tiers, `asked` telling whether the first tier was asked (and missed).
-    fn get_first_value(&self, key: &str) -> Result<Option<Arc<V>>, bool> {
+    /// Asks the first tier at once, with `ask` (`get_now`, or
+    /// `get_value_now` when only the value is needed), counting a hit or a
+    /// miss. `Ok(found)` is the answer; `Err(asked)` means go on to the lower
+    /// tiers, `asked` telling whether the first tier was asked (and missed),
+    /// as opposed to not able to answer at once or skipped (strict mode).
+    #[inline]
+    fn ask_first<T>(
+        &self,
+        ask: impl FnOnce(&dyn Tier<V>) -> Option<Option<T>>,
+    ) -> Result<Option<T>, bool> {
         if self.first_tier_suspect() {
             return Err(false);
         }
         let first = self.levels.first().ok_or(false)?;
-        let found = first.tier.get_value_now(key).ok_or(false)?;
+        let found = ask(&*first.tier).ok_or(false)?;
         if found.is_some() {
             first.metrics.hits.increment();
         } else {
@@ -654,13 +626,11 @@ where
         }
     }
 
-    /// What the remote tiers hold for `key` now, for a reload's fills.
+    /// What every tier holds for `key` now, for a reload's fills.
     async fn versions(&self, key: &str) -> Seen {
         let mut seen = Seen::new();
         for (index, level) in self.levels.iter().enumerate() {
-            if level.tier.get_now(key).is_none() {
-                seen.push((index, level.lookup(key).await.1));
-            }
+            seen.push((index, level.lookup(key).await.1));
         }
         seen
     }
@@ -793,6 +763,18 @@ where
     pub(crate) fn forget_negatives(&self) {
         if let Some(negatives) = &self.negatives {
             negatives.invalidate_all();
+        }
+    }
+
+    /// Removes the keys matching `pattern` from the first tier under a new
+    /// epoch: loads and promotions of any key that began earlier will not
+    /// write it back. Returns how many entries it removed.
+    pub(crate) async fn delete_matching_from_first(&self, pattern: &str) -> u64 {
+        self.generations.bump_all();
+        self.forget_negatives();
+        match self.levels.first() {
+            Some(first) => first.delete_matching(pattern).await,
+            None => 0,
         }
     }
 

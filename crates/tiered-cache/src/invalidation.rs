@@ -257,11 +257,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 self.delete_from_first(&key).await;
             }
             Target::Pattern(pattern) => {
-                self.generations.bump_all();
-                self.forget_negatives();
-                if let Some(first) = self.levels.first() {
-                    first.delete_matching(&pattern).await;
-                }
+                self.delete_matching_from_first(&pattern).await;
             }
             Target::Tag(tag) => {
                 // Copies promoted from a tier that does not keep tags are

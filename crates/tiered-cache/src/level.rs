@@ -128,11 +128,9 @@ impl<V: Send + Sync + 'static> Level<V> {
         }
     }
 
-    /// A conditional fill; `false` when refused or failed.
+    /// A conditional fill of a tier that cannot write at once (the cache
+    /// tries `set_now` first, under its lease); `false` when refused or failed.
     pub(crate) async fn fill(&self, write: &Write<'_, V>, seen: &Version) -> bool {
-        if self.tier.set_now(write) {
-            return true;
-        }
         self.guarded("fill", self.tier.fill(write, seen))
             .await
             .unwrap_or(false)
