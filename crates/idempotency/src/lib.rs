@@ -1,7 +1,99 @@
 //! # perfkit-idempotency
 //!
-//! A tower layer for the `Idempotency-Key` header on mutations: a Bloom-filter fast path, an atomic claim in a store (Redis or in-memory), replay of the recorded response, and 409/422/400 per the IETF draft.
+//! An `Idempotency-Key` tower layer for mutations, per the IETF draft
+//! (draft-ietf-httpapi-idempotency-key-header): a client that retries
+//! `POST /payments` after a timeout gets the original response, and the
+//! payment happens once — across tasks, instances and restarts.
 //!
-//! **Status:** Work in progress: the API lands with issue #6. This crate is part of the
-//! [perfkit](https://github.com/perfkit-rs/perfkit) family; use it alone or through
-//! the `perfkit` facade.
+//! - **The claim decides.** An atomic claim of `(scope, key)` in the store is
+//!   the only authority on whether a request runs ([exactly-once
+//!   execution](IdempotencyStore)). A request that finds the key claimed
+//!   gets the recorded response (`Idempotent-Replayed: true`), `409` while
+//!   the first one runs, or `422` if it is a different request.
+//! - **The Bloom filter only routes.** Keys this instance has certainly never
+//!   seen go straight to the claim; keys it may have seen (retries) are read
+//!   first. It never lets a request run: a per-instance "never seen" says
+//!   nothing about other instances. It rotates, so its false-positive rate
+//!   stays bounded in a server that runs for months.
+//! - **Compare-and-set records.** Recording and releasing check the claim's
+//!   owner token (a Lua script on Redis): a handler that outlived its lock can
+//!   never overwrite another request's record.
+//! - **Clients may leave.** By default the handler runs to completion
+//!   in a spawned task and is recorded, so the retry replays it.
+//! - **Stores:** [`MemoryStore`] (embedded default, one process) and
+//!   [`RedisStore`] (shared; one Redis hash per key, Cluster-safe). Store
+//!   unreachable: `503` with `Retry-After` ([fail-closed](FailMode::Closed),
+//!   default) or [pass-through](FailMode::Open).
+//! - **Observability:** spans `idempotency.claim`, `idempotency.record`,
+//!   `idempotency.replay`; counters `perfkit_idempotency_requests_total{outcome}`
+//!   (`new`, `replayed`, `conflict`, `mismatch`, `rejected`,
+//!   `store_unavailable`, `passed_through`),
+//!   `perfkit_idempotency_bloom_skipped_reads_total`,
+//!   `perfkit_idempotency_store_errors_total{op}`,
+//!   `perfkit_idempotency_released_total`, `perfkit_idempotency_lost_claims_total`;
+//!   Bloom gauges.
+//!
+//! ```
+//! use std::convert::Infallible;
+//!
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::{BodyExt, Full};
+//! use perfkit_idempotency::{IdempotencyLayer, MemoryStore};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = IdempotencyLayer::builder(MemoryStore::new())
+//!     .scope(|request| request.headers.get("x-tenant")?.to_str().ok().map(str::to_owned))
+//!     .build()?;
+//! let service = ServiceBuilder::new().layer(layer).service_fn(|_request: Request<Full<Bytes>>| async {
+//!     // Charge the card, once.
+//!     Ok::<_, Infallible>(Response::builder().status(StatusCode::CREATED).body(Full::from("payment 7"))?)
+//! });
+//!
+//! let payment = || {
+//!     Request::post("/payments")
+//!         .header("x-tenant", "acme")
+//!         .header("idempotency-key", "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")
+//!         .body(Full::from(r#"{"amount":100}"#))
+//! };
+//! let first = service.clone().oneshot(payment()?).await?;
+//! let retry = service.clone().oneshot(payment()?).await?;
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//! assert_eq!(retry.status(), StatusCode::CREATED);
+//! assert_eq!(retry.headers()["idempotent-replayed"], "true");
+//! assert_eq!(retry.into_body().collect().await?.to_bytes(), "payment 7");
+//! # Ok(())
+//! # }
+//! ```
+
+mod bloom;
+mod builder;
+mod error;
+mod fingerprint;
+mod key;
+pub mod layer;
+mod metrics;
+mod problem;
+mod protected;
+mod record;
+mod store;
+mod stores;
+
+pub use bloom::BloomStats;
+pub use builder::{
+    DEFAULT_BLOOM_FP_RATE, DEFAULT_BLOOM_KEYS, DEFAULT_KEY_TTL, DEFAULT_LOCK_TTL, DEFAULT_MAX_BODY_BYTES, FailMode,
+    IdempotencyLayerBuilder, OnDisconnect,
+};
+pub use error::{ConfigError, StoreError};
+pub use fingerprint::Fingerprint;
+pub use key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, MAX_KEY_LEN, StoreKey};
+pub use layer::{Idempotency, IdempotencyLayer, ResponseFuture};
+pub use problem::Problem;
+pub use protected::IDEMPOTENT_REPLAYED;
+pub use record::{Existing, RecordPolicy, RecordedResponse};
+pub use store::{Claim, ClaimToken, IdempotencyStore, StoreFuture};
+pub use stores::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use stores::redis::RedisStore;

@@ -1,0 +1,295 @@
+//! `IdempotencyLayerBuilder`: every setting of the layer, validated in `build()`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, SET_COOKIE};
+use http::request::Parts;
+use http::Method;
+
+use crate::bloom::SeenFilter;
+use crate::error::ConfigError;
+use crate::layer::{Config, IdempotencyLayer};
+use crate::metrics::Metrics;
+use crate::record::RecordPolicy;
+use crate::store::IdempotencyStore;
+
+/// Default for [`IdempotencyLayerBuilder::key_ttl`]: 24 h.
+pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default for [`IdempotencyLayerBuilder::lock_ttl`]: 60 s.
+pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(60);
+/// Default for [`IdempotencyLayerBuilder::max_body_bytes`] and
+/// [`IdempotencyLayerBuilder::max_recorded_body_bytes`]: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default for [`IdempotencyLayerBuilder::bloom`]: keys per key TTL.
+pub const DEFAULT_BLOOM_KEYS: usize = 100_000;
+/// Default for [`IdempotencyLayerBuilder::bloom`]: false-positive rate per generation.
+pub const DEFAULT_BLOOM_FP_RATE: f64 = 0.01;
+
+pub(crate) type ScopeFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// What the layer does with a request when its store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailMode {
+    /// Answer `503 Service Unavailable` with `Retry-After`, without running
+    /// the handler: a mutation never runs unprotected. The default.
+    #[default]
+    Closed,
+    /// Run the handler without protection (nothing is claimed or recorded): the
+    /// service stays up, and a retry during the outage may run twice.
+    Open,
+}
+
+/// What happens to a running handler when the client disconnects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnDisconnect {
+    /// The handler runs to completion in a spawned task and its response is
+    /// recorded, so the client's retry gets the replay instead of running the
+    /// mutation a second time. The default.
+    #[default]
+    RunToCompletion,
+    /// The handler is dropped with the request (tower's usual behaviour) and
+    /// the claim is released, so a retry runs the handler again: choose this
+    /// only for handlers that are safe to cut anywhere (e.g. one transaction).
+    Cancel,
+}
+
+/// Builds an [`IdempotencyLayer`]; see [`IdempotencyLayer::builder`].
+#[must_use = "a builder does nothing until `build()` is called"]
+pub struct IdempotencyLayerBuilder {
+    store: Arc<dyn IdempotencyStore>,
+    scope: Option<Option<ScopeFn>>,
+    methods: Vec<Method>,
+    require_key: bool,
+    fingerprint_headers: Vec<HeaderName>,
+    max_body_bytes: usize,
+    max_recorded_body_bytes: usize,
+    key_ttl: Duration,
+    lock_ttl: Duration,
+    retry_after: Duration,
+    deny_headers: Vec<HeaderName>,
+    record_policy: RecordPolicy,
+    fail_mode: FailMode,
+    on_disconnect: OnDisconnect,
+    bloom: Option<(usize, f64)>,
+    name: String,
+}
+
+impl IdempotencyLayerBuilder {
+    pub(crate) fn new(store: Arc<dyn IdempotencyStore>) -> Self {
+        Self {
+            store,
+            scope: None,
+            methods: vec![Method::POST, Method::PATCH],
+            require_key: true,
+            fingerprint_headers: Vec::new(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_recorded_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            key_ttl: DEFAULT_KEY_TTL,
+            lock_ttl: DEFAULT_LOCK_TTL,
+            retry_after: Duration::from_secs(1),
+            deny_headers: vec![SET_COOKIE],
+            record_policy: RecordPolicy::default(),
+            fail_mode: FailMode::Closed,
+            on_disconnect: OnDisconnect::RunToCompletion,
+            bloom: Some((DEFAULT_BLOOM_KEYS, DEFAULT_BLOOM_FP_RATE)),
+            name: "http".to_owned(),
+        }
+    }
+
+    /// Keeps each caller's keys apart: records are stored under
+    /// `(scope(request), key)`, so one tenant can neither replay another's
+    /// response nor block another's request by guessing or reusing its key.
+    /// Return the tenant, API key or authenticated subject; a request for
+    /// which `scope` returns `None` is answered `400` (it cannot be protected
+    /// safely). Run the layer after authentication, so that what `scope`
+    /// reads is verified. Either this or [`unscoped`](Self::unscoped) is required.
+    pub fn scope<F>(mut self, scope: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.scope = Some(Some(Arc::new(scope)));
+        self
+    }
+
+    /// Stores records under the key alone. **Replay-leak risk:** any client
+    /// that sends another client's key (guessed, logged, or shared) gets that
+    /// client's recorded response, with whatever it contains, and can block
+    /// its retries with `409`/`422`. Choose this only when keys are
+    /// unguessable server-issued secrets or when one client owns the service.
+    pub fn unscoped(mut self) -> Self {
+        self.scope = Some(None);
+        self
+    }
+
+    /// The methods the layer protects; requests with other methods pass
+    /// through untouched. Default: `POST` and `PATCH` (`PUT` and `DELETE` are
+    /// idempotent by definition).
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Lets requests without an `Idempotency-Key` through unprotected instead
+    /// of answering `400`. Default: the key is required.
+    pub fn key_optional(mut self) -> Self {
+        self.require_key = false;
+        self
+    }
+
+    /// Request headers that are part of the fingerprint besides method, path,
+    /// query and body (e.g. `content-type`, or an account header). Default: none.
+    pub fn fingerprint_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.fingerprint_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// The largest request body that is buffered and fingerprinted; a larger
+    /// one is answered `413`. Default: 1 MiB.
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    /// The largest response body that is recorded. A larger response still
+    /// reaches its client and the key stays completed (the handler ran once),
+    /// but retries get `409` with the original status instead of a replay.
+    /// Default: 1 MiB.
+    pub fn max_recorded_body_bytes(mut self, limit: usize) -> Self {
+        self.max_recorded_body_bytes = limit;
+        self
+    }
+
+    /// How long a recorded response is replayed. Default: 24 h. Also the
+    /// Bloom filter's rotation period.
+    pub fn key_ttl(mut self, ttl: Duration) -> Self {
+        self.key_ttl = ttl;
+        self
+    }
+
+    /// How long a claim holds the key while its handler runs. A handler that
+    /// runs longer loses the claim: a retry may then run the handler again,
+    /// and the late handler's response is not recorded (its completion is
+    /// refused, counted and logged). Default: 60 s; set it above your
+    /// slowest handler's timeout.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// The `Retry-After` of `409` (in progress) and `503` (store
+    /// unavailable) answers, rounded up to whole seconds. Default: 1 s.
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = after;
+        self
+    }
+
+    /// Response headers never recorded (so never replayed), besides the
+    /// hop-by-hop headers and `Content-Length`. Default: `Set-Cookie`, so that
+    /// a replay never hands out the first caller's session.
+    pub fn deny_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.deny_headers = headers.into_iter().collect();
+        self
+    }
+
+    /// Which responses are recorded. Default: every status below 500.
+    pub fn record_policy(mut self, policy: RecordPolicy) -> Self {
+        self.record_policy = policy;
+        self
+    }
+
+    /// What happens when the store is unreachable. Default: [`FailMode::Closed`].
+    pub fn fail_mode(mut self, mode: FailMode) -> Self {
+        self.fail_mode = mode;
+        self
+    }
+
+    /// What happens to a running handler when the client disconnects.
+    /// Default: [`OnDisconnect::RunToCompletion`].
+    pub fn on_disconnect(mut self, behaviour: OnDisconnect) -> Self {
+        self.on_disconnect = behaviour;
+        self
+    }
+
+    /// Sizes the Bloom filter: `expected_keys` new keys per key TTL at
+    /// `fp_rate` per generation. Default: 100,000 keys at 1 % (about 120 KB
+    /// per generation, two generations).
+    pub fn bloom(mut self, expected_keys: usize, fp_rate: f64) -> Self {
+        self.bloom = Some((expected_keys, fp_rate));
+        self
+    }
+
+    /// Drops the Bloom filter: every request claims first (one round trip, as
+    /// with the filter), and retries take the claim path instead of a read.
+    pub fn without_bloom(mut self) -> Self {
+        self.bloom = None;
+        self
+    }
+
+    /// Names the layer in metrics (`layer` label) and spans. Default: `"http"`.
+    pub fn name(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.name);
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when no scope choice was made, no method is
+    /// protected, the lock TTL is zero, the key TTL is shorter than the lock
+    /// TTL, or the Bloom filter parameters are out of range.
+    pub fn build(self) -> Result<IdempotencyLayer, ConfigError> {
+        let scope = self.scope.ok_or(ConfigError::NoScope)?;
+        if self.methods.is_empty() {
+            return Err(ConfigError::NoMethods);
+        }
+        if self.lock_ttl.is_zero() {
+            return Err(ConfigError::ZeroLockTtl);
+        }
+        if self.key_ttl < self.lock_ttl {
+            return Err(ConfigError::KeyTtlBelowLockTtl {
+                key_ttl: self.key_ttl,
+                lock_ttl: self.lock_ttl,
+            });
+        }
+        let bloom = self
+            .bloom
+            .map(|(keys, fp_rate)| SeenFilter::new(keys, fp_rate, self.key_ttl))
+            .transpose()?;
+        let metrics = Metrics::new(&self.name);
+        Ok(IdempotencyLayer::from_config(Config {
+            store: self.store,
+            scope,
+            methods: self.methods,
+            require_key: self.require_key,
+            fingerprint_headers: self.fingerprint_headers,
+            max_body_bytes: self.max_body_bytes,
+            max_recorded_body_bytes: self.max_recorded_body_bytes,
+            key_ttl: self.key_ttl,
+            lock_ttl: self.lock_ttl,
+            retry_after: self.retry_after,
+            deny_headers: self.deny_headers,
+            record_policy: self.record_policy,
+            fail_mode: self.fail_mode,
+            on_disconnect: self.on_disconnect,
+            bloom,
+            metrics,
+            name: self.name,
+        }))
+    }
+}
+
+impl std::fmt::Debug for IdempotencyLayerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyLayerBuilder")
+            .field("methods", &self.methods)
+            .field("scoped", &self.scope.as_ref().map(Option::is_some))
+            .field("key_ttl", &self.key_ttl)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("fail_mode", &self.fail_mode)
+            .field("on_disconnect", &self.on_disconnect)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,55 @@
+//! The crate's errors: configuration mistakes and store failures.
+
+use std::time::Duration;
+
+/// A layer configuration that cannot work, reported by
+/// [`IdempotencyLayerBuilder::build`](crate::IdempotencyLayerBuilder::build).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Neither `scope` nor `unscoped` was chosen.
+    #[error(
+        "choose how records are scoped: `.scope(..)` with the tenant, API key or subject of each request, \
+         or `.unscoped()` if every client may replay every other client's responses by key"
+    )]
+    NoScope,
+    /// No method is protected.
+    #[error("no HTTP method is protected; pass at least one to `.methods(..)`")]
+    NoMethods,
+    /// The lock TTL is zero.
+    #[error("the lock TTL is zero; give the handler time to run, e.g. 60 s")]
+    ZeroLockTtl,
+    /// The record TTL is shorter than the lock TTL.
+    #[error("the key TTL ({key_ttl:?}) is shorter than the lock TTL ({lock_ttl:?}); records must outlive claims")]
+    KeyTtlBelowLockTtl {
+        /// The configured key TTL.
+        key_ttl: Duration,
+        /// The configured lock TTL.
+        lock_ttl: Duration,
+    },
+    /// The Bloom filter parameters are out of range.
+    #[error("the Bloom filter needs a false-positive rate strictly between 0 and 1 and at least one expected key, got {fp_rate} for {expected_keys} keys")]
+    Bloom {
+        /// The configured expected keys per key TTL.
+        expected_keys: usize,
+        /// The configured false-positive rate.
+        fp_rate: f64,
+    },
+}
+
+/// A store operation that failed. The layer answers it with `503` (fail-closed,
+/// the default) or passes the request through (fail-open), logs and counts it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store did not answer within its timeout.
+    #[error("the idempotency store did not answer within {0:?}; is it overloaded or unreachable?")]
+    Timeout(Duration),
+    /// The store is unreachable or answered with an error.
+    #[error("the idempotency store failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store returned data this crate did not write (corrupt, or a
+    /// foreign value under the store's prefix).
+    #[error("the idempotency store holds unreadable data for this key: {0}")]
+    Corrupt(String),
+}

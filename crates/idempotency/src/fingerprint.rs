@@ -1,0 +1,105 @@
+//! What makes two requests with one key "the same request".
+
+use std::fmt;
+
+use http::request::Parts;
+use http::HeaderName;
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 digest of a request's method, path, query, chosen headers and
+/// body. A second request with the same key and another fingerprint is
+/// answered `422 Unprocessable Content` instead of replaying the first
+/// one's response.
+///
+/// A cryptographic hash, so that no crafted body can collide with another
+/// request's fingerprint and be handed that request's response. Each part is
+/// length-prefixed, so moving bytes between parts changes the digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of a request head and its buffered body, including
+    /// the values of `headers` (in the order given; an absent header and an
+    /// empty one differ).
+    #[must_use]
+    pub fn of(parts: &Parts, headers: &[HeaderName], body: &[u8]) -> Self {
+        let mut digest = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            digest.update((bytes.len() as u64).to_le_bytes());
+            digest.update(bytes);
+        };
+        part(parts.method.as_str().as_bytes());
+        part(parts.uri.path().as_bytes());
+        part(parts.uri.query().unwrap_or_default().as_bytes());
+        for name in headers {
+            part(name.as_str().as_bytes());
+            // The count first: an absent header (0) differs from an empty one (1).
+            let values = parts.headers.get_all(name);
+            part(&(values.iter().count() as u64).to_le_bytes());
+            for value in values {
+                part(value.as_bytes());
+            }
+        }
+        part(body);
+        Self(digest.finalize().into())
+    }
+
+    /// A fingerprint from its 32 bytes, as a store returns them.
+    #[must_use]
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 bytes of the digest.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint(")?;
+        for byte in &self.0[..8] {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "…)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn fingerprint(method: &str, uri: &str, header: Option<&str>, body: &[u8]) -> Fingerprint {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(value) = header {
+            request = request.header("x-account", value);
+        }
+        let (parts, ()) = request.body(()).unwrap().into_parts();
+        Fingerprint::of(&parts, &[HeaderName::from_static("x-account")], body)
+    }
+
+    #[test]
+    fn every_part_of_the_request_changes_the_fingerprint() {
+        let base = fingerprint("POST", "/pay?x=1", Some("a"), b"{}");
+        assert_eq!(base, fingerprint("POST", "/pay?x=1", Some("a"), b"{}"));
+        for other in [
+            fingerprint("PATCH", "/pay?x=1", Some("a"), b"{}"),
+            fingerprint("POST", "/pay2?x=1", Some("a"), b"{}"),
+            fingerprint("POST", "/pay?x=2", Some("a"), b"{}"),
+            fingerprint("POST", "/pay?x=1", Some("b"), b"{}"),
+            fingerprint("POST", "/pay?x=1", None, b"{}"),
+            fingerprint("POST", "/pay?x=1", Some(""), b"{}"),
+            fingerprint("POST", "/pay?x=1", Some("a"), b"{ }"),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+
+    #[test]
+    fn bytes_moved_between_parts_change_the_fingerprint() {
+        assert_ne!(fingerprint("POST", "/a?b", None, b"c"), fingerprint("POST", "/a?", None, b"bc"));
+    }
+}

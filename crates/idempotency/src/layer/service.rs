@@ -1,0 +1,264 @@
+//! `IdempotencyLayer`, the `Idempotency` service and its `ResponseFuture`.
+
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{Method, Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::bloom::{BloomStats, SeenFilter};
+use crate::builder::{FailMode, IdempotencyLayerBuilder, OnDisconnect, ScopeFn};
+use crate::key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, StoreKey};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use crate::protected;
+use crate::record::RecordPolicy;
+use crate::store::IdempotencyStore;
+
+/// Everything a layer's services share.
+pub(crate) struct Config {
+    pub(crate) store: Arc<dyn IdempotencyStore>,
+    /// `None`: unscoped (an explicit choice in the builder).
+    pub(crate) scope: Option<ScopeFn>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) require_key: bool,
+    pub(crate) fingerprint_headers: Vec<HeaderName>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_recorded_body_bytes: usize,
+    pub(crate) key_ttl: Duration,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) retry_after: Duration,
+    pub(crate) deny_headers: Vec<HeaderName>,
+    pub(crate) record_policy: RecordPolicy,
+    pub(crate) fail_mode: FailMode,
+    pub(crate) on_disconnect: OnDisconnect,
+    pub(crate) bloom: Option<SeenFilter>,
+    pub(crate) metrics: Metrics,
+    pub(crate) name: String,
+}
+
+/// Applies `Idempotency-Key` handling to a service; see the [module docs](crate::layer).
+///
+/// Built with [`IdempotencyLayer::builder`]. Clones share one configuration,
+/// store and Bloom filter.
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    config: Arc<Config>,
+}
+
+impl IdempotencyLayer {
+    /// Starts a layer on `store` ([`MemoryStore`](crate::MemoryStore) for one
+    /// process, [`RedisStore`](crate::RedisStore) for several). The builder
+    /// requires a scope choice ([`scope`](IdempotencyLayerBuilder::scope) or
+    /// [`unscoped`](IdempotencyLayerBuilder::unscoped)); everything else has a default.
+    pub fn builder(store: impl IdempotencyStore) -> IdempotencyLayerBuilder {
+        IdempotencyLayerBuilder::new(Arc::new(store))
+    }
+
+    pub(crate) fn from_config(config: Config) -> Self {
+        let layer = Self {
+            config: Arc::new(config),
+        };
+        layer.config.publish_bloom_stats();
+        layer
+    }
+
+    /// The Bloom filter's size, fill and estimated false-positive rate
+    /// (`None` without a filter); also published as the gauges
+    /// `perfkit_idempotency_bloom_bytes` and `perfkit_idempotency_bloom_fp_ratio`.
+    #[must_use]
+    pub fn bloom_stats(&self) -> Option<BloomStats> {
+        self.config.publish_bloom_stats()
+    }
+}
+
+impl Config {
+    /// Reads the Bloom filter's stats and sets the gauges from them.
+    pub(crate) fn publish_bloom_stats(&self) -> Option<BloomStats> {
+        let stats = self.bloom.as_ref()?.stats();
+        #[allow(clippy::cast_precision_loss)]
+        self.metrics.bloom_bytes.set(stats.bytes as f64);
+        self.metrics.bloom_fp_rate.set(stats.estimated_fp_rate);
+        Some(stats)
+    }
+}
+
+impl<S> Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl std::fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("name", &self.config.name)
+            .field("methods", &self.config.methods)
+            .field("scoped", &self.config.scope.is_some())
+            .field("fail_mode", &self.config.fail_mode)
+            .field("on_disconnect", &self.config.on_disconnect)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The service [`IdempotencyLayer`] wraps around `S`.
+///
+/// `S` takes and returns bodies that can be built from [`Bytes`]
+/// (`axum::body::Body`, `http_body_util::Full<Bytes>`): the request body is
+/// buffered to be fingerprinted and handed on whole, and the response body is
+/// buffered to be recorded.
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> std::fmt::Debug for Idempotency<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency").field("name", &self.config.name).finish_non_exhaustive()
+    }
+}
+
+/// A protected request's outcome before the inner service runs.
+enum Route<B> {
+    Unprotected(Request<B>),
+    Answer(Problem),
+    Protected(Request<B>, StoreKey),
+}
+
+impl<S> Idempotency<S> {
+    fn route<B>(&self, request: Request<B>) -> Route<B> {
+        let config = &self.config;
+        if !config.methods.contains(request.method()) {
+            return Route::Unprotected(request);
+        }
+        let mut values = request.headers().get_all(IDEMPOTENCY_KEY).iter();
+        let key = match (values.next(), values.next()) {
+            (None, _) if !config.require_key => return Route::Unprotected(request),
+            (None, _) => Err(KeyError::Missing(request.method().to_string())),
+            (Some(_), Some(_)) => Err(KeyError::Repeated),
+            (Some(value), None) => IdempotencyKey::parse(value),
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(error) => {
+                config.metrics.rejected.increment(1);
+                return Route::Answer(Problem::BadKey(error.to_string()));
+            }
+        };
+        let scope = match &config.scope {
+            None => None,
+            Some(scope) => {
+                let (parts, body) = request.into_parts();
+                let found = scope(&parts);
+                let request = Request::from_parts(parts, body);
+                match found {
+                    Some(scope) => return Route::Protected(request, StoreKey::new(Some(scope), key)),
+                    None => {
+                        config.metrics.rejected.increment(1);
+                        return Route::Answer(Problem::NoScope);
+                    }
+                }
+            }
+        };
+        Route::Protected(request, StoreKey::new(scope, key))
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: Body + From<Bytes> + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: std::fmt::Display,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let kind = match self.route(request) {
+            Route::Unprotected(request) => Kind::Unprotected {
+                future: self.inner.call(request),
+            },
+            Route::Answer(problem) => Kind::Answer {
+                response: Some(problem.into_response()),
+            },
+            Route::Protected(request, key) => {
+                // The ready service goes with the request; a clone stays for the next call.
+                let clone = self.inner.clone();
+                let inner = mem::replace(&mut self.inner, clone);
+                Kind::Protected {
+                    future: Box::pin(protected::run(Arc::clone(&self.config), inner, request, key)),
+                }
+            }
+        };
+        ResponseFuture { kind }
+    }
+}
+
+type BoxedResponse<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Idempotency`].
+    pub struct ResponseFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Unprotected { #[pin] future: F },
+        Answer { response: Option<Response<B>> },
+        Protected { future: BoxedResponse<B, E> },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Unprotected { future } => future.poll(cx),
+            KindProj::Answer { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            KindProj::Protected { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F, B, E> std::fmt::Debug for ResponseFuture<F, B, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

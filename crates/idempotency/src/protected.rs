@@ -1,0 +1,329 @@
+//! The life of a protected request: claim, run, record — or replay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::HeaderValue;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower_service::Service;
+use tracing::{Instrument, field};
+
+use crate::builder::{FailMode, OnDisconnect};
+use crate::error::StoreError;
+use crate::fingerprint::Fingerprint;
+use crate::key::StoreKey;
+use crate::layer::Config;
+use crate::problem::Problem;
+use crate::record::{Existing, RecordedResponse};
+use crate::store::{Claim, ClaimToken};
+
+/// The header a replayed response carries.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// Attempts at recording a completed response before giving up (the
+/// handler ran: losing its record would let a retry run it again).
+const RECORD_ATTEMPTS: u32 = 3;
+
+pub(crate) async fn run<S, ReqBody, ResBody>(
+    config: Arc<Config>,
+    mut inner: S,
+    request: Request<ReqBody>,
+    key: StoreKey,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Body + From<Bytes> + Send + 'static,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: Body + From<Bytes> + Send + 'static,
+    ResBody::Error: std::fmt::Display,
+{
+    let (parts, body) = request.into_parts();
+    let body = match Limited::new(body, config.max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            config.metrics.rejected.increment(1);
+            return Ok(if error.is::<LengthLimitError>() {
+                Problem::BodyTooLarge {
+                    limit: config.max_body_bytes,
+                }
+            } else {
+                Problem::BadBody(error.to_string())
+            }
+            .into_response());
+        }
+    };
+    let fingerprint = Fingerprint::of(&parts, &config.fingerprint_headers, &body);
+    let request = Request::from_parts(parts, ReqBody::from(body));
+    let token = ClaimToken::new();
+
+    let span = tracing::info_span!(
+        "idempotency.claim",
+        idempotency.layer = %config.name,
+        idempotency.outcome = field::Empty,
+        idempotency.bloom_skipped = field::Empty,
+    );
+    let claim = claim(&config, &key, &token, &fingerprint).instrument(span.clone()).await;
+    match claim {
+        Ok(Claim::Acquired) => {
+            span.record("idempotency.outcome", "acquired");
+            config.metrics.new.increment(1);
+        }
+        Ok(Claim::Existing(existing)) => {
+            span.record("idempotency.outcome", "existing");
+            return Ok(answer(&config, existing, &fingerprint));
+        }
+        Err(error) => {
+            config.metrics.store_unavailable.increment(1);
+            return match config.fail_mode {
+                FailMode::Closed => {
+                    tracing::error!(idempotency.layer = %config.name, %error, "idempotency store unavailable: answering 503 (fail-closed)");
+                    Ok(Problem::StoreUnavailable {
+                        retry_after: config.retry_after,
+                    }
+                    .into_response())
+                }
+                FailMode::Open => {
+                    tracing::error!(idempotency.layer = %config.name, %error, "idempotency store unavailable: running the request unprotected (fail-open)");
+                    config.metrics.passed_through.increment(1);
+                    inner.call(request).await
+                }
+            };
+        }
+    }
+
+    let guard = ClaimGuard {
+        config: Arc::clone(&config),
+        key,
+        token,
+        settled: false,
+    };
+    let execution = execute(guard, inner, request);
+    if config.on_disconnect == OnDisconnect::RunToCompletion
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        // Spawned: the handler and its record survive the client going away.
+        match runtime.spawn(execution).await {
+            Ok(outcome) => outcome,
+            Err(failure) => {
+                // The guard released the claim while the task unwound.
+                tracing::error!(idempotency.layer = %config.name, %failure, "idempotent handler panicked; claim released");
+                Ok(Problem::HandlerFailed.into_response())
+            }
+        }
+    } else {
+        execution.await
+    }
+}
+
+/// Reads first only for keys this instance may have seen (retries); claims
+/// directly otherwise. The claim alone decides whether the request runs.
+async fn claim(config: &Config, key: &StoreKey, token: &ClaimToken, fingerprint: &Fingerprint) -> Result<Claim, StoreError> {
+    let may_have_seen = config.bloom.as_ref().is_some_and(|bloom| bloom.may_have_seen(key));
+    if may_have_seen {
+        match config.store.lookup(key).await {
+            Ok(Some(existing)) => return Ok(Claim::Existing(existing)),
+            Ok(None) => {}
+            Err(error) => {
+                config.metrics.store_errors.lookup.increment(1);
+                return Err(error);
+            }
+        }
+    } else if config.bloom.is_some() {
+        config.metrics.bloom_skipped_reads.increment(1);
+        tracing::Span::current().record("idempotency.bloom_skipped", true);
+    }
+    let claim = config.store.claim(key, token, fingerprint, config.lock_ttl).await;
+    match &claim {
+        Ok(_) => {
+            if let Some(bloom) = &config.bloom
+                && bloom.insert(key)
+            {
+                config.publish_bloom_stats();
+            }
+        }
+        Err(_) => config.metrics.store_errors.claim.increment(1),
+    }
+    claim
+}
+
+/// The answer to a request whose key was claimed by another request.
+fn answer<B: From<Bytes>>(config: &Config, existing: Existing, fingerprint: &Fingerprint) -> Response<B> {
+    if existing.fingerprint() != fingerprint {
+        config.metrics.mismatch.increment(1);
+        return Problem::Mismatch.into_response();
+    }
+    match existing {
+        Existing::InProgress { .. } => {
+            config.metrics.conflict.increment(1);
+            Problem::InProgress {
+                retry_after: config.retry_after,
+            }
+            .into_response()
+        }
+        Existing::Completed { response, .. } if response.body_dropped() => {
+            config.metrics.conflict.increment(1);
+            Problem::NotReplayable {
+                status: response.status(),
+            }
+            .into_response()
+        }
+        Existing::Completed { response, .. } => {
+            let _span = tracing::info_span!("idempotency.replay", idempotency.layer = %config.name, http.response.status_code = response.status().as_u16()).entered();
+            config.metrics.replayed.increment(1);
+            let mut replay = Response::new(B::from(response.body().clone()));
+            *replay.status_mut() = response.status();
+            *replay.headers_mut() = response.headers().clone();
+            replay
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            replay
+        }
+    }
+}
+
+/// Runs the handler under the claim, then records its response or releases the claim.
+async fn execute<S, ReqBody, ResBody>(guard: ClaimGuard, mut inner: S, request: Request<ReqBody>) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body + From<Bytes>,
+    ResBody::Error: std::fmt::Display,
+{
+    let config = Arc::clone(&guard.config);
+    let response = match inner.call(request).await {
+        Ok(response) => response,
+        Err(error) => {
+            guard.release("handler error").await;
+            return Err(error);
+        }
+    };
+    if !config.record_policy.records_status(response.status()) {
+        guard.release("status not recorded").await;
+        return Ok(response);
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(body) = read_whole(body).await.inspect_err(|error| {
+        tracing::error!(idempotency.layer = %config.name, %error, "the idempotent handler's response body failed");
+    }) else {
+        guard.release("response body failed").await;
+        return Ok(Problem::HandlerFailed.into_response());
+    };
+    let recorded = (body.len() <= config.max_recorded_body_bytes).then(|| body.clone());
+    if recorded.is_none() {
+        tracing::warn!(
+            idempotency.layer = %config.name,
+            bytes = body.len(),
+            limit = config.max_recorded_body_bytes,
+            "response over the recording limit: recorded without its body, retries get 409"
+        );
+    }
+    let record = RecordedResponse::new(parts.status, &parts.headers, &config.deny_headers, recorded);
+    guard.complete(&record).await;
+    Ok(Response::from_parts(parts, ResBody::from(body)))
+}
+
+/// The whole body: it is delivered to the client in any case, and recorded when within the limit.
+async fn read_whole<B: Body>(body: B) -> Result<Bytes, B::Error> {
+    let mut body = std::pin::pin!(body);
+    let mut whole = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(mut data) = frame?.into_data() {
+            while bytes::Buf::has_remaining(&data) {
+                let chunk = bytes::Buf::chunk(&data);
+                whole.extend_from_slice(chunk);
+                let read = chunk.len();
+                bytes::Buf::advance(&mut data, read);
+            }
+        }
+    }
+    Ok(whole.freeze())
+}
+
+/// A held claim: completed or released explicitly, released on drop
+/// otherwise (panic, cancelled request), so a retry is never locked out
+/// longer than needed.
+struct ClaimGuard {
+    config: Arc<Config>,
+    key: StoreKey,
+    token: ClaimToken,
+    settled: bool,
+}
+
+impl ClaimGuard {
+    async fn complete(mut self, record: &RecordedResponse) {
+        self.settled = true;
+        let config = &self.config;
+        let span = tracing::info_span!("idempotency.record", idempotency.layer = %config.name, http.response.status_code = record.status().as_u16());
+        async {
+            let mut backoff = Duration::from_millis(20);
+            for attempt in 1..=RECORD_ATTEMPTS {
+                match config.store.complete(&self.key, &self.token, record, config.key_ttl).await {
+                    Ok(true) => return,
+                    Ok(false) => {
+                        config.metrics.lost_claims.increment(1);
+                        tracing::error!(
+                            key = ?self.key,
+                            lock_ttl = ?config.lock_ttl,
+                            "the handler outlived its claim (lock TTL): its response was not recorded, another request may hold the key"
+                        );
+                        return;
+                    }
+                    Err(error) => {
+                        config.metrics.store_errors.complete.increment(1);
+                        tracing::warn!(key = ?self.key, attempt, %error, "recording the response failed");
+                        if attempt < RECORD_ATTEMPTS {
+                            tokio::time::sleep(backoff).await;
+                            backoff *= 4;
+                        }
+                    }
+                }
+            }
+            tracing::error!(
+                key = ?self.key,
+                lock_ttl = ?config.lock_ttl,
+                "the response could not be recorded: retries get 409 until the lock TTL passes, then run the handler again"
+            );
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn release(mut self, why: &'static str) {
+        self.settled = true;
+        release(&self.config, &self.key, &self.token, why).await;
+    }
+}
+
+async fn release(config: &Config, key: &StoreKey, token: &ClaimToken, why: &'static str) {
+    config.metrics.released.increment(1);
+    let span = tracing::info_span!("idempotency.record", idempotency.layer = %config.name, idempotency.released = why);
+    match config.store.release(key, token).instrument(span).await {
+        Ok(_) => tracing::debug!(?key, why, "claim released"),
+        Err(error) => {
+            config.metrics.store_errors.release.increment(1);
+            tracing::warn!(?key, why, %error, "releasing the claim failed: retries get 409 until the lock TTL passes");
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let why = if std::thread::panicking() { "handler panicked" } else { "request cancelled" };
+        let config = Arc::clone(&self.config);
+        let key = self.key.clone();
+        let token = self.token.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { release(&config, &key, &token, why).await });
+            }
+            Err(_) => tracing::warn!(?key, why, "no runtime to release the claim on: retries get 409 until the lock TTL passes"),
+        }
+    }
+}

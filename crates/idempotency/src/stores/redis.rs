@@ -1,0 +1,286 @@
+//! `RedisStore`: claims and records in Redis, shared by every instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+
+use crate::error::StoreError;
+use crate::fingerprint::Fingerprint;
+use crate::key::StoreKey;
+use crate::record::{Existing, RecordedResponse};
+use crate::store::{Claim, ClaimToken, IdempotencyStore, StoreFuture};
+
+/// Default for [`RedisStore::timeout`].
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default for [`RedisStore::prefix`].
+const DEFAULT_PREFIX: &str = "perfkit:idem:";
+
+/// Claims the key if nobody holds it, else returns what is held. One script,
+/// so that no other client can come between the check and the claim.
+const CLAIM: &str = r"
+local held = redis.call('HMGET', KEYS[1], 's', 'f', 'r')
+if not held[1] then
+  redis.call('HSET', KEYS[1], 's', 'p', 't', ARGV[1], 'f', ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return held
+";
+
+/// Records the response if and only if the caller's claim still holds the key.
+const COMPLETE: &str = r"
+local held = redis.call('HMGET', KEYS[1], 's', 't')
+if held[1] == 'p' and held[2] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
+  redis.call('HDEL', KEYS[1], 't')
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Drops the claim if and only if the caller still holds it.
+const RELEASE: &str = r"
+local held = redis.call('HMGET', KEYS[1], 's', 't')
+if held[1] == 'p' and held[2] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// Claims and recorded responses in Redis: every instance that shares the
+/// Redis sees the same claims, so exactly-once execution holds across
+/// instances and restarts.
+///
+/// Each idempotency key is **one** Redis hash, `<prefix><scope and key>`
+/// (fields `s` state, `t` owner token, `f` fingerprint, `r` recorded
+/// response), so every operation touches one key and one hash slot: the
+/// store works unchanged on a Redis Cluster connection (any
+/// [`ConnectionLike`] + `Clone`). Claims, completions and releases are Lua
+/// scripts (one atomic step each, `EVALSHA`); a lookup is one `HMGET`.
+/// Round trips: a new key costs two (claim, record), a replay or a conflict one.
+///
+/// Every call is bounded by [`timeout`](Self::timeout) (default 250 ms): a
+/// Redis that is down or slow never hangs a request; the layer answers it
+/// per its [fail mode](crate::FailMode).
+#[derive(Clone)]
+pub struct RedisStore<C = ConnectionManager> {
+    connection: C,
+    prefix: Arc<str>,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    claim: Script,
+    complete: Script,
+    release: Script,
+}
+
+impl RedisStore<ConnectionManager> {
+    /// A store on the Redis at `url` (`redis://host:port/db`), through a
+    /// multiplexed, auto-reconnecting [`ConnectionManager`] that connects on
+    /// first use: an application starts while Redis is down, and its
+    /// idempotent routes answer per the fail mode until Redis is back.
+    ///
+    /// # Errors
+    /// [`StoreError::Backend`] when `url` is not a Redis URL.
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|error| StoreError::Backend(Box::new(error)))?;
+        // Our own timeout bounds every call; redis-rs's reconnects stay short so that
+        // a restarted Redis is picked up quickly.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(DEFAULT_TIMEOUT))
+            .set_response_timeout(None)
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let connection = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|error| StoreError::Backend(Box::new(error)))?;
+        Ok(Self::new(connection))
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// A store on an existing connection: a [`ConnectionManager`], a
+    /// `deadpool-redis` connection wrapper, or a cluster connection.
+    #[must_use]
+    pub fn new(connection: C) -> Self {
+        Self {
+            connection,
+            prefix: Arc::from(DEFAULT_PREFIX),
+            timeout: DEFAULT_TIMEOUT,
+            scripts: Arc::new(Scripts {
+                claim: Script::new(CLAIM),
+                complete: Script::new(COMPLETE),
+                release: Script::new(RELEASE),
+            }),
+        }
+    }
+
+    /// Prefix of every key this store writes. Default: `"perfkit:idem:"`.
+    #[must_use]
+    pub fn prefix(mut self, prefix: &str) -> Self {
+        self.prefix = Arc::from(prefix);
+        self
+    }
+
+    /// Bound on every call (one round trip, plus a reconnect if one is
+    /// needed). Default: 250 ms.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn redis_key(&self, key: &StoreKey) -> String {
+        format!("{}{}", self.prefix, key.encoded())
+    }
+
+    async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(StoreError::Backend(Box::new(error))),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+}
+
+/// Reads an `HMGET s f r` reply (a claim that found the key held, or a lookup).
+fn existing(reply: &[Value]) -> Result<Option<Existing>, StoreError> {
+    let bytes = |index: usize| match reply.get(index) {
+        Some(Value::BulkString(bytes)) => Some(bytes.as_slice()),
+        _ => None,
+    };
+    let Some(state) = bytes(0) else {
+        return Ok(None);
+    };
+    let fingerprint = bytes(1)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .map(Fingerprint::from_bytes)
+        .ok_or_else(|| StoreError::Corrupt("the fingerprint field is missing or not 32 bytes".to_owned()))?;
+    match state {
+        b"p" => Ok(Some(Existing::InProgress { fingerprint })),
+        b"c" => {
+            let recorded = bytes(2).ok_or_else(|| StoreError::Corrupt("a completed key has no recorded response".to_owned()))?;
+            let response = RecordedResponse::decode(recorded).map_err(|error| StoreError::Corrupt(format!("the recorded response does not decode: {error}")))?;
+            Ok(Some(Existing::Completed {
+                fingerprint,
+                response: Arc::new(response),
+            }))
+        }
+        other => Err(StoreError::Corrupt(format!("unknown state {:?}", String::from_utf8_lossy(other)))),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl<C> IdempotencyStore for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn lookup<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Existing>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let reply: Vec<Value> = self
+                .bounded(
+                    redis::cmd("HMGET")
+                        .arg(self.redis_key(key))
+                        .arg(&["s", "f", "r"])
+                        .query_async(&mut connection),
+                )
+                .await?;
+            existing(&reply)
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        fingerprint: &'a Fingerprint,
+        lock_ttl: Duration,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let reply: Value = self
+                .bounded(
+                    self.scripts
+                        .claim
+                        .key(self.redis_key(key))
+                        .arg(token.as_bytes().as_slice())
+                        .arg(fingerprint.as_bytes().as_slice())
+                        .arg(millis(lock_ttl))
+                        .invoke_async(&mut connection),
+                )
+                .await?;
+            match reply {
+                Value::Int(1) => Ok(Claim::Acquired),
+                Value::Array(held) => match existing(&held)? {
+                    Some(existing) => Ok(Claim::Existing(existing)),
+                    None => Err(StoreError::Corrupt("the claim script found the key held but read no state".to_owned())),
+                },
+                other => Err(StoreError::Corrupt(format!("unexpected claim reply {other:?}"))),
+            }
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        response: &'a RecordedResponse,
+        key_ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let encoded = response
+                .encode()
+                .map_err(|error| StoreError::Corrupt(format!("the response does not encode: {error}")))?;
+            let mut connection = self.connection.clone();
+            let completed: i64 = self
+                .bounded(
+                    self.scripts
+                        .complete
+                        .key(self.redis_key(key))
+                        .arg(token.as_bytes().as_slice())
+                        .arg(encoded)
+                        .arg(millis(key_ttl))
+                        .invoke_async(&mut connection),
+                )
+                .await?;
+            Ok(completed == 1)
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: &'a ClaimToken) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            let released: i64 = self
+                .bounded(
+                    self.scripts
+                        .release
+                        .key(self.redis_key(key))
+                        .arg(token.as_bytes().as_slice())
+                        .invoke_async(&mut connection),
+                )
+                .await?;
+            Ok(released == 1)
+        })
+    }
+}
+
+impl<C> std::fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
