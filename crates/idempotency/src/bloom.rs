@@ -60,8 +60,15 @@ pub struct BloomStats {
 }
 
 impl SeenFilter {
-    pub(crate) fn new(expected_keys: usize, fp_rate: f64, rotate_every: Duration) -> Result<Self, ConfigError> {
-        let invalid = ConfigError::Bloom { expected_keys, fp_rate };
+    pub(crate) fn new(
+        expected_keys: usize,
+        fp_rate: f64,
+        rotate_every: Duration,
+    ) -> Result<Self, ConfigError> {
+        let invalid = ConfigError::Bloom {
+            expected_keys,
+            fp_rate,
+        };
         if expected_keys == 0 || !(fp_rate > 0.0 && fp_rate < 1.0) {
             return Err(invalid);
         }
@@ -83,7 +90,10 @@ impl SeenFilter {
 
     /// `false` only for keys this instance has certainly not seen within the rotation period.
     pub(crate) fn may_have_seen(&self, key: &StoreKey) -> bool {
-        let generations = self.generations.read().unwrap_or_else(PoisonError::into_inner);
+        let generations = self
+            .generations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         generations.current.check(key) || generations.previous.check(key)
     }
 
@@ -91,7 +101,10 @@ impl SeenFilter {
     /// again (a rotation, or another 1,024 keys).
     pub(crate) fn insert(&self, key: &StoreKey) -> bool {
         let now = Instant::now();
-        let mut generations = self.generations.write().unwrap_or_else(PoisonError::into_inner);
+        let mut generations = self
+            .generations
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let rotated = now.duration_since(generations.rotated_at) >= self.rotate_every;
         if rotated {
             self.rotate(&mut generations, now);
@@ -100,7 +113,7 @@ impl SeenFilter {
             return rotated;
         }
         generations.current_items += 1;
-        rotated || generations.current_items % 1024 == 0
+        rotated || generations.current_items.is_multiple_of(1024)
     }
 
     fn rotate(&self, generations: &mut Generations, now: Instant) {
@@ -113,11 +126,17 @@ impl SeenFilter {
         generations.previous_items = std::mem::take(&mut generations.current_items);
         generations.rotated_at = now;
         generations.rotations += 1;
-        tracing::debug!(rotations = generations.rotations, "idempotency Bloom filter rotated");
+        tracing::debug!(
+            rotations = generations.rotations,
+            "idempotency Bloom filter rotated"
+        );
     }
 
     pub(crate) fn stats(&self) -> BloomStats {
-        let generations = self.generations.read().unwrap_or_else(PoisonError::into_inner);
+        let generations = self
+            .generations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let bits = generations.current.len();
         let hash_functions = generations.current.number_of_hash_functions();
         let fp = |items: usize| {
@@ -130,7 +149,8 @@ impl SeenFilter {
             hash_functions,
             current_keys: generations.current_items,
             previous_keys: generations.previous_items,
-            estimated_fp_rate: 1.0 - (1.0 - fp(generations.current_items)) * (1.0 - fp(generations.previous_items)),
+            estimated_fp_rate: 1.0
+                - (1.0 - fp(generations.current_items)) * (1.0 - fp(generations.previous_items)),
             rotations: generations.rotations,
         }
     }
@@ -174,15 +194,26 @@ mod tests {
                 filter.insert(&key(next));
                 next += 1;
             }
-            assert!((first..next).all(|i| filter.may_have_seen(&key(i))), "round {round}");
+            assert!(
+                (first..next).all(|i| filter.may_have_seen(&key(i))),
+                "round {round}"
+            );
             tokio::time::advance(period).await;
             filter.insert(&key(usize::MAX)); // rotates
-            assert!((first..next).all(|i| filter.may_have_seen(&key(i))), "kept one more period, round {round}");
+            assert!(
+                (first..next).all(|i| filter.may_have_seen(&key(i))),
+                "kept one more period, round {round}"
+            );
             let stats = filter.stats();
             assert!(stats.estimated_fp_rate < 0.03, "round {round}: {stats:?}");
         }
-        let never_seen = (next..next + 10_000).filter(|&i| filter.may_have_seen(&key(i))).count();
-        assert!(never_seen < 300, "{never_seen} false positives in 10,000 after 20 periods");
+        let never_seen = (next..next + 10_000)
+            .filter(|&i| filter.may_have_seen(&key(i)))
+            .count();
+        assert!(
+            never_seen < 300,
+            "{never_seen} false positives in 10,000 after 20 periods"
+        );
         assert_eq!(filter.stats().rotations, 20);
     }
 

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Method;
 use http::header::{HeaderName, SET_COOKIE};
 use http::request::Parts;
-use http::Method;
 
 use crate::bloom::SeenFilter;
 use crate::error::ConfigError;

@@ -20,7 +20,9 @@ pub enum ConfigError {
     #[error("the lock TTL is zero; give the handler time to run, e.g. 60 s")]
     ZeroLockTtl,
     /// The record TTL is shorter than the lock TTL.
-    #[error("the key TTL ({key_ttl:?}) is shorter than the lock TTL ({lock_ttl:?}); records must outlive claims")]
+    #[error(
+        "the key TTL ({key_ttl:?}) is shorter than the lock TTL ({lock_ttl:?}); records must outlive claims"
+    )]
     KeyTtlBelowLockTtl {
         /// The configured key TTL.
         key_ttl: Duration,
@@ -28,7 +30,9 @@ pub enum ConfigError {
         lock_ttl: Duration,
     },
     /// The Bloom filter parameters are out of range.
-    #[error("the Bloom filter needs a false-positive rate strictly between 0 and 1 and at least one expected key, got {fp_rate} for {expected_keys} keys")]
+    #[error(
+        "the Bloom filter needs a false-positive rate strictly between 0 and 1 and at least one expected key, got {fp_rate} for {expected_keys} keys"
+    )]
     Bloom {
         /// The configured expected keys per key TTL.
         expected_keys: usize,

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use http::request::Parts;
 use http::HeaderName;
+use http::request::Parts;
 use sha2::{Digest, Sha256};
 
 /// A SHA-256 digest of a request's method, path, query, chosen headers and
@@ -100,6 +100,9 @@ mod tests {
 
     #[test]
     fn bytes_moved_between_parts_change_the_fingerprint() {
-        assert_ne!(fingerprint("POST", "/a?b", None, b"c"), fingerprint("POST", "/a?", None, b"bc"));
+        assert_ne!(
+            fingerprint("POST", "/a?b", None, b"c"),
+            fingerprint("POST", "/a?", None, b"bc")
+        );
     }
 }

@@ -35,7 +35,9 @@ pub struct IdempotencyKey(String);
 #[non_exhaustive]
 pub enum KeyError {
     /// The request has no `Idempotency-Key` header and the layer requires one.
-    #[error("the request has no Idempotency-Key header; send a unique key (e.g. a UUID) with every {0} request")]
+    #[error(
+        "the request has no Idempotency-Key header; send a unique key (e.g. a UUID) with every {0} request"
+    )]
     Missing(String),
     /// The header appears more than once.
     #[error("the request has more than one Idempotency-Key header; send exactly one")]
@@ -65,11 +67,13 @@ impl IdempotencyKey {
             [b'"', inner @ ..] => unquote(inner)?,
             _ => {
                 if let Some(position) = bytes.iter().position(|&b| !is_visible(b)) {
-                    return Err(KeyError::Malformed(if bytes[position] == b' ' || bytes[position] == b'\t' {
-                        "whitespace is not allowed in a bare key (quote the key or remove it)"
-                    } else {
-                        "only visible ASCII characters (0x21 to 0x7E) are allowed"
-                    }));
+                    return Err(KeyError::Malformed(
+                        if bytes[position] == b' ' || bytes[position] == b'\t' {
+                            "whitespace is not allowed in a bare key (quote the key or remove it)"
+                        } else {
+                            "only visible ASCII characters (0x21 to 0x7E) are allowed"
+                        },
+                    ));
                 }
                 // Visible ASCII only, so the bytes are UTF-8.
                 String::from_utf8_lossy(bytes).into_owned()
@@ -88,7 +92,9 @@ impl IdempotencyKey {
     /// # Errors
     /// As [`parse`](Self::parse), for the bare form.
     pub fn new(key: &str) -> Result<Self, KeyError> {
-        let value = HeaderValue::from_str(key).map_err(|_| KeyError::Malformed("only visible ASCII characters (0x21 to 0x7E) are allowed"))?;
+        let value = HeaderValue::from_str(key).map_err(|_| {
+            KeyError::Malformed("only visible ASCII characters (0x21 to 0x7E) are allowed")
+        })?;
         if key.starts_with('"') {
             return Err(KeyError::Malformed("a key cannot start with a quote"));
         }
@@ -121,11 +127,19 @@ fn unquote(inner: &[u8]) -> Result<String, KeyError> {
             }
             b'\\' => match bytes.next() {
                 Some(&escaped @ (b'"' | b'\\')) => key.push(char::from(escaped)),
-                _ => return Err(KeyError::Malformed("a backslash may only escape '\"' or '\\'")),
+                _ => {
+                    return Err(KeyError::Malformed(
+                        "a backslash may only escape '\"' or '\\'",
+                    ));
+                }
             },
             b' ' => return Err(KeyError::Malformed("whitespace is not allowed in a key")),
             byte if is_visible(byte) => key.push(char::from(byte)),
-            _ => return Err(KeyError::Malformed("only visible ASCII characters (0x21 to 0x7E) are allowed")),
+            _ => {
+                return Err(KeyError::Malformed(
+                    "only visible ASCII characters (0x21 to 0x7E) are allowed",
+                ));
+            }
         }
     }
     Err(KeyError::Malformed("the quoted key has no closing quote"))
@@ -212,7 +226,10 @@ mod tests {
     fn key_of_255_characters_is_accepted_and_256_rejected() {
         assert!(parse(&"k".repeat(255)).is_ok());
         assert_eq!(parse(&"k".repeat(256)), Err(KeyError::TooLong(256)));
-        assert_eq!(parse(&format!("\"{}\"", "k".repeat(256))), Err(KeyError::TooLong(256)));
+        assert_eq!(
+            parse(&format!("\"{}\"", "k".repeat(256))),
+            Err(KeyError::TooLong(256))
+        );
     }
 
     #[test]
@@ -223,7 +240,10 @@ mod tests {
             assert!(matches!(parse(bad), Err(KeyError::Malformed(_))), "{bad}");
         }
         let non_ascii = HeaderValue::from_bytes("clé".as_bytes()).unwrap();
-        assert!(matches!(IdempotencyKey::parse(&non_ascii), Err(KeyError::Malformed(_))));
+        assert!(matches!(
+            IdempotencyKey::parse(&non_ascii),
+            Err(KeyError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -49,14 +49,16 @@
 //!     .build()?;
 //! let service = ServiceBuilder::new().layer(layer).service_fn(|_request: Request<Full<Bytes>>| async {
 //!     // Charge the card, once.
-//!     Ok::<_, Infallible>(Response::builder().status(StatusCode::CREATED).body(Full::from("payment 7"))?)
+//!     let mut created = Response::new(Full::new(Bytes::from("payment 7")));
+//!     *created.status_mut() = StatusCode::CREATED;
+//!     Ok::<_, Infallible>(created)
 //! });
 //!
 //! let payment = || {
 //!     Request::post("/payments")
 //!         .header("x-tenant", "acme")
 //!         .header("idempotency-key", "\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")
-//!         .body(Full::from(r#"{"amount":100}"#))
+//!         .body(Full::new(Bytes::from(r#"{"amount":100}"#)))
 //! };
 //! let first = service.clone().oneshot(payment()?).await?;
 //! let retry = service.clone().oneshot(payment()?).await?;
@@ -83,8 +85,8 @@ mod stores;
 
 pub use bloom::BloomStats;
 pub use builder::{
-    DEFAULT_BLOOM_FP_RATE, DEFAULT_BLOOM_KEYS, DEFAULT_KEY_TTL, DEFAULT_LOCK_TTL, DEFAULT_MAX_BODY_BYTES, FailMode,
-    IdempotencyLayerBuilder, OnDisconnect,
+    DEFAULT_BLOOM_FP_RATE, DEFAULT_BLOOM_KEYS, DEFAULT_KEY_TTL, DEFAULT_LOCK_TTL,
+    DEFAULT_MAX_BODY_BYTES, FailMode, IdempotencyLayerBuilder, OnDisconnect,
 };
 pub use error::{ConfigError, StoreError};
 pub use fingerprint::Fingerprint;

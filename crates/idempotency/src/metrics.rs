@@ -47,12 +47,8 @@ pub(crate) struct StoreErrors {
 
 impl Metrics {
     pub(crate) fn new(layer: &str) -> Self {
-        let requests = |outcome: &'static str| {
-            counter!("perfkit_idempotency_requests_total", "layer" => layer.to_owned(), "outcome" => outcome)
-        };
-        let store_errors = |op: &'static str| {
-            counter!("perfkit_idempotency_store_errors_total", "layer" => layer.to_owned(), "op" => op)
-        };
+        let requests = |outcome: &'static str| counter!("perfkit_idempotency_requests_total", "layer" => layer.to_owned(), "outcome" => outcome);
+        let store_errors = |op: &'static str| counter!("perfkit_idempotency_store_errors_total", "layer" => layer.to_owned(), "op" => op);
         Self {
             new: requests("new"),
             replayed: requests("replayed"),

@@ -134,9 +134,10 @@ impl Problem {
         .unwrap_or_default();
         let mut response = Response::new(B::from(Bytes::from(body)));
         *response.status_mut() = self.status();
-        response
-            .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         if let Self::InProgress { retry_after } | Self::StoreUnavailable { retry_after } = self {
             response
                 .headers_mut()

@@ -67,7 +67,9 @@ where
         idempotency.outcome = field::Empty,
         idempotency.bloom_skipped = field::Empty,
     );
-    let claim = claim(&config, &key, &token, &fingerprint).instrument(span.clone()).await;
+    let claim = claim(&config, &key, &token, &fingerprint)
+        .instrument(span.clone())
+        .await;
     match claim {
         Ok(Claim::Acquired) => {
             span.record("idempotency.outcome", "acquired");
@@ -122,8 +124,16 @@ where
 
 /// Reads first only for keys this instance may have seen (retries); claims
 /// directly otherwise. The claim alone decides whether the request runs.
-async fn claim(config: &Config, key: &StoreKey, token: &ClaimToken, fingerprint: &Fingerprint) -> Result<Claim, StoreError> {
-    let may_have_seen = config.bloom.as_ref().is_some_and(|bloom| bloom.may_have_seen(key));
+async fn claim(
+    config: &Config,
+    key: &StoreKey,
+    token: &ClaimToken,
+    fingerprint: &Fingerprint,
+) -> Result<Claim, StoreError> {
+    let may_have_seen = config
+        .bloom
+        .as_ref()
+        .is_some_and(|bloom| bloom.may_have_seen(key));
     if may_have_seen {
         match config.store.lookup(key).await {
             Ok(Some(existing)) => return Ok(Claim::Existing(existing)),
@@ -137,7 +147,10 @@ async fn claim(config: &Config, key: &StoreKey, token: &ClaimToken, fingerprint:
         config.metrics.bloom_skipped_reads.increment(1);
         tracing::Span::current().record("idempotency.bloom_skipped", true);
     }
-    let claim = config.store.claim(key, token, fingerprint, config.lock_ttl).await;
+    let claim = config
+        .store
+        .claim(key, token, fingerprint, config.lock_ttl)
+        .await;
     match &claim {
         Ok(_) => {
             if let Some(bloom) = &config.bloom
@@ -152,7 +165,11 @@ async fn claim(config: &Config, key: &StoreKey, token: &ClaimToken, fingerprint:
 }
 
 /// The answer to a request whose key was claimed by another request.
-fn answer<B: From<Bytes>>(config: &Config, existing: Existing, fingerprint: &Fingerprint) -> Response<B> {
+fn answer<B: From<Bytes>>(
+    config: &Config,
+    existing: Existing,
+    fingerprint: &Fingerprint,
+) -> Response<B> {
     if existing.fingerprint() != fingerprint {
         config.metrics.mismatch.increment(1);
         return Problem::Mismatch.into_response();
@@ -187,7 +204,11 @@ fn answer<B: From<Bytes>>(config: &Config, existing: Existing, fingerprint: &Fin
 }
 
 /// Runs the handler under the claim, then records its response or releases the claim.
-async fn execute<S, ReqBody, ResBody>(guard: ClaimGuard, mut inner: S, request: Request<ReqBody>) -> Result<Response<ResBody>, S::Error>
+async fn execute<S, ReqBody, ResBody>(
+    guard: ClaimGuard,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<ResBody>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Body + From<Bytes>,
@@ -221,7 +242,8 @@ where
             "response over the recording limit: recorded without its body, retries get 409"
         );
     }
-    let record = RecordedResponse::new(parts.status, &parts.headers, &config.deny_headers, recorded);
+    let record =
+        RecordedResponse::new(parts.status, &parts.headers, &config.deny_headers, recorded);
     guard.complete(&record).await;
     Ok(Response::from_parts(parts, ResBody::from(body)))
 }
@@ -315,7 +337,11 @@ impl Drop for ClaimGuard {
         if self.settled {
             return;
         }
-        let why = if std::thread::panicking() { "handler panicked" } else { "request cancelled" };
+        let why = if std::thread::panicking() {
+            "handler panicked"
+        } else {
+            "request cancelled"
+        };
         let config = Arc::clone(&self.config);
         let key = self.key.clone();
         let token = self.token.clone();
@@ -323,7 +349,11 @@ impl Drop for ClaimGuard {
             Ok(runtime) => {
                 runtime.spawn(async move { release(&config, &key, &token, why).await });
             }
-            Err(_) => tracing::warn!(?key, why, "no runtime to release the claim on: retries get 409 until the lock TTL passes"),
+            Err(_) => tracing::warn!(
+                ?key,
+                why,
+                "no runtime to release the claim on: retries get 409 until the lock TTL passes"
+            ),
         }
     }
 }

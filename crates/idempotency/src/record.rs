@@ -47,14 +47,21 @@ impl RecordedResponse {
     /// Records `status`, the replayable part of `headers`, and `body` (or
     /// only the fact that there was one, when `body` is `None` because it was
     /// over the limit).
-    pub(crate) fn new(status: StatusCode, headers: &HeaderMap, deny: &[HeaderName], body: Option<Bytes>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        headers: &HeaderMap,
+        deny: &[HeaderName],
+        body: Option<Bytes>,
+    ) -> Self {
         let hop_by_hop_named = connection_tokens(headers);
         let mut kept = HeaderMap::with_capacity(headers.len());
         for (name, value) in headers {
             let dropped = HOP_BY_HOP.contains(name)
                 || name == header::CONTENT_LENGTH
                 || deny.contains(name)
-                || hop_by_hop_named.iter().any(|token| name.as_str().eq_ignore_ascii_case(token));
+                || hop_by_hop_named
+                    .iter()
+                    .any(|token| name.as_str().eq_ignore_ascii_case(token));
             if !dropped {
                 kept.append(name.clone(), value.clone());
             }
@@ -117,11 +124,14 @@ impl RecordedResponse {
     /// under the store's prefix).
     pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         let wire: Wire<'_> = postcard::from_bytes(bytes)?;
-        let status = StatusCode::from_u16(wire.status).map_err(|_| postcard::Error::DeserializeBadEncoding)?;
+        let status = StatusCode::from_u16(wire.status)
+            .map_err(|_| postcard::Error::DeserializeBadEncoding)?;
         let mut headers = HeaderMap::with_capacity(wire.headers.len());
         for (name, value) in wire.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| postcard::Error::DeserializeBadEncoding)?;
-            let value = HeaderValue::from_bytes(value).map_err(|_| postcard::Error::DeserializeBadEncoding)?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| postcard::Error::DeserializeBadEncoding)?;
+            let value = HeaderValue::from_bytes(value)
+                .map_err(|_| postcard::Error::DeserializeBadEncoding)?;
             headers.append(name, value);
         }
         Ok(Self {
@@ -225,15 +235,29 @@ mod tests {
     #[test]
     fn hop_by_hop_length_and_denied_headers_are_not_recorded() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(header::CONNECTION, HeaderValue::from_static("x-trace-hop"));
         headers.insert("x-trace-hop", HeaderValue::from_static("1"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2"));
-        headers.insert(header::SET_COOKIE, HeaderValue::from_static("session=secret"));
+        headers.insert(
+            header::SET_COOKIE,
+            HeaderValue::from_static("session=secret"),
+        );
         headers.append("x-many", HeaderValue::from_static("a"));
         headers.append("x-many", HeaderValue::from_static("b"));
-        let recorded = RecordedResponse::new(StatusCode::CREATED, &headers, &[header::SET_COOKIE], Some(Bytes::from_static(b"{}")));
+        let recorded = RecordedResponse::new(
+            StatusCode::CREATED,
+            &headers,
+            &[header::SET_COOKIE],
+            Some(Bytes::from_static(b"{}")),
+        );
         let names: Vec<&str> = recorded.headers().keys().map(HeaderName::as_str).collect();
         assert_eq!(names, ["content-type", "x-many"]);
         assert_eq!(recorded.headers().get_all("x-many").iter().count(), 2);

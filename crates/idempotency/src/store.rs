@@ -2,10 +2,10 @@
 
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
 use crate::error::StoreError;
@@ -105,7 +105,8 @@ pub struct ClaimToken([u8; 16]);
 
 /// Random per process; with a counter, tokens never repeat within a process
 /// and collide across processes with probability ~2⁻⁶⁴ per pair.
-static PROCESS_SEED: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
+static PROCESS_SEED: LazyLock<u64> =
+    LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(0);
 
 impl ClaimToken {

@@ -41,5 +41,5 @@
 
 mod service;
 
-pub use service::{Idempotency, IdempotencyLayer, ResponseFuture};
 pub(crate) use service::Config;
+pub use service::{Idempotency, IdempotencyLayer, ResponseFuture};

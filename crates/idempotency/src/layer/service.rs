@@ -129,7 +129,9 @@ pub struct Idempotency<S> {
 
 impl<S> std::fmt::Debug for Idempotency<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Idempotency").field("name", &self.config.name).finish_non_exhaustive()
+        f.debug_struct("Idempotency")
+            .field("name", &self.config.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -167,7 +169,9 @@ impl<S> Idempotency<S> {
                 let found = scope(&parts);
                 let request = Request::from_parts(parts, body);
                 match found {
-                    Some(scope) => return Route::Protected(request, StoreKey::new(Some(scope), key)),
+                    Some(scope) => {
+                        return Route::Protected(request, StoreKey::new(Some(scope), key));
+                    }
                     None => {
                         config.metrics.rejected.increment(1);
                         return Route::Answer(Problem::NoScope);
@@ -212,7 +216,12 @@ where
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
                 Kind::Protected {
-                    future: Box::pin(protected::run(Arc::clone(&self.config), inner, request, key)),
+                    future: Box::pin(protected::run(
+                        Arc::clone(&self.config),
+                        inner,
+                        request,
+                        key,
+                    )),
                 }
             }
         };

@@ -37,15 +37,26 @@ struct Slot {
 }
 
 enum State {
-    InProgress { token: ClaimToken, fingerprint: Fingerprint },
-    Completed { fingerprint: Fingerprint, response: Arc<RecordedResponse> },
+    InProgress {
+        token: ClaimToken,
+        fingerprint: Fingerprint,
+    },
+    Completed {
+        fingerprint: Fingerprint,
+        response: Arc<RecordedResponse>,
+    },
 }
 
 impl Slot {
     fn existing(&self) -> Existing {
         match &self.state {
-            State::InProgress { fingerprint, .. } => Existing::InProgress { fingerprint: *fingerprint },
-            State::Completed { fingerprint, response } => Existing::Completed {
+            State::InProgress { fingerprint, .. } => Existing::InProgress {
+                fingerprint: *fingerprint,
+            },
+            State::Completed {
+                fingerprint,
+                response,
+            } => Existing::Completed {
                 fingerprint: *fingerprint,
                 response: Arc::clone(response),
             },
@@ -53,7 +64,8 @@ impl Slot {
     }
 
     fn held_by(&self, token: &ClaimToken, now: Instant) -> bool {
-        now < self.expires_at && matches!(&self.state, State::InProgress { token: held, .. } if held == token)
+        now < self.expires_at
+            && matches!(&self.state, State::InProgress { token: held, .. } if held == token)
     }
 }
 
@@ -78,7 +90,10 @@ impl MemoryStore {
 
     /// Drops expired entries once as many claims arrived as entries are held.
     fn sweep_if_due(&self, now: Instant) {
-        let claims = self.inner.claims_since_sweep.fetch_add(1, Ordering::Relaxed);
+        let claims = self
+            .inner
+            .claims_since_sweep
+            .fetch_add(1, Ordering::Relaxed);
         if claims >= self.inner.entries.len().max(1024) {
             self.inner.claims_since_sweep.store(0, Ordering::Relaxed);
             self.inner.entries.retain(|_, slot| now < slot.expires_at);
@@ -91,7 +106,13 @@ impl MemoryStore {
         (now < slot.expires_at).then(|| slot.existing())
     }
 
-    fn claim_now(&self, key: &StoreKey, token: &ClaimToken, fingerprint: &Fingerprint, lock_ttl: Duration) -> Claim {
+    fn claim_now(
+        &self,
+        key: &StoreKey,
+        token: &ClaimToken,
+        fingerprint: &Fingerprint,
+        lock_ttl: Duration,
+    ) -> Claim {
         let now = Instant::now();
         self.sweep_if_due(now);
         let fresh = Slot {
@@ -114,7 +135,13 @@ impl MemoryStore {
         }
     }
 
-    fn complete_now(&self, key: &StoreKey, token: &ClaimToken, response: &RecordedResponse, key_ttl: Duration) -> bool {
+    fn complete_now(
+        &self,
+        key: &StoreKey,
+        token: &ClaimToken,
+        response: &RecordedResponse,
+        key_ttl: Duration,
+    ) -> bool {
         let now = Instant::now();
         let Some(mut slot) = self.inner.entries.get_mut(key) else {
             return false;
@@ -137,7 +164,10 @@ impl MemoryStore {
 
     fn release_now(&self, key: &StoreKey, token: &ClaimToken) -> bool {
         let now = Instant::now();
-        self.inner.entries.remove_if(key, |_, slot| slot.held_by(token, now)).is_some()
+        self.inner
+            .entries
+            .remove_if(key, |_, slot| slot.held_by(token, now))
+            .is_some()
     }
 }
 
@@ -177,6 +207,8 @@ impl IdempotencyStore for MemoryStore {
 
 impl std::fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MemoryStore").field("entries", &self.len()).finish()
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.len())
+            .finish()
     }
 }

@@ -89,7 +89,8 @@ impl RedisStore<ConnectionManager> {
     /// # Errors
     /// [`StoreError::Backend`] when `url` is not a Redis URL.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|error| StoreError::Backend(Box::new(error)))?;
+        let client =
+            redis::Client::open(url).map_err(|error| StoreError::Backend(Box::new(error)))?;
         // Our own timeout bounds every call; redis-rs's reconnects stay short so that
         // a restarted Redis is picked up quickly.
         let config = ConnectionManagerConfig::new()
@@ -142,7 +143,10 @@ where
         format!("{}{}", self.prefix, key.encoded())
     }
 
-    async fn bounded<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StoreError::Backend(Box::new(error))),
@@ -163,23 +167,34 @@ fn existing(reply: &[Value]) -> Result<Option<Existing>, StoreError> {
     let fingerprint = bytes(1)
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .map(Fingerprint::from_bytes)
-        .ok_or_else(|| StoreError::Corrupt("the fingerprint field is missing or not 32 bytes".to_owned()))?;
+        .ok_or_else(|| {
+            StoreError::Corrupt("the fingerprint field is missing or not 32 bytes".to_owned())
+        })?;
     match state {
         b"p" => Ok(Some(Existing::InProgress { fingerprint })),
         b"c" => {
-            let recorded = bytes(2).ok_or_else(|| StoreError::Corrupt("a completed key has no recorded response".to_owned()))?;
-            let response = RecordedResponse::decode(recorded).map_err(|error| StoreError::Corrupt(format!("the recorded response does not decode: {error}")))?;
+            let recorded = bytes(2).ok_or_else(|| {
+                StoreError::Corrupt("a completed key has no recorded response".to_owned())
+            })?;
+            let response = RecordedResponse::decode(recorded).map_err(|error| {
+                StoreError::Corrupt(format!("the recorded response does not decode: {error}"))
+            })?;
             Ok(Some(Existing::Completed {
                 fingerprint,
                 response: Arc::new(response),
             }))
         }
-        other => Err(StoreError::Corrupt(format!("unknown state {:?}", String::from_utf8_lossy(other)))),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown state {:?}",
+            String::from_utf8_lossy(other)
+        ))),
     }
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl<C> IdempotencyStore for RedisStore<C>
@@ -225,9 +240,13 @@ where
                 Value::Int(1) => Ok(Claim::Acquired),
                 Value::Array(held) => match existing(&held)? {
                     Some(existing) => Ok(Claim::Existing(existing)),
-                    None => Err(StoreError::Corrupt("the claim script found the key held but read no state".to_owned())),
+                    None => Err(StoreError::Corrupt(
+                        "the claim script found the key held but read no state".to_owned(),
+                    )),
                 },
-                other => Err(StoreError::Corrupt(format!("unexpected claim reply {other:?}"))),
+                other => Err(StoreError::Corrupt(format!(
+                    "unexpected claim reply {other:?}"
+                ))),
             }
         })
     }
@@ -240,9 +259,9 @@ where
         key_ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let encoded = response
-                .encode()
-                .map_err(|error| StoreError::Corrupt(format!("the response does not encode: {error}")))?;
+            let encoded = response.encode().map_err(|error| {
+                StoreError::Corrupt(format!("the response does not encode: {error}"))
+            })?;
             let mut connection = self.connection.clone();
             let completed: i64 = self
                 .bounded(

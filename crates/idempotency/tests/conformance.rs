@@ -1,0 +1,609 @@
+//! The conformance suite: every behaviour of the layer, run against every
+//! store (in-memory, and Redis when available).
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
+use common::{Handlers, app, backends, fresh_key, layer, request, send};
+use perfkit_idempotency::{OnDisconnect, RecordPolicy};
+use perfkit_test_support::concurrency::until;
+use tower::ServiceExt;
+
+#[tokio::test]
+async fn replays_recorded_response_for_same_key() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(&handlers, layer(&backend.store, |b| b));
+        let key = fresh_key();
+        let first = send(
+            &app,
+            request("POST", "/payments", Some(&key), "{\"amount\":100}"),
+        )
+        .await;
+        assert_eq!(first.status, StatusCode::CREATED, "{}", backend.name);
+        assert!(!first.replayed());
+        assert_eq!(
+            first.headers[header::SET_COOKIE],
+            "session=first-caller",
+            "the first caller gets its cookie"
+        );
+        for _ in 0..3 {
+            let retry = send(
+                &app,
+                request("POST", "/payments", Some(&key), "{\"amount\":100}"),
+            )
+            .await;
+            assert_eq!(retry.status, StatusCode::CREATED, "{}", backend.name);
+            assert!(retry.replayed(), "{}", backend.name);
+            assert_eq!(retry.body, first.body);
+            assert_eq!(
+                retry.headers[header::LOCATION],
+                first.headers[header::LOCATION]
+            );
+            assert_eq!(retry.headers["x-execution"], "1");
+            assert!(
+                retry.headers.get(header::SET_COOKIE).is_none(),
+                "{}: a replay must not hand out the first caller's cookie",
+                backend.name
+            );
+        }
+        assert_eq!(handlers.payments(), 1, "{}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn quoted_and_bare_keys_name_one_record() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(&handlers, layer(&backend.store, |b| b));
+        send(
+            &app,
+            request("POST", "/payments", Some("\"order-7\""), "{}"),
+        )
+        .await;
+        let bare = send(&app, request("POST", "/payments", Some("order-7"), "{}")).await;
+        assert!(bare.replayed(), "{}", backend.name);
+        assert_eq!(handlers.payments(), 1);
+    }
+}
+
+#[tokio::test]
+async fn bad_keys_are_rejected_with_400_problems() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(&handlers, layer(&backend.store, |b| b));
+        let too_long = "k".repeat(256);
+        for key in [
+            None,
+            Some("\"\""),
+            Some("\"unterminated"),
+            Some("with space"),
+            Some(too_long.as_str()),
+        ] {
+            let answer = send(&app, request("POST", "/payments", key, "{}")).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{}: {key:?}",
+                backend.name
+            );
+            assert_eq!(answer.problem_type(), "urn:perfkit:idempotency:bad-key");
+        }
+        let max = "k".repeat(255);
+        assert_eq!(
+            send(&app, request("POST", "/payments", Some(&max), "{}"))
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+
+        let mut repeated = request("POST", "/payments", Some("a"), "{}");
+        repeated
+            .headers_mut()
+            .append("idempotency-key", "b".parse().unwrap());
+        let answer = send(&app, repeated).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert!(answer.body.contains("more than one"), "{}", answer.body);
+
+        let mut unscoped = request("POST", "/payments", Some("a"), "{}");
+        unscoped.headers_mut().remove("x-tenant");
+        let answer = send(&app, unscoped).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer.problem_type(), "urn:perfkit:idempotency:no-scope");
+        assert_eq!(handlers.payments(), 1, "only the 255-character key ran");
+    }
+}
+
+#[tokio::test]
+async fn unprotected_methods_and_optional_keys_pass_through() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(&handlers, layer(&backend.store, |b| b));
+        let listing = send(&app, request("GET", "/payments", None, "")).await;
+        assert_eq!(
+            (listing.status, listing.body.as_str()),
+            (StatusCode::OK, "listing")
+        );
+
+        let optional = common::app(
+            &handlers,
+            layer(
+                &backend.store,
+                perfkit_idempotency::IdempotencyLayerBuilder::key_optional,
+            ),
+        );
+        for _ in 0..2 {
+            assert_eq!(
+                send(&optional, request("POST", "/payments", None, "{}"))
+                    .await
+                    .status,
+                StatusCode::CREATED
+            );
+        }
+        assert_eq!(
+            handlers.payments(),
+            2,
+            "{}: requests without a key are not deduplicated",
+            backend.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn same_key_with_another_request_is_422() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(&handlers, layer(&backend.store, |b| b));
+        let key = fresh_key();
+        send(
+            &app,
+            request("POST", "/payments", Some(&key), "{\"amount\":100}"),
+        )
+        .await;
+        for (method, uri, body) in [
+            ("POST", "/payments", "{\"amount\":999}"),
+            ("PATCH", "/payments", "{\"amount\":100}"),
+            ("POST", "/payments?currency=eur", "{\"amount\":100}"),
+        ] {
+            let answer = send(&app, request(method, uri, Some(&key), body)).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{}: {method} {uri} {body}",
+                backend.name
+            );
+            assert_eq!(answer.problem_type(), "urn:perfkit:idempotency:key-reused");
+        }
+        assert_eq!(handlers.payments(), 1);
+    }
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(&handlers, layer(&backend.store, |b| b.max_body_bytes(16)));
+        let answer = send(
+            &app,
+            request("POST", "/payments", Some(&fresh_key()), &"x".repeat(17)),
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{}",
+            backend.name
+        );
+        assert_eq!(
+            answer.problem_type(),
+            "urn:perfkit:idempotency:body-too-large"
+        );
+        assert_eq!(
+            send(
+                &app,
+                request("POST", "/payments", Some(&fresh_key()), &"x".repeat(16))
+            )
+            .await
+            .status,
+            StatusCode::CREATED
+        );
+        assert_eq!(handlers.payments(), 1);
+    }
+}
+
+#[tokio::test]
+async fn same_key_while_in_progress_is_409_with_retry_after() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(
+            &handlers,
+            layer(&backend.store, |b| b.retry_after(Duration::from_secs(2))),
+        );
+        let key = fresh_key();
+        let first = tokio::spawn({
+            let app = app.clone();
+            let key = key.clone();
+            async move {
+                send(
+                    &app,
+                    request("POST", "/payments?delay_ms=300", Some(&key), "{}"),
+                )
+                .await
+            }
+        });
+        until("the first request runs", || handlers.payments() == 1).await;
+        let second = send(
+            &app,
+            request("POST", "/payments?delay_ms=300", Some(&key), "{}"),
+        )
+        .await;
+        assert_eq!(second.status, StatusCode::CONFLICT, "{}", backend.name);
+        assert_eq!(second.headers[header::RETRY_AFTER], "2");
+        assert_eq!(second.problem_type(), "urn:perfkit:idempotency:in-progress");
+        let first = first.await.unwrap();
+        assert_eq!(first.status, StatusCode::CREATED);
+        let third = send(
+            &app,
+            request("POST", "/payments?delay_ms=300", Some(&key), "{}"),
+        )
+        .await;
+        assert!(third.replayed());
+        assert_eq!(handlers.payments(), 1);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_share_one_execution() {
+    for backend in backends().await {
+        for round in 0..5 {
+            let handlers = Handlers::default();
+            let app = app(&handlers, layer(&backend.store, |b| b));
+            let key = fresh_key();
+            let requests: Vec<_> = (0..64)
+                .map(|_| {
+                    let app = app.clone();
+                    let key = key.clone();
+                    tokio::spawn(async move {
+                        send(
+                            &app,
+                            request("POST", "/payments?delay_ms=20", Some(&key), "{}"),
+                        )
+                        .await
+                    })
+                })
+                .collect();
+            let mut created = 0;
+            for request in requests {
+                let answer = request.await.unwrap();
+                match answer.status {
+                    StatusCode::CREATED if answer.replayed() => {
+                        assert_eq!(answer.headers["x-execution"], "1")
+                    }
+                    StatusCode::CREATED => created += 1,
+                    StatusCode::CONFLICT => {
+                        assert_eq!(answer.problem_type(), "urn:perfkit:idempotency:in-progress")
+                    }
+                    other => panic!("{}: unexpected {other}: {}", backend.name, answer.body),
+                }
+            }
+            assert_eq!(
+                (created, handlers.payments()),
+                (1, 1),
+                "{} round {round}",
+                backend.name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_layers_on_one_store_share_records_and_a_restarted_layer_replays() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        // Two instances: separate layers, so separate Bloom filters.
+        let a = app(&handlers, layer(&backend.store, |b| b.name("instance-a")));
+        let b = app(&handlers, layer(&backend.store, |b| b.name("instance-b")));
+        let key = fresh_key();
+        let first = send(&a, request("POST", "/payments", Some(&key), "{}")).await;
+        let through_b = send(&b, request("POST", "/payments", Some(&key), "{}")).await;
+        assert!(through_b.replayed(), "{}", backend.name);
+        assert_eq!(through_b.body, first.body);
+        // A restarted instance: a new layer with an empty Bloom filter.
+        let restarted = app(&handlers, layer(&backend.store, |b| b));
+        assert!(
+            send(&restarted, request("POST", "/payments", Some(&key), "{}"))
+                .await
+                .replayed()
+        );
+        assert_eq!(handlers.payments(), 1, "{}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn server_errors_and_panics_release_the_claim_so_a_retry_runs() {
+    for backend in backends().await {
+        for disconnect in [OnDisconnect::RunToCompletion, OnDisconnect::Cancel] {
+            let handlers = Handlers::default();
+            let app = app(
+                &handlers,
+                layer(&backend.store, |b| b.on_disconnect(disconnect)),
+            );
+            let key = fresh_key();
+            let failed = send(&app, request("POST", "/fail", Some(&key), "{}")).await;
+            assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
+            let retried = send(&app, request("POST", "/fail", Some(&key), "{}")).await;
+            assert_eq!(
+                (retried.status, retried.body.as_str()),
+                (StatusCode::CREATED, "created on attempt 2"),
+                "{} {disconnect:?}",
+                backend.name
+            );
+            assert!(
+                send(&app, request("POST", "/fail", Some(&key), "{}"))
+                    .await
+                    .replayed()
+            );
+
+            let key = fresh_key();
+            let panicked = tokio::spawn({
+                let app = app.clone();
+                let key = key.clone();
+                async move {
+                    app.oneshot(request("POST", "/panic", Some(&key), "{}"))
+                        .await
+                }
+            })
+            .await;
+            match disconnect {
+                OnDisconnect::RunToCompletion => {
+                    let answer = panicked.unwrap().unwrap();
+                    assert_eq!(answer.status(), StatusCode::INTERNAL_SERVER_ERROR);
+                }
+                _ => assert!(panicked.unwrap_err().is_panic()),
+            }
+            // The release runs on a spawned task: allow it to land.
+            let mut retried = send(&app, request("POST", "/panic", Some(&key), "{}")).await;
+            for _ in 0..100 {
+                if retried.status != StatusCode::CONFLICT {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                retried = send(&app, request("POST", "/panic", Some(&key), "{}")).await;
+            }
+            assert_eq!(
+                (retried.status, retried.body.as_str()),
+                (StatusCode::CREATED, "created on attempt 2"),
+                "{} {disconnect:?}",
+                backend.name
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn record_policy_decides_what_is_replayed() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(
+            &handlers,
+            layer(&backend.store, |b| {
+                b.record_policy(RecordPolicy::records(|status| {
+                    status.is_success() || status.is_server_error()
+                }))
+            }),
+        );
+        let key = fresh_key();
+        send(&app, request("POST", "/fail", Some(&key), "{}")).await;
+        let retry = send(&app, request("POST", "/fail", Some(&key), "{}")).await;
+        assert_eq!(
+            retry.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{}",
+            backend.name
+        );
+        assert!(
+            retry.replayed(),
+            "{}: a recorded 500 is replayed",
+            backend.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn expired_lock_is_reclaimable_and_the_late_handler_cannot_overwrite_the_new_record() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(
+            &handlers,
+            layer(&backend.store, |b| b.lock_ttl(Duration::from_millis(200))),
+        );
+        let key = fresh_key();
+        let late = tokio::spawn({
+            let app = app.clone();
+            let key = key.clone();
+            async move {
+                send(
+                    &app,
+                    request("POST", "/payments?delay_ms=800", Some(&key), "{}"),
+                )
+                .await
+            }
+        });
+        until("the first request runs", || handlers.payments() == 1).await;
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let second = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
+        assert_eq!(
+            (second.status, second.replayed()),
+            (StatusCode::CREATED, false),
+            "{}: the expired claim was taken over",
+            backend.name
+        );
+        assert_eq!(second.headers["x-execution"], "2");
+        let late = late.await.unwrap();
+        assert_eq!(
+            late.headers["x-execution"], "1",
+            "the late handler still answers its own client"
+        );
+        let replay = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
+        assert!(replay.replayed());
+        assert_eq!(
+            replay.headers["x-execution"], "2",
+            "{}: the late handler overwrote the record",
+            backend.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_handler_completes_once_and_the_retry_replays() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(&handlers, layer(&backend.store, |b| b));
+        let key = fresh_key();
+        let abandoned = tokio::spawn({
+            let app = app.clone();
+            let key = key.clone();
+            async move {
+                app.oneshot(request("POST", "/payments?delay_ms=200", Some(&key), "{}"))
+                    .await
+            }
+        });
+        until("the handler runs", || handlers.payments() == 1).await;
+        abandoned.abort(); // the client goes away
+        until("the abandoned handler finishes", || {
+            handlers.finished() == 1
+        })
+        .await;
+        let mut retry = send(
+            &app,
+            request("POST", "/payments?delay_ms=200", Some(&key), "{}"),
+        )
+        .await;
+        for _ in 0..100 {
+            if retry.status != StatusCode::CONFLICT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            retry = send(
+                &app,
+                request("POST", "/payments?delay_ms=200", Some(&key), "{}"),
+            )
+            .await;
+        }
+        assert!(
+            retry.replayed(),
+            "{}: {} {}",
+            backend.name,
+            retry.status,
+            retry.body
+        );
+        assert_eq!(handlers.payments(), 1);
+    }
+}
+
+#[tokio::test]
+async fn with_cancel_on_disconnect_the_claim_is_released_and_the_retry_runs() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(
+            &handlers,
+            layer(&backend.store, |b| b.on_disconnect(OnDisconnect::Cancel)),
+        );
+        let key = fresh_key();
+        let abandoned = tokio::spawn({
+            let app = app.clone();
+            let key = key.clone();
+            async move {
+                app.oneshot(request("POST", "/payments?delay_ms=300", Some(&key), "{}"))
+                    .await
+            }
+        });
+        until("the handler runs", || handlers.payments() == 1).await;
+        abandoned.abort();
+        let mut retry = send(
+            &app,
+            request("POST", "/payments?delay_ms=300", Some(&key), "{}"),
+        )
+        .await;
+        for _ in 0..100 {
+            if retry.status != StatusCode::CONFLICT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            retry = send(
+                &app,
+                request("POST", "/payments?delay_ms=300", Some(&key), "{}"),
+            )
+            .await;
+        }
+        assert_eq!(
+            (retry.status, retry.replayed()),
+            (StatusCode::CREATED, false),
+            "{}",
+            backend.name
+        );
+        assert_eq!(handlers.payments(), 2, "{}", backend.name);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(
+            handlers.finished(),
+            1,
+            "the cancelled handler never finished"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tenant_b_cannot_replay_tenant_a_response_with_a_key() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(&handlers, layer(&backend.store, |b| b));
+        let key = fresh_key();
+        let tenant_a = send(
+            &app,
+            request("POST", "/payments?delay_ms=300", Some(&key), "{}"),
+        )
+        .await;
+        let mut as_b = request("POST", "/payments?delay_ms=300", Some(&key), "{}");
+        as_b.headers_mut()
+            .insert("x-tenant", "globex".parse().unwrap());
+        let tenant_b = send(&app, as_b).await;
+        assert!(
+            !tenant_b.replayed(),
+            "{}: tenant B got tenant A's response",
+            backend.name
+        );
+        assert_ne!(tenant_b.body, tenant_a.body);
+        assert_eq!(handlers.payments(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_response_over_the_recording_limit_runs_once_and_retries_get_409() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = app(
+            &handlers,
+            layer(&backend.store, |b| b.max_recorded_body_bytes(1024)),
+        );
+        let key = fresh_key();
+        let first = send(&app, request("POST", "/big", Some(&key), "{}")).await;
+        assert_eq!(
+            (first.status, first.body.len()),
+            (StatusCode::OK, 64 * 1024),
+            "{}: the client gets the whole body",
+            backend.name
+        );
+        let retry = send(&app, request("POST", "/big", Some(&key), "{}")).await;
+        assert_eq!(retry.status, StatusCode::CONFLICT, "{}", backend.name);
+        assert_eq!(
+            retry.problem_type(),
+            "urn:perfkit:idempotency:not-replayable"
+        );
+        assert!(retry.body.contains("status 200"), "{}", retry.body);
+    }
+}
