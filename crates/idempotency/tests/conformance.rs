@@ -257,7 +257,7 @@ async fn same_key_while_in_progress_is_409_with_retry_after() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_with_one_key_share_one_execution() {
     for backend in backends().await {
         for round in 0..5 {
@@ -417,45 +417,80 @@ async fn record_policy_decides_what_is_replayed() {
 #[tokio::test]
 async fn expired_lock_is_reclaimable_and_the_late_handler_cannot_overwrite_the_new_record() {
     for backend in backends().await {
-        let handlers = Handlers::default();
-        let app = app(
-            &handlers,
-            layer(&backend.store, |b| b.lock_ttl(Duration::from_millis(200))),
-        );
-        let key = fresh_key();
-        let late = tokio::spawn({
-            let app = app.clone();
-            let key = key.clone();
-            async move {
-                send(
-                    &app,
-                    request("POST", "/payments?delay_ms=800", Some(&key), "{}"),
-                )
-                .await
-            }
-        });
-        until("the first request runs", || handlers.payments() == 1).await;
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        let second = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
-        assert_eq!(
-            (second.status, second.replayed()),
-            (StatusCode::CREATED, false),
-            "{}: the expired claim was taken over",
-            backend.name
-        );
-        assert_eq!(second.headers["x-execution"], "2");
-        let late = late.await.unwrap();
-        assert_eq!(
-            late.headers["x-execution"], "1",
-            "the late handler still answers its own client"
-        );
-        let replay = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
-        assert!(replay.replayed());
-        assert_eq!(
-            replay.headers["x-execution"], "2",
-            "{}: the late handler overwrote the record",
-            backend.name
-        );
+        // The late handler finishes after the new one has recorded, then while the new one still runs.
+        for (late_ms, second_ms) in [(800, 0), (600, 800)] {
+            let handlers = Handlers::default();
+            // The late request holds a 200 ms lock; the one that takes over holds a long one.
+            let app = app(
+                &handlers,
+                layer(&backend.store, |b| b.lock_ttl(Duration::from_millis(200))),
+            );
+            let other = common::app(
+                &handlers,
+                layer(&backend.store, |b| b.lock_ttl(Duration::from_secs(10))),
+            );
+            let key = fresh_key();
+            let late = tokio::spawn({
+                let app = app.clone();
+                let key = key.clone();
+                async move {
+                    send(
+                        &app,
+                        request(
+                            "POST",
+                            &format!("/payments?delay_ms={late_ms}"),
+                            Some(&key),
+                            "{}",
+                        ),
+                    )
+                    .await
+                }
+            });
+            until("the first request runs", || handlers.payments() == 1).await;
+            tokio::time::sleep(Duration::from_millis(350)).await;
+            let second = send(
+                &other,
+                request(
+                    "POST",
+                    &format!("/payments?delay_ms={second_ms}"),
+                    Some(&key),
+                    "{}",
+                ),
+            )
+            .await;
+            let case = format!("{}, late {late_ms} ms, second {second_ms} ms", backend.name);
+            assert_eq!(
+                (second.status, second.replayed()),
+                (StatusCode::CREATED, false),
+                "{case}: the expired claim was taken over"
+            );
+            assert_eq!(second.headers["x-execution"], "2");
+            let late = late.await.unwrap();
+            assert_eq!(
+                late.headers["x-execution"], "1",
+                "the late handler still answers its own client"
+            );
+            let replay = send(
+                &app,
+                request(
+                    "POST",
+                    &format!("/payments?delay_ms={second_ms}"),
+                    Some(&key),
+                    "{}",
+                ),
+            )
+            .await;
+            assert!(
+                replay.replayed(),
+                "{case}: {} {}",
+                replay.status,
+                replay.body
+            );
+            assert_eq!(
+                replay.headers["x-execution"], "2",
+                "{case}: the late handler overwrote the record"
+            );
+        }
     }
 }
 

@@ -20,19 +20,18 @@ const DEFAULT_PREFIX: &str = "perfkit:idem:";
 /// Claims the key if nobody holds it, else returns what is held. One script,
 /// so that no other client can come between the check and the claim.
 const CLAIM: &str = r"
-local held = redis.call('HMGET', KEYS[1], 's', 'f', 'r')
-if not held[1] then
+local state = redis.call('HGET', KEYS[1], 's')
+if not state then
   redis.call('HSET', KEYS[1], 's', 'p', 't', ARGV[1], 'f', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return 1
 end
-return held
+return {state, redis.call('HGET', KEYS[1], 'f'), redis.call('HGET', KEYS[1], 'r')}
 ";
 
 /// Records the response if and only if the caller's claim still holds the key.
 const COMPLETE: &str = r"
-local held = redis.call('HMGET', KEYS[1], 's', 't')
-if held[1] == 'p' and held[2] == ARGV[1] then
+if redis.call('HGET', KEYS[1], 's') == 'p' and redis.call('HGET', KEYS[1], 't') == ARGV[1] then
   redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
   redis.call('HDEL', KEYS[1], 't')
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -43,8 +42,7 @@ return 0
 
 /// Drops the claim if and only if the caller still holds it.
 const RELEASE: &str = r"
-local held = redis.call('HMGET', KEYS[1], 's', 't')
-if held[1] == 'p' and held[2] == ARGV[1] then
+if redis.call('HGET', KEYS[1], 's') == 'p' and redis.call('HGET', KEYS[1], 't') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return 1
 end

@@ -1,0 +1,263 @@
+//! Redis-specific behaviour: fail-closed and fail-open with Redis down or
+//! restarted, round trips per request counted by the server, key layout.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
+use common::{Handlers, app, fresh_key, layer, request, send};
+use perfkit_idempotency::{FailMode, IdempotencyStore, RedisStore};
+use perfkit_test_support::RedisServer;
+
+fn store_on(url: &str) -> Arc<dyn IdempotencyStore> {
+    Arc::new(
+        RedisStore::open(url)
+            .unwrap()
+            .prefix("perfkit-test:idem:")
+            .timeout(Duration::from_millis(100)),
+    )
+}
+
+#[tokio::test]
+async fn redis_down_is_503_fail_closed_and_pass_through_fail_open() {
+    let store = store_on("redis://127.0.0.1:1");
+    let handlers = Handlers::default();
+    let closed = app(
+        &handlers,
+        layer(&store, |b| b.retry_after(Duration::from_secs(3))),
+    );
+    let answer = send(
+        &closed,
+        request("POST", "/payments", Some(&fresh_key()), "{}"),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.headers[header::RETRY_AFTER], "3");
+    assert_eq!(
+        answer.problem_type(),
+        "urn:perfkit:idempotency:store-unavailable"
+    );
+    assert_eq!(
+        handlers.payments(),
+        0,
+        "fail-closed never runs the handler unprotected"
+    );
+
+    let open = app(&handlers, layer(&store, |b| b.fail_mode(FailMode::Open)));
+    let key = fresh_key();
+    for _ in 0..2 {
+        let answer = send(&open, request("POST", "/payments", Some(&key), "{}")).await;
+        assert_eq!(
+            (answer.status, answer.replayed()),
+            (StatusCode::CREATED, false)
+        );
+    }
+    assert_eq!(
+        handlers.payments(),
+        2,
+        "fail-open runs every request, unprotected"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_redis_is_used_again() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let store = store_on(&server.url());
+    let handlers = Handlers::default();
+    let app = app(&handlers, layer(&store, |b| b));
+    let key = fresh_key();
+    assert_eq!(
+        send(&app, request("POST", "/payments", Some(&key), "{}"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+
+    server.stop();
+    let answer = send(&app, request("POST", "/payments", Some(&fresh_key()), "{}")).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.body
+    );
+
+    server.restart().unwrap();
+    let mut answer = send(&app, request("POST", "/payments", Some(&fresh_key()), "{}")).await;
+    for _ in 0..50 {
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        answer = send(&app, request("POST", "/payments", Some(&fresh_key()), "{}")).await;
+    }
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+}
+
+/// Commands clients sent since the last reset: `INFO`/`CONFIG` (the test's
+/// own) and the commands only the store's scripts run inside Redis excluded
+/// (commandstats counts those too; the store itself sends only `EVALSHA` and
+/// `HMGET`, and the scripts never run `HMGET`).
+const SCRIPT_INTERNAL: [&str; 5] = ["hget", "hset", "hdel", "pexpire", "del"];
+
+async fn commands(connection: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(connection)
+        .await
+        .unwrap();
+    let mut counted: Vec<(String, u64)> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, stats) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = stats
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            let ours = name.starts_with("info")
+                || name.starts_with("config")
+                || SCRIPT_INTERNAL.contains(&name);
+            (!ours).then(|| (name.to_owned(), calls))
+        })
+        .collect();
+    counted.sort();
+    counted
+}
+
+#[tokio::test]
+async fn a_new_key_costs_two_round_trips_a_replay_and_a_conflict_one() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let store = store_on(&server.url());
+    let handlers = Handlers::default();
+    let a = app(&handlers, layer(&store, |b| b.name("a")));
+    let b = app(&handlers, layer(&store, |b| b.name("b")));
+    // Warm-up: connections opened, scripts loaded.
+    send(&a, request("POST", "/payments", Some(&fresh_key()), "{}")).await;
+    send(&b, request("POST", "/payments", Some(&fresh_key()), "{}")).await;
+    commands(&mut admin).await;
+
+    let key = fresh_key();
+    send(&a, request("POST", "/payments", Some(&key), "{}")).await;
+    assert_eq!(
+        commands(&mut admin).await,
+        [("evalsha".to_owned(), 2)],
+        "new key: claim + record"
+    );
+
+    assert!(
+        send(&a, request("POST", "/payments", Some(&key), "{}"))
+            .await
+            .replayed()
+    );
+    assert_eq!(
+        commands(&mut admin).await,
+        [("hmget".to_owned(), 1)],
+        "replay on the instance that saw the key: one read"
+    );
+
+    assert!(
+        send(&b, request("POST", "/payments", Some(&key), "{}"))
+            .await
+            .replayed()
+    );
+    assert_eq!(
+        commands(&mut admin).await,
+        [("evalsha".to_owned(), 1)],
+        "replay on another instance: one claim that returns the record"
+    );
+
+    let slow = fresh_key();
+    let first = tokio::spawn({
+        let a = a.clone();
+        let slow = slow.clone();
+        async move {
+            send(
+                &a,
+                request("POST", "/payments?delay_ms=300", Some(&slow), "{}"),
+            )
+            .await
+        }
+    });
+    perfkit_test_support::concurrency::until("the slow request runs", || {
+        handlers.finished() + 1 == handlers.payments()
+    })
+    .await;
+    commands(&mut admin).await;
+    let conflict = send(
+        &b,
+        request("POST", "/payments?delay_ms=300", Some(&slow), "{}"),
+    )
+    .await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT);
+    assert_eq!(
+        commands(&mut admin).await,
+        [("evalsha".to_owned(), 1)],
+        "conflict: one claim"
+    );
+    first.await.unwrap();
+}
+
+#[tokio::test]
+async fn one_hash_per_key_under_the_prefix_expiring_with_the_key_ttl() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let store: Arc<dyn IdempotencyStore> = Arc::new(
+        RedisStore::open(redis.url())
+            .unwrap()
+            .prefix(redis.prefix()),
+    );
+    let handlers = Handlers::default();
+    let app = app(
+        &handlers,
+        layer(&store, |b| b.key_ttl(Duration::from_secs(3_600))),
+    );
+    send(
+        &app,
+        request("POST", "/payments", Some("\"order:{7}\""), "{}"),
+    )
+    .await;
+    let keys = redis.keys().await.unwrap();
+    assert_eq!(
+        keys,
+        [redis.key("4:acme:order:{7}")],
+        "scope length, scope, key"
+    );
+    let mut connection = redis.connection();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!((3_590_000..=3_600_000).contains(&ttl), "{ttl}");
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&keys[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut fields = fields;
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["f", "r", "s"],
+        "the owner token is dropped on completion"
+    );
+}
