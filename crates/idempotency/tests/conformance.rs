@@ -282,11 +282,11 @@ async fn concurrent_requests_with_one_key_share_one_execution() {
                 let answer = request.await.unwrap();
                 match answer.status {
                     StatusCode::CREATED if answer.replayed() => {
-                        assert_eq!(answer.headers["x-execution"], "1")
+                        assert_eq!(answer.headers["x-execution"], "1");
                     }
                     StatusCode::CREATED => created += 1,
                     StatusCode::CONFLICT => {
-                        assert_eq!(answer.problem_type(), "urn:perfkit:idempotency:in-progress")
+                        assert_eq!(answer.problem_type(), "urn:perfkit:idempotency:in-progress");
                     }
                     other => panic!("{}: unexpected {other}: {}", backend.name, answer.body),
                 }
