@@ -59,15 +59,22 @@ where
     };
     let fingerprint = Fingerprint::of(&parts, &config.fingerprint_headers, &body);
     let request = Request::from_parts(parts, ReqBody::from(body));
-    let token = ClaimToken::new();
-
+    // Armed before the claim is sent: if this future is dropped while the claim is
+    // in flight, the claim may have been taken, and the drop releases it (a
+    // compare-and-set on the token, harmless if it was not).
+    let mut guard = ClaimGuard {
+        config: Arc::clone(&config),
+        key,
+        token: ClaimToken::new(),
+        settled: false,
+    };
     let span = tracing::info_span!(
         "idempotency.claim",
         idempotency.layer = %config.name,
         idempotency.outcome = field::Empty,
         idempotency.bloom_skipped = field::Empty,
     );
-    let claim = claim(&config, &key, &token, &fingerprint)
+    let claim = claim(&config, &guard.key, &guard.token, &fingerprint)
         .instrument(span.clone())
         .await;
     match claim {
@@ -76,10 +83,12 @@ where
             config.metrics.new.increment(1);
         }
         Ok(Claim::Existing(existing)) => {
+            guard.settled = true;
             span.record("idempotency.outcome", "existing");
             return Ok(answer(&config, existing, &fingerprint));
         }
         Err(error) => {
+            // The guard's drop releases what a timed-out claim may have taken.
             config.metrics.store_unavailable.increment(1);
             return match config.fail_mode {
                 FailMode::Closed => {
@@ -98,12 +107,6 @@ where
         }
     }
 
-    let guard = ClaimGuard {
-        config: Arc::clone(&config),
-        key,
-        token,
-        settled: false,
-    };
     let execution = execute(guard, inner, request);
     if config.on_disconnect == OnDisconnect::RunToCompletion
         && let Ok(runtime) = tokio::runtime::Handle::try_current()

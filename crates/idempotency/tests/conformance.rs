@@ -6,11 +6,15 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use common::{Handlers, app, backends, fresh_key, layer, request, send};
-use perfkit_idempotency::{OnDisconnect, RecordPolicy};
+use perfkit_idempotency::{
+    Claim, ClaimToken, Existing, Fingerprint, IdempotencyStore, OnDisconnect, RecordPolicy,
+    RecordedResponse, StoreFuture, StoreKey,
+};
 use perfkit_test_support::concurrency::until;
 use tower::ServiceExt;
 
@@ -640,5 +644,81 @@ async fn a_response_over_the_recording_limit_runs_once_and_retries_get_409() {
             "urn:perfkit:idempotency:not-replayable"
         );
         assert!(retry.body.contains("status 200"), "{}", retry.body);
+    }
+}
+
+/// A store whose claims take effect at once but answer late, as a claim does
+/// when the connection is slow: the window in which a client can go away
+/// after its claim was taken.
+struct SlowClaims(Arc<dyn IdempotencyStore>);
+
+impl IdempotencyStore for SlowClaims {
+    fn lookup<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Existing>> {
+        self.0.lookup(key)
+    }
+
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        fingerprint: &'a Fingerprint,
+        lock_ttl: Duration,
+    ) -> StoreFuture<'a, Claim> {
+        Box::pin(async move {
+            let claim = self.0.claim(key, token, fingerprint, lock_ttl).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            claim
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        response: &'a RecordedResponse,
+        key_ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.0.complete(key, token, response, key_ttl)
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: &'a ClaimToken) -> StoreFuture<'a, bool> {
+        self.0.release(key, token)
+    }
+}
+
+#[tokio::test]
+async fn a_request_cancelled_while_its_claim_is_in_flight_leaves_no_claim_behind() {
+    for backend in backends().await {
+        let slow: Arc<dyn IdempotencyStore> = Arc::new(SlowClaims(Arc::clone(&backend.store)));
+        let handlers = Handlers::default();
+        let app = app(&handlers, layer(&slow, |b| b));
+        let key = fresh_key();
+        let abandoned = tokio::spawn({
+            let app = app.clone();
+            let key = key.clone();
+            async move {
+                app.oneshot(request("POST", "/payments", Some(&key), "{}"))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        abandoned.abort(); // while the claim's answer is on its way
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        let direct = common::app(&handlers, layer(&backend.store, |b| b));
+        let mut retry = send(&direct, request("POST", "/payments", Some(&key), "{}")).await;
+        for _ in 0..100 {
+            if retry.status != StatusCode::CONFLICT {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            retry = send(&direct, request("POST", "/payments", Some(&key), "{}")).await;
+        }
+        assert_eq!(
+            (retry.status, retry.replayed()),
+            (StatusCode::CREATED, false),
+            "{}: the abandoned claim was not released",
+            backend.name
+        );
+        assert_eq!(handlers.payments(), 1);
     }
 }
