@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body::Body;
@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower_service::Service;
 use tracing::{Instrument, field};
 
-use crate::builder::{FailMode, OnDisconnect};
+use crate::builder::FailMode;
 use crate::error::StoreError;
 use crate::fingerprint::Fingerprint;
 use crate::key::StoreKey;
@@ -107,22 +107,9 @@ where
         }
     }
 
-    let execution = execute(guard, inner, request);
-    if config.on_disconnect == OnDisconnect::RunToCompletion
-        && let Ok(runtime) = tokio::runtime::Handle::try_current()
-    {
-        // Spawned: the handler and its record survive the client going away.
-        match runtime.spawn(execution).await {
-            Ok(outcome) => outcome,
-            Err(failure) => {
-                // The guard released the claim while the task unwound.
-                tracing::error!(idempotency.layer = %config.name, %failure, "idempotent handler panicked; claim released");
-                Ok(Problem::HandlerFailed.into_response())
-            }
-        }
-    } else {
-        execution.await
-    }
+    // Runs in the caller's task; if the caller goes away, `ResponseFuture`
+    // detaches this future onto the runtime (per `OnDisconnect`).
+    execute(guard, inner, request).await
 }
 
 /// Reads first only for keys this instance may have seen (retries); claims
@@ -251,21 +238,10 @@ where
     Ok(Response::from_parts(parts, ResBody::from(body)))
 }
 
-/// The whole body: it is delivered to the client in any case, and recorded when within the limit.
+/// The whole body (zero-copy when it is one chunk): it is delivered to the
+/// client in any case, and recorded when within the limit.
 async fn read_whole<B: Body>(body: B) -> Result<Bytes, B::Error> {
-    let mut body = std::pin::pin!(body);
-    let mut whole = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        if let Ok(mut data) = frame?.into_data() {
-            while bytes::Buf::has_remaining(&data) {
-                let chunk = bytes::Buf::chunk(&data);
-                whole.extend_from_slice(chunk);
-                let read = chunk.len();
-                bytes::Buf::advance(&mut data, read);
-            }
-        }
-    }
-    Ok(whole.freeze())
+    Ok(body.collect().await?.to_bytes())
 }
 
 /// A held claim: completed or released explicitly, released on drop
@@ -343,7 +319,7 @@ impl Drop for ClaimGuard {
         let why = if std::thread::panicking() {
             "handler panicked"
         } else {
-            "request cancelled"
+            "request dropped before completion"
         };
         let config = Arc::clone(&self.config);
         let key = self.key.clone();

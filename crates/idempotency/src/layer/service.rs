@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::mem;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -216,12 +217,16 @@ where
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
                 Kind::Protected {
-                    future: Box::pin(protected::run(
-                        Arc::clone(&self.config),
-                        inner,
-                        request,
-                        key,
-                    )),
+                    future: Detachable {
+                        future: Some(Box::pin(protected::run(
+                            Arc::clone(&self.config),
+                            inner,
+                            request,
+                            key,
+                        ))),
+                        detach: (self.config.on_disconnect == OnDisconnect::RunToCompletion)
+                            .then_some(detach),
+                    },
                 }
             }
         };
@@ -244,13 +249,73 @@ pin_project! {
     enum Kind<F, B, E> {
         Unprotected { #[pin] future: F },
         Answer { response: Option<Response<B>> },
-        Protected { future: BoxedResponse<B, E> },
+        Protected { future: Detachable<B, E> },
+    }
+}
+
+/// A protected request's future, polled in the caller's task. Dropped before
+/// it finished (the client went away), it moves onto the runtime and runs to
+/// completion there, so the handler finishes and is recorded exactly once
+/// ([`OnDisconnect::RunToCompletion`]); or it is dropped, releasing its claim
+/// ([`OnDisconnect::Cancel`]). A panic in the handler becomes a `500`
+/// problem, after the claim was released.
+struct Detachable<B, E> {
+    future: Option<BoxedResponse<B, E>>,
+    /// What to do with an unfinished future on drop; `None` drops it.
+    detach: Option<fn(BoxedResponse<B, E>)>,
+}
+
+/// Moves an abandoned request's future onto the runtime, where it finishes.
+fn detach<B: Send + 'static, E: Send + 'static>(future: BoxedResponse<B, E>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            tracing::debug!(
+                "client went away: the idempotent request runs to completion in the background"
+            );
+            runtime.spawn(async move {
+                let _ = future.await;
+            });
+        }
+        Err(_) => tracing::warn!(
+            "no runtime to finish an abandoned idempotent request on; its claim is released"
+        ),
+    }
+}
+
+impl<B: From<Bytes>, E> Detachable<B, E> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response<B>, E>> {
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Pending;
+        };
+        let polled = panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(outcome)) => {
+                self.future = None;
+                Poll::Ready(outcome)
+            }
+            Err(_) => {
+                // Dropping the future drops its claim guard, which releases the claim.
+                self.future = None;
+                tracing::error!("an idempotent handler panicked; its claim was released");
+                Poll::Ready(Ok(Problem::HandlerFailed.into_response()))
+            }
+        }
+    }
+}
+
+impl<B, E> Drop for Detachable<B, E> {
+    fn drop(&mut self) {
+        if let (Some(future), Some(detach)) = (self.future.take(), self.detach) {
+            detach(future);
+        }
     }
 }
 
 impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: From<Bytes>,
 {
     type Output = Result<Response<B>, E>;
 
@@ -261,7 +326,7 @@ where
                 Some(response) => Poll::Ready(Ok(response)),
                 None => Poll::Pending,
             },
-            KindProj::Protected { future } => future.as_mut().poll(cx),
+            KindProj::Protected { future } => future.poll(cx),
         }
     }
 }
