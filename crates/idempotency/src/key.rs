@@ -1,11 +1,12 @@
 //! The `Idempotency-Key` request header and the key a store keeps.
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::HeaderValue;
 
-/// The header name, lowercase as `http` stores it.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The request header that carries the key.
+pub const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
 /// The longest key accepted, in characters (after unquoting).
 pub const MAX_KEY_LEN: usize = 255;
@@ -162,48 +163,68 @@ impl fmt::Display for IdempotencyKey {
 ///
 /// Two scopes never share a key: `("tenant-a", "k")` and `("tenant-b", "k")`
 /// are different records, so tenant B cannot replay tenant A's response.
+/// Held as one shared string (cloning is a reference-count increment).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct StoreKey {
-    scope: Option<String>,
-    key: IdempotencyKey,
+    /// `-:<key>` unscoped, `<scope length>:<scope>:<key>` scoped.
+    encoded: Arc<str>,
+    /// Where the scope starts and ends in `encoded`, if scoped.
+    scope: Option<(usize, usize)>,
+    /// Where the key starts in `encoded`.
+    key_start: usize,
 }
 
 impl StoreKey {
     /// The record identity of `key` within `scope`.
     #[must_use]
-    pub fn new(scope: Option<String>, key: IdempotencyKey) -> Self {
-        Self { scope, key }
+    pub fn new(scope: Option<&str>, key: &IdempotencyKey) -> Self {
+        let key = key.as_str();
+        match scope {
+            None => Self {
+                encoded: Arc::from(format!("-:{key}")),
+                scope: None,
+                key_start: 2,
+            },
+            Some(scope) => {
+                let length = scope.len().to_string();
+                let scope_start = length.len() + 1;
+                let scope_end = scope_start + scope.len();
+                Self {
+                    encoded: Arc::from(format!("{length}:{scope}:{key}")),
+                    scope: Some((scope_start, scope_end)),
+                    key_start: scope_end + 1,
+                }
+            }
+        }
     }
 
     /// The scope, `None` when the layer is unscoped.
     #[must_use]
     pub fn scope(&self) -> Option<&str> {
-        self.scope.as_deref()
+        let (start, end) = self.scope?;
+        self.encoded.get(start..end)
     }
 
     /// The idempotency key.
     #[must_use]
-    pub fn key(&self) -> &IdempotencyKey {
-        &self.key
+    pub fn key(&self) -> &str {
+        self.encoded.get(self.key_start..).unwrap_or_default()
     }
 
     /// One unambiguous string for both parts, for stores that key by string:
     /// `-:<key>` unscoped, `<scope length>:<scope>:<key>` scoped, so that no
     /// scope and key pair can spell another's (`("a:b", "c")` ≠ `("a", "b:c")`).
     #[must_use]
-    pub fn encoded(&self) -> String {
-        match &self.scope {
-            None => format!("-:{}", self.key.as_str()),
-            Some(scope) => format!("{}:{scope}:{}", scope.len(), self.key.as_str()),
-        }
+    pub fn encoded(&self) -> &str {
+        &self.encoded
     }
 }
 
 impl fmt::Debug for StoreKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreKey")
-            .field("scope", &self.scope)
-            .field("key", &self.key.as_str())
+            .field("scope", &self.scope())
+            .field("key", &self.key())
             .finish()
     }
 }
@@ -249,10 +270,13 @@ mod tests {
     #[test]
     fn scope_and_key_pairs_never_spell_each_other() {
         let key = |k: &str| IdempotencyKey::new(k).unwrap();
-        let a = StoreKey::new(Some("a:b".into()), key("c"));
-        let b = StoreKey::new(Some("a".into()), key("b:c"));
-        let unscoped = StoreKey::new(None, key("c"));
+        let a = StoreKey::new(Some("a:b"), &key("c"));
+        let b = StoreKey::new(Some("a"), &key("b:c"));
+        let unscoped = StoreKey::new(None, &key("c"));
         assert_ne!(a.encoded(), b.encoded());
         assert_ne!(a.encoded(), unscoped.encoded());
+        assert_eq!((a.scope(), a.key()), (Some("a:b"), "c"));
+        assert_eq!((b.scope(), b.key()), (Some("a"), "b:c"));
+        assert_eq!((unscoped.scope(), unscoped.key()), (None, "c"));
     }
 }

@@ -21,7 +21,8 @@ use crate::record::{Existing, RecordedResponse};
 use crate::store::{Claim, ClaimToken};
 
 /// The header a replayed response carries.
-pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+pub const IDEMPOTENT_REPLAYED: http::HeaderName =
+    http::HeaderName::from_static("idempotent-replayed");
 
 /// Attempts at recording a completed response before giving up (the
 /// handler ran: losing its record would let a retry run it again).
@@ -30,7 +31,8 @@ const RECORD_ATTEMPTS: u32 = 3;
 pub(crate) async fn run<S, ReqBody, ResBody>(
     config: Arc<Config>,
     mut inner: S,
-    request: Request<ReqBody>,
+    parts: http::request::Parts,
+    body: ReqBody,
     key: StoreKey,
 ) -> Result<Response<ResBody>, S::Error>
 where
@@ -42,7 +44,6 @@ where
     ResBody: Body + From<Bytes> + Send + 'static,
     ResBody::Error: std::fmt::Display,
 {
-    let (parts, body) = request.into_parts();
     let body = match Limited::new(body, config.max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
@@ -120,10 +121,11 @@ async fn claim(
     token: &ClaimToken,
     fingerprint: &Fingerprint,
 ) -> Result<Claim, StoreError> {
-    let may_have_seen = config
+    let seen = config
         .bloom
         .as_ref()
-        .is_some_and(|bloom| bloom.may_have_seen(key));
+        .map(|bloom| (bloom, bloom.digest(key)));
+    let may_have_seen = seen.is_some_and(|(bloom, digest)| bloom.may_have_seen(digest));
     if may_have_seen {
         match config.store.lookup(key).await {
             Ok(Some(existing)) => return Ok(Claim::Existing(existing)),
@@ -143,8 +145,8 @@ async fn claim(
         .await;
     match &claim {
         Ok(_) => {
-            if let Some(bloom) = &config.bloom
-                && bloom.insert(key)
+            if let Some((bloom, digest)) = seen
+                && bloom.insert(digest)
             {
                 config.publish_bloom_stats();
             }
@@ -232,8 +234,12 @@ where
             "response over the recording limit: recorded without its body, retries get 409"
         );
     }
-    let record =
-        RecordedResponse::new(parts.status, &parts.headers, &config.deny_headers, recorded);
+    let record = Arc::new(RecordedResponse::new(
+        parts.status,
+        &parts.headers,
+        &config.deny_headers,
+        recorded,
+    ));
     guard.complete(&record).await;
     Ok(Response::from_parts(parts, ResBody::from(body)))
 }
@@ -255,7 +261,7 @@ struct ClaimGuard {
 }
 
 impl ClaimGuard {
-    async fn complete(mut self, record: &RecordedResponse) {
+    async fn complete(mut self, record: &Arc<RecordedResponse>) {
         self.settled = true;
         let config = &self.config;
         let span = tracing::info_span!("idempotency.record", idempotency.layer = %config.name, http.response.status_code = record.status().as_u16());

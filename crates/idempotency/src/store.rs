@@ -50,7 +50,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         &'a self,
         key: &'a StoreKey,
         token: &'a ClaimToken,
-        response: &'a RecordedResponse,
+        response: &'a Arc<RecordedResponse>,
         key_ttl: Duration,
     ) -> StoreFuture<'a, bool>;
 
@@ -78,7 +78,7 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
         &'a self,
         key: &'a StoreKey,
         token: &'a ClaimToken,
-        response: &'a RecordedResponse,
+        response: &'a Arc<RecordedResponse>,
         key_ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         (**self).complete(key, token, response, key_ttl)

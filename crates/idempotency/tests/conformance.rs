@@ -675,7 +675,7 @@ impl IdempotencyStore for SlowClaims {
         &'a self,
         key: &'a StoreKey,
         token: &'a ClaimToken,
-        response: &'a RecordedResponse,
+        response: &'a Arc<RecordedResponse>,
         key_ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         self.0.complete(key, token, response, key_ttl)

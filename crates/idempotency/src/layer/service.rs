@@ -140,7 +140,7 @@ impl<S> std::fmt::Debug for Idempotency<S> {
 enum Route<B> {
     Unprotected(Request<B>),
     Answer(Problem),
-    Protected(Request<B>, StoreKey),
+    Protected(http::request::Parts, B, StoreKey),
 }
 
 impl<S> Idempotency<S> {
@@ -163,24 +163,18 @@ impl<S> Idempotency<S> {
                 return Route::Answer(Problem::BadKey(error.to_string()));
             }
         };
-        let scope = match &config.scope {
-            None => None,
-            Some(scope) => {
-                let (parts, body) = request.into_parts();
-                let found = scope(&parts);
-                let request = Request::from_parts(parts, body);
-                match found {
-                    Some(scope) => {
-                        return Route::Protected(request, StoreKey::new(Some(scope), key));
-                    }
-                    None => {
-                        config.metrics.rejected.increment(1);
-                        return Route::Answer(Problem::NoScope);
-                    }
+        let (parts, body) = request.into_parts();
+        let key = match &config.scope {
+            None => StoreKey::new(None, &key),
+            Some(scope) => match scope(&parts) {
+                Some(scope) => StoreKey::new(Some(&scope), &key),
+                None => {
+                    config.metrics.rejected.increment(1);
+                    return Route::Answer(Problem::NoScope);
                 }
-            }
+            },
         };
-        Route::Protected(request, StoreKey::new(scope, key))
+        Route::Protected(parts, body, key)
     }
 }
 
@@ -212,7 +206,7 @@ where
             Route::Answer(problem) => Kind::Answer {
                 response: Some(problem.into_response()),
             },
-            Route::Protected(request, key) => {
+            Route::Protected(parts, body, key) => {
                 // The ready service goes with the request; a clone stays for the next call.
                 let clone = self.inner.clone();
                 let inner = mem::replace(&mut self.inner, clone);
@@ -221,7 +215,8 @@ where
                         future: Some(Box::pin(protected::run(
                             Arc::clone(&self.config),
                             inner,
-                            request,
+                            parts,
+                            body,
                             key,
                         ))),
                         detach: (self.config.on_disconnect == OnDisconnect::RunToCompletion)

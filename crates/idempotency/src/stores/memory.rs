@@ -27,7 +27,7 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
-    entries: DashMap<StoreKey, Slot>,
+    entries: DashMap<StoreKey, Slot, foldhash::fast::RandomState>,
     claims_since_sweep: AtomicUsize,
 }
 
@@ -94,7 +94,8 @@ impl MemoryStore {
             .inner
             .claims_since_sweep
             .fetch_add(1, Ordering::Relaxed);
-        if claims >= self.inner.entries.len().max(1024) {
+        // `len` locks every shard: only ask once 1,024 claims have passed.
+        if claims >= 1024 && claims >= self.inner.entries.len() {
             self.inner.claims_since_sweep.store(0, Ordering::Relaxed);
             self.inner.entries.retain(|_, slot| now < slot.expires_at);
         }
@@ -139,7 +140,7 @@ impl MemoryStore {
         &self,
         key: &StoreKey,
         token: &ClaimToken,
-        response: &RecordedResponse,
+        response: &Arc<RecordedResponse>,
         key_ttl: Duration,
     ) -> bool {
         let now = Instant::now();
@@ -155,7 +156,7 @@ impl MemoryStore {
         *slot = Slot {
             state: State::Completed {
                 fingerprint,
-                response: Arc::new(response.clone()),
+                response: Arc::clone(response),
             },
             expires_at: now + key_ttl,
         };
@@ -192,7 +193,7 @@ impl IdempotencyStore for MemoryStore {
         &'a self,
         key: &'a StoreKey,
         token: &'a ClaimToken,
-        response: &'a RecordedResponse,
+        response: &'a Arc<RecordedResponse>,
         key_ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         let completed = self.complete_now(key, token, response, key_ttl);

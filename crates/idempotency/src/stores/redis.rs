@@ -253,7 +253,7 @@ where
         &'a self,
         key: &'a StoreKey,
         token: &'a ClaimToken,
-        response: &'a RecordedResponse,
+        response: &'a Arc<RecordedResponse>,
         key_ttl: Duration,
     ) -> StoreFuture<'a, bool> {
         Box::pin(async move {
