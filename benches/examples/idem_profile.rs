@@ -35,7 +35,11 @@ fn main() {
                     .unwrap(),
             )
         };
-        for key in 0..20_000u64 {
+        for key in 0..std::env::args()
+            .nth(2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20_000u64)
+        {
             let key = if mode == "replay" { 0 } else { key };
             let response = app.clone().oneshot(payment(key)).await.unwrap();
             assert_eq!(response.status(), StatusCode::CREATED);

@@ -39,6 +39,8 @@ struct Generations {
     current_items: usize,
     previous_items: usize,
     rotated_at: Instant,
+    /// Inserts since the clock was last read.
+    unclocked_inserts: u32,
     rotations: u64,
 }
 
@@ -83,6 +85,7 @@ impl SeenFilter {
                 current_items: 0,
                 previous_items: 0,
                 rotated_at: Instant::now(),
+                unclocked_inserts: 0,
                 rotations: 0,
             }),
             hasher: foldhash::fast::RandomState::default(),
@@ -109,14 +112,21 @@ impl SeenFilter {
     /// Remembers `key`; `true` when the stats changed enough to be published
     /// again (a rotation, or another 1,024 keys).
     pub(crate) fn insert(&self, digest: u64) -> bool {
-        let now = Instant::now();
         let mut generations = self
             .generations
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let rotated = now.duration_since(generations.rotated_at) >= self.rotate_every;
-        if rotated {
-            self.rotate(&mut generations, now);
+        // The clock is read every 64th insert: a rotation (hours apart) may come
+        // 63 inserts late, which only delays forgetting.
+        generations.unclocked_inserts += 1;
+        let mut rotated = false;
+        if generations.unclocked_inserts >= 64 {
+            generations.unclocked_inserts = 0;
+            let now = Instant::now();
+            rotated = now.duration_since(generations.rotated_at) >= self.rotate_every;
+            if rotated {
+                self.rotate(&mut generations, now);
+            }
         }
         if generations.current.check_and_set(&digest) {
             return rotated;
@@ -208,7 +218,9 @@ mod tests {
                 "round {round}"
             );
             tokio::time::advance(period).await;
-            filter.insert(filter.digest(&key(usize::MAX))); // rotates
+            for _ in 0..64 {
+                filter.insert(filter.digest(&key(usize::MAX))); // rotates (the clock is read every 64th insert)
+            }
             assert!(
                 (first..next).all(|i| filter.may_have_seen(filter.digest(&key(i)))),
                 "kept one more period, round {round}"
@@ -233,7 +245,9 @@ mod tests {
         filter.insert(filter.digest(&key(1)));
         for _ in 0..2 {
             tokio::time::advance(period).await;
-            filter.insert(filter.digest(&key(2)));
+            for _ in 0..64 {
+                filter.insert(filter.digest(&key(2)));
+            }
         }
         assert!(!filter.may_have_seen(filter.digest(&key(1))));
     }

@@ -179,22 +179,20 @@ impl StoreKey {
     #[must_use]
     pub fn new(scope: Option<&str>, key: &IdempotencyKey) -> Self {
         let key = key.as_str();
-        match scope {
-            None => Self {
-                encoded: Arc::from(format!("-:{key}")),
+        let Some(scope) = scope else {
+            return Self {
+                encoded: Arc::from(["-:", key].concat()),
                 scope: None,
                 key_start: 2,
-            },
-            Some(scope) => {
-                let length = scope.len().to_string();
-                let scope_start = length.len() + 1;
-                let scope_end = scope_start + scope.len();
-                Self {
-                    encoded: Arc::from(format!("{length}:{scope}:{key}")),
-                    scope: Some((scope_start, scope_end)),
-                    key_start: scope_end + 1,
-                }
-            }
+            };
+        };
+        let digits = scope.len().to_string();
+        let scope_start = digits.len() + 1;
+        let scope_end = scope_start + scope.len();
+        Self {
+            encoded: Arc::from([&digits, ":", scope, ":", key].concat()),
+            scope: Some((scope_start, scope_end)),
+            key_start: scope_end + 1,
         }
     }
 
