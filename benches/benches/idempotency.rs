@@ -261,10 +261,10 @@ fn bloom(c: &mut Criterion) {
         b.iter(|| black_box(hasher.hash_one(black_box(&key_7))));
     });
     group.bench_function("check, key absent", |b| {
-        b.iter(|| black_box(filter.check(black_box(&absent))))
+        b.iter(|| black_box(filter.check(black_box(&absent))));
     });
     group.bench_function("check, key present", |b| {
-        b.iter(|| black_box(filter.check(black_box(&present))))
+        b.iter(|| black_box(filter.check(black_box(&present))));
     });
     group.bench_function("set", |b| b.iter(|| filter.set(black_box(&absent))));
     group.bench_function("rotation (new 100,000-key generation)", |b| {

@@ -34,10 +34,14 @@
 //! [`concurrency`] has the hang guards and first-poll counter that concurrency
 //! tests share.
 //!
+//! [`metrics::Counters`] is a `metrics` recorder that keeps every counter, for
+//! tests that assert what a crate reports.
+//!
 //! Skip messages are written straight to the process's standard error, so
 //! `cargo test` shows them even though it captures test output.
 
 pub mod concurrency;
+pub mod metrics;
 mod namespace;
 mod postgres;
 mod redis;
