@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
-use common::{Handlers, app, backends, fresh_key, layer, request, send};
+use common::{
+    Handlers, app, backends, fresh_key, layer, request, send, send_when_settled, spawn_request,
+};
 use perfkit_idempotency::{
     Claim, ClaimToken, Existing, Fingerprint, IdempotencyStore, OnDisconnect, RecordPolicy,
     RecordedResponse, StoreFuture, StoreKey,
 };
 use perfkit_test_support::concurrency::until;
-use tower::ServiceExt;
 
 #[tokio::test]
 async fn replays_recorded_response_for_same_key() {
@@ -229,17 +230,7 @@ async fn same_key_while_in_progress_is_409_with_retry_after() {
             layer(&backend.store, |b| b.retry_after(Duration::from_secs(2))),
         );
         let key = fresh_key();
-        let first = tokio::spawn({
-            let app = app.clone();
-            let key = key.clone();
-            async move {
-                send(
-                    &app,
-                    request("POST", "/payments?delay_ms=300", Some(&key), "{}"),
-                )
-                .await
-            }
-        });
+        let first = spawn_request(&app, "/payments?delay_ms=300", &key);
         until("the first request runs", || handlers.payments() == 1).await;
         let second = send(
             &app,
@@ -354,31 +345,17 @@ async fn server_errors_and_panics_release_the_claim_so_a_retry_runs() {
             );
 
             let key = fresh_key();
-            let panicked = tokio::spawn({
-                let app = app.clone();
-                let key = key.clone();
-                async move {
-                    app.oneshot(request("POST", "/panic", Some(&key), "{}"))
-                        .await
-                }
-            })
-            .await;
-            let answer = panicked.unwrap().unwrap();
+            let panicked = spawn_request(&app, "/panic", &key).await;
+            let answer = panicked.unwrap();
             assert_eq!(
-                answer.status(),
+                answer.status,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "{} {disconnect:?}",
                 backend.name
             );
             // The release runs on a spawned task: allow it to land.
-            let mut retried = send(&app, request("POST", "/panic", Some(&key), "{}")).await;
-            for _ in 0..100 {
-                if retried.status != StatusCode::CONFLICT {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                retried = send(&app, request("POST", "/panic", Some(&key), "{}")).await;
-            }
+            let retried =
+                send_when_settled(&app, || request("POST", "/panic", Some(&key), "{}")).await;
             assert_eq!(
                 (retried.status, retried.body.as_str()),
                 (StatusCode::CREATED, "created on attempt 2"),
@@ -434,22 +411,7 @@ async fn expired_lock_is_reclaimable_and_the_late_handler_cannot_overwrite_the_n
                 layer(&backend.store, |b| b.lock_ttl(Duration::from_secs(10))),
             );
             let key = fresh_key();
-            let late = tokio::spawn({
-                let app = app.clone();
-                let key = key.clone();
-                async move {
-                    send(
-                        &app,
-                        request(
-                            "POST",
-                            &format!("/payments?delay_ms={late_ms}"),
-                            Some(&key),
-                            "{}",
-                        ),
-                    )
-                    .await
-                }
-            });
+            let late = spawn_request(&app, &format!("/payments?delay_ms={late_ms}"), &key);
             until("the first request runs", || handlers.payments() == 1).await;
             tokio::time::sleep(Duration::from_millis(350)).await;
             let second = send(
@@ -504,36 +466,17 @@ async fn client_disconnect_mid_handler_completes_once_and_the_retry_replays() {
         let handlers = Handlers::default();
         let app = app(&handlers, layer(&backend.store, |b| b));
         let key = fresh_key();
-        let abandoned = tokio::spawn({
-            let app = app.clone();
-            let key = key.clone();
-            async move {
-                app.oneshot(request("POST", "/payments?delay_ms=200", Some(&key), "{}"))
-                    .await
-            }
-        });
+        let abandoned = spawn_request(&app, "/payments?delay_ms=200", &key);
         until("the handler runs", || handlers.payments() == 1).await;
         abandoned.abort(); // the client goes away
         until("the abandoned handler finishes", || {
             handlers.finished() == 1
         })
         .await;
-        let mut retry = send(
-            &app,
-            request("POST", "/payments?delay_ms=200", Some(&key), "{}"),
-        )
+        let retry = send_when_settled(&app, || {
+            request("POST", "/payments?delay_ms=200", Some(&key), "{}")
+        })
         .await;
-        for _ in 0..100 {
-            if retry.status != StatusCode::CONFLICT {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            retry = send(
-                &app,
-                request("POST", "/payments?delay_ms=200", Some(&key), "{}"),
-            )
-            .await;
-        }
         assert!(
             retry.replayed(),
             "{}: {} {}",
@@ -554,32 +497,13 @@ async fn with_cancel_on_disconnect_the_claim_is_released_and_the_retry_runs() {
             layer(&backend.store, |b| b.on_disconnect(OnDisconnect::Cancel)),
         );
         let key = fresh_key();
-        let abandoned = tokio::spawn({
-            let app = app.clone();
-            let key = key.clone();
-            async move {
-                app.oneshot(request("POST", "/payments?delay_ms=300", Some(&key), "{}"))
-                    .await
-            }
-        });
+        let abandoned = spawn_request(&app, "/payments?delay_ms=300", &key);
         until("the handler runs", || handlers.payments() == 1).await;
         abandoned.abort();
-        let mut retry = send(
-            &app,
-            request("POST", "/payments?delay_ms=300", Some(&key), "{}"),
-        )
+        let retry = send_when_settled(&app, || {
+            request("POST", "/payments?delay_ms=300", Some(&key), "{}")
+        })
         .await;
-        for _ in 0..100 {
-            if retry.status != StatusCode::CONFLICT {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            retry = send(
-                &app,
-                request("POST", "/payments?delay_ms=300", Some(&key), "{}"),
-            )
-            .await;
-        }
         assert_eq!(
             (retry.status, retry.replayed()),
             (StatusCode::CREATED, false),
@@ -694,26 +618,13 @@ async fn a_request_dropped_while_its_claim_is_in_flight_finishes_or_leaves_no_cl
             let handlers = Handlers::default();
             let app = app(&handlers, layer(&slow, |b| b.on_disconnect(disconnect)));
             let key = fresh_key();
-            let abandoned = tokio::spawn({
-                let app = app.clone();
-                let key = key.clone();
-                async move {
-                    app.oneshot(request("POST", "/payments", Some(&key), "{}"))
-                        .await
-                }
-            });
+            let abandoned = spawn_request(&app, "/payments", &key);
             tokio::time::sleep(Duration::from_millis(100)).await;
             abandoned.abort(); // while the claim's answer is on its way
             assert!(abandoned.await.unwrap_err().is_cancelled());
             let direct = common::app(&handlers, layer(&backend.store, |b| b));
-            let mut retry = send(&direct, request("POST", "/payments", Some(&key), "{}")).await;
-            for _ in 0..100 {
-                if retry.status != StatusCode::CONFLICT {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                retry = send(&direct, request("POST", "/payments", Some(&key), "{}")).await;
-            }
+            let retry =
+                send_when_settled(&direct, || request("POST", "/payments", Some(&key), "{}")).await;
             let case = format!("{} {disconnect:?}", backend.name);
             assert_eq!(retry.status, StatusCode::CREATED, "{case}: {}", retry.body);
             // Run to completion: the abandoned request ran in the background and the retry

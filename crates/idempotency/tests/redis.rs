@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
-use common::{Handlers, app, fresh_key, layer, request, send};
+use common::{Handlers, app, fresh_key, layer, request, send, spawn_request};
 use perfkit_idempotency::{FailMode, IdempotencyStore, RedisStore};
 use perfkit_test_support::RedisServer;
 
@@ -185,17 +185,7 @@ async fn a_new_key_costs_two_round_trips_a_replay_and_a_conflict_one() {
     );
 
     let slow = fresh_key();
-    let first = tokio::spawn({
-        let a = a.clone();
-        let slow = slow.clone();
-        async move {
-            send(
-                &a,
-                request("POST", "/payments?delay_ms=300", Some(&slow), "{}"),
-            )
-            .await
-        }
-    });
+    let first = spawn_request(&a, "/payments?delay_ms=300", &slow);
     perfkit_test_support::concurrency::until("the slow request runs", || {
         handlers.finished() + 1 == handlers.payments()
     })

@@ -155,6 +155,7 @@ pub fn request(method: &str, uri: &str, key: Option<&str>, body: &str) -> Reques
 }
 
 /// A response, read whole.
+#[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -204,4 +205,26 @@ pub async fn send(app: &Router, request: Request<Body>) -> Answer {
 pub fn fresh_key() -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!("\"key-{}\"", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Sends `request()` until it is no longer answered `409` (a claim released
+/// or recorded on a spawned task lands a moment after the first answer), for
+/// at most a second.
+pub async fn send_when_settled(app: &Router, request: impl Fn() -> Request<Body>) -> Answer {
+    let mut answer = send(app, request()).await;
+    for _ in 0..100 {
+        if answer.status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        answer = send(app, request()).await;
+    }
+    answer
+}
+
+/// Starts `method uri` with `key` on its own task, as a client whose
+/// connection may be dropped (abort the handle) or whose handler may panic.
+pub fn spawn_request(app: &Router, uri: &str, key: &str) -> tokio::task::JoinHandle<Answer> {
+    let (app, request) = (app.clone(), request("POST", uri, Some(key), "{}"));
+    tokio::spawn(async move { send(&app, request).await })
 }
