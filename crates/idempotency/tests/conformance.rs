@@ -461,62 +461,36 @@ async fn expired_lock_is_reclaimable_and_the_late_handler_cannot_overwrite_the_n
 }
 
 #[tokio::test]
-async fn client_disconnect_mid_handler_completes_once_and_the_retry_replays() {
+async fn client_disconnect_mid_handler_completes_once_and_the_retry_replays_unless_cancel_is_chosen()
+ {
     for backend in backends().await {
-        let handlers = Handlers::default();
-        let app = app(&handlers, layer(&backend.store, |b| b));
-        let key = fresh_key();
-        let abandoned = spawn_request(&app, "/payments?delay_ms=200", &key);
-        until("the handler runs", || handlers.payments() == 1).await;
-        abandoned.abort(); // the client goes away
-        until("the abandoned handler finishes", || {
-            handlers.finished() == 1
-        })
-        .await;
-        let retry = send_when_settled(&app, || {
-            request("POST", "/payments?delay_ms=200", Some(&key), "{}")
-        })
-        .await;
-        assert!(
-            retry.replayed(),
-            "{}: {} {}",
-            backend.name,
-            retry.status,
-            retry.body
-        );
-        assert_eq!(handlers.payments(), 1);
-    }
-}
-
-#[tokio::test]
-async fn with_cancel_on_disconnect_the_claim_is_released_and_the_retry_runs() {
-    for backend in backends().await {
-        let handlers = Handlers::default();
-        let app = app(
-            &handlers,
-            layer(&backend.store, |b| b.on_disconnect(OnDisconnect::Cancel)),
-        );
-        let key = fresh_key();
-        let abandoned = spawn_request(&app, "/payments?delay_ms=300", &key);
-        until("the handler runs", || handlers.payments() == 1).await;
-        abandoned.abort();
-        let retry = send_when_settled(&app, || {
-            request("POST", "/payments?delay_ms=300", Some(&key), "{}")
-        })
-        .await;
-        assert_eq!(
-            (retry.status, retry.replayed()),
-            (StatusCode::CREATED, false),
-            "{}",
-            backend.name
-        );
-        assert_eq!(handlers.payments(), 2, "{}", backend.name);
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(
-            handlers.finished(),
-            1,
-            "the cancelled handler never finished"
-        );
+        for disconnect in [OnDisconnect::RunToCompletion, OnDisconnect::Cancel] {
+            let case = format!("{} {disconnect:?}", backend.name);
+            let handlers = Handlers::default();
+            let app = app(
+                &handlers,
+                layer(&backend.store, |b| b.on_disconnect(disconnect)),
+            );
+            let key = fresh_key();
+            let abandoned = spawn_request(&app, "/payments?delay_ms=300", &key);
+            until("the handler runs", || handlers.payments() == 1).await;
+            abandoned.abort(); // the client goes away
+            let retry = send_when_settled(&app, || {
+                request("POST", "/payments?delay_ms=300", Some(&key), "{}")
+            })
+            .await;
+            assert_eq!(retry.status, StatusCode::CREATED, "{case}: {}", retry.body);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            if disconnect == OnDisconnect::RunToCompletion {
+                // The abandoned handler finished in the background; the retry got its record.
+                assert!(retry.replayed(), "{case}");
+                assert_eq!((handlers.payments(), handlers.finished()), (1, 1), "{case}");
+            } else {
+                // The abandoned handler was dropped and its claim released; the retry ran.
+                assert!(!retry.replayed(), "{case}");
+                assert_eq!((handlers.payments(), handlers.finished()), (2, 1), "{case}");
+            }
+        }
     }
 }
 
