@@ -106,8 +106,9 @@ impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// A store on an existing connection: a [`ConnectionManager`], a
-    /// `deadpool-redis` connection wrapper, or a cluster connection.
+    /// A store on an existing multiplexed connection that clones cheaply: a
+    /// [`ConnectionManager`], a `MultiplexedConnection`, or redis-rs's async
+    /// cluster connection (every operation touches one key, so one slot).
     #[must_use]
     pub fn new(connection: C) -> Self {
         Self {
