@@ -33,6 +33,7 @@
 //! while Redis is down):
 //!
 //! ```no_run
+//! # #[cfg(feature = "redis")]
 //! # fn example() -> Result<(), perfkit_tiered_cache::ConfigError> {
 //! use std::time::Duration;
 //! use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier};
