@@ -14,7 +14,7 @@
 //!   layer's default (100,000 keys at 1 %, half full), and a rotation
 //!   (allocating the next generation).
 //!
-//! `cargo bench -p perfkit-benches --bench idempotency`
+//! `cargo bench -p perfkit-benches-http --bench idempotency`
 
 // Benchmark harness: a setup that fails should stop the run.
 #![allow(clippy::expect_used, clippy::panic)]
