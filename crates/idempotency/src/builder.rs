@@ -45,7 +45,8 @@ pub enum FailMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OnDisconnect {
-    /// The handler runs to completion in a spawned task and its response is
+    /// The request runs in the caller's task; if the client goes away first,
+    /// it moves onto the runtime (a spawned task), runs to completion and is
     /// recorded, so the client's retry gets the replay instead of running the
     /// mutation a second time. The default.
     #[default]

@@ -18,8 +18,9 @@
 //! - **Compare-and-set records.** Recording and releasing check the claim's
 //!   owner token (a Lua script on Redis): a handler that outlived its lock can
 //!   never overwrite another request's record.
-//! - **Clients may leave.** By default the handler runs to completion
-//!   in a spawned task and is recorded, so the retry replays it.
+//! - **Clients may leave.** By default a request whose client disconnects
+//!   moves onto the runtime, runs to completion and is recorded, so the retry
+//!   replays it (no task is spawned while the client stays).
 //! - **Stores:** [`MemoryStore`] (embedded default, one process) and
 //!   [`RedisStore`] (shared; one Redis hash per key, Cluster-safe). Store
 //!   unreachable: `503` with `Retry-After` ([fail-closed](FailMode::Closed),
