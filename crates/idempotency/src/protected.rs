@@ -88,8 +88,16 @@ where
             span.record("idempotency.outcome", "existing");
             return Ok(answer(&config, existing, &fingerprint));
         }
-        Err(error) => {
-            // The guard's drop releases what a timed-out claim may have taken.
+        Err(failure) => {
+            let error = match failure {
+                // Nothing was claimed: nothing to release.
+                ClaimFailure::Lookup(error) => {
+                    guard.settled = true;
+                    error
+                }
+                // The guard's drop releases what a timed-out claim may have taken.
+                ClaimFailure::Claim(error) => error,
+            };
             config.metrics.store_unavailable.increment(1);
             return match config.fail_mode {
                 FailMode::Closed => {
@@ -113,6 +121,14 @@ where
     execute(guard, inner, request).await
 }
 
+/// Why no claim outcome came back.
+enum ClaimFailure {
+    /// The read before the claim failed: nothing was claimed.
+    Lookup(StoreError),
+    /// The claim itself failed: it may have been applied (a timeout).
+    Claim(StoreError),
+}
+
 /// Reads first only for keys this instance may have seen (retries); claims
 /// directly otherwise. The claim alone decides whether the request runs.
 async fn claim(
@@ -120,7 +136,7 @@ async fn claim(
     key: &StoreKey,
     token: &ClaimToken,
     fingerprint: &Fingerprint,
-) -> Result<Claim, StoreError> {
+) -> Result<Claim, ClaimFailure> {
     let seen = config
         .bloom
         .as_ref()
@@ -132,7 +148,7 @@ async fn claim(
             Ok(None) => {}
             Err(error) => {
                 config.metrics.store_errors.lookup.increment(1);
-                return Err(error);
+                return Err(ClaimFailure::Lookup(error));
             }
         }
     } else if config.bloom.is_some() {
@@ -153,7 +169,7 @@ async fn claim(
         }
         Err(_) => config.metrics.store_errors.claim.increment(1),
     }
-    claim
+    claim.map_err(ClaimFailure::Claim)
 }
 
 /// The answer to a request whose key was claimed by another request.
@@ -306,10 +322,13 @@ impl ClaimGuard {
 }
 
 async fn release(config: &Config, key: &StoreKey, token: &ClaimToken, why: &'static str) {
-    config.metrics.released.increment(1);
     let span = tracing::info_span!("idempotency.record", idempotency.layer = %config.name, idempotency.released = why);
     match config.store.release(key, token).instrument(span).await {
-        Ok(_) => tracing::debug!(?key, why, "claim released"),
+        Ok(true) => {
+            config.metrics.released.increment(1);
+            tracing::debug!(?key, why, "claim released");
+        }
+        Ok(false) => tracing::debug!(?key, why, "nothing to release: the claim was not held"),
         Err(error) => {
             config.metrics.store_errors.release.increment(1);
             tracing::warn!(?key, why, %error, "releasing the claim failed: retries get 409 until the lock TTL passes");
