@@ -3,11 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use tower_service::Service;
 use tracing::{Instrument, field};
 
@@ -44,16 +44,15 @@ where
     ResBody: Body + From<Bytes> + Send + 'static,
     ResBody::Error: std::fmt::Display,
 {
-    let body = match Limited::new(body, config.max_body_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) => {
+    let body = match read_body(body, config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(failure) => {
             config.metrics.rejected.increment(1);
-            return Ok(if error.is::<LengthLimitError>() {
-                Problem::BodyTooLarge {
+            return Ok(match failure {
+                ReadFailure::TooLarge => Problem::BodyTooLarge {
                     limit: config.max_body_bytes,
-                }
-            } else {
-                Problem::BadBody(error.to_string())
+                },
+                ReadFailure::Body(error) => Problem::BadBody(error.into().to_string()),
             }
             .into_response());
         }
@@ -235,8 +234,11 @@ where
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
-    let Ok(body) = read_whole(body).await.inspect_err(|error| {
-        tracing::error!(idempotency.layer = %config.name, %error, "the idempotent handler's response body failed");
+    // Read whole: it reaches the client in any case, and is recorded when within the limit.
+    let Ok(body) = read_body(body, usize::MAX).await.inspect_err(|failure| {
+        if let ReadFailure::Body(error) = failure {
+            tracing::error!(idempotency.layer = %config.name, %error, "the idempotent handler's response body failed");
+        }
     }) else {
         guard.release("response body failed").await;
         return Ok(Problem::HandlerFailed.into_response());
@@ -260,10 +262,41 @@ where
     Ok(Response::from_parts(parts, ResBody::from(body)))
 }
 
-/// The whole body (zero-copy when it is one chunk): it is delivered to the
-/// client in any case, and recorded when within the limit.
-async fn read_whole<B: Body>(body: B) -> Result<Bytes, B::Error> {
-    Ok(body.collect().await?.to_bytes())
+/// Why a body could not be read whole.
+enum ReadFailure<E> {
+    TooLarge,
+    Body(E),
+}
+
+/// The body's data frames as one `Bytes`: without a copy when the body is one
+/// chunk (the common case: a buffered request or a `Full` response);
+/// `TooLarge` as soon as more than `limit` bytes arrived.
+async fn read_body<B: Body>(body: B, limit: usize) -> Result<Bytes, ReadFailure<B::Error>> {
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut more: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(mut data) = frame.map_err(ReadFailure::Body)?.into_data() else {
+            continue; // trailers are not recorded
+        };
+        let chunk = data.copy_to_bytes(data.remaining());
+        total = total.saturating_add(chunk.len());
+        if total > limit {
+            return Err(ReadFailure::TooLarge);
+        }
+        match &mut more {
+            Some(joined) => joined.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let mut joined = BytesMut::with_capacity(total);
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&chunk);
+                more = Some(joined);
+            }
+        }
+    }
+    Ok(more.map_or(first, BytesMut::freeze))
 }
 
 /// A held claim: completed or released explicitly, released on drop
@@ -359,5 +392,69 @@ impl Drop for ClaimGuard {
                 "no runtime to release the claim on: retries get 409 until the lock TTL passes"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http_body::Frame;
+
+    use super::*;
+
+    /// A body of the given chunks, then trailers.
+    struct Chunks(VecDeque<Frame<Bytes>>);
+
+    impl Chunks {
+        fn of(chunks: &[&'static str]) -> Self {
+            let mut frames: VecDeque<_> = chunks
+                .iter()
+                .map(|chunk| Frame::data(Bytes::from_static(chunk.as_bytes())))
+                .collect();
+            frames.push_back(Frame::trailers(http::HeaderMap::new()));
+            Self(frames)
+        }
+    }
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_in_order_and_limited() {
+        for (chunks, whole) in [
+            (&[][..], ""),
+            (&["one"][..], "one"),
+            (&["", "a", "", "bc", "def"][..], "abcdef"),
+        ] {
+            let read = read_body(Chunks::of(chunks), 6).await.ok().unwrap();
+            assert_eq!(read, whole);
+        }
+        assert!(matches!(
+            read_body(Chunks::of(&["abc", "defg"]), 6).await,
+            Err(ReadFailure::TooLarge)
+        ));
+    }
+
+    #[tokio::test]
+    async fn one_chunk_is_not_copied() {
+        let chunk = Bytes::from_static(b"payload");
+        let read = read_body(http_body_util::Full::new(chunk.clone()), 100)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(read.as_ptr(), chunk.as_ptr());
     }
 }
