@@ -46,6 +46,11 @@ pub enum Problem {
     },
 }
 
+/// A `Retry-After` delay in whole seconds, rounded up, at least 1 (the header has no fractions).
+fn whole_seconds(delay: Duration) -> u64 {
+    (delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).max(1)
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     #[serde(rename = "type")]
@@ -106,7 +111,7 @@ impl Problem {
             Self::BadBody(why) => format!("the request body could not be read: {why}"),
             Self::InProgress { retry_after } => format!(
                 "the first request with this key has not finished; retry after {} s to get its response",
-                retry_after.as_secs().max(1)
+                whole_seconds(*retry_after)
             ),
             Self::NotReplayable { status } => format!(
                 "the request with this key was processed once (status {}), but its response was too large to record; do not retry it, look its result up instead",
@@ -117,7 +122,7 @@ impl Problem {
             Self::HandlerFailed => "the server failed while processing the request; it was not recorded, so a retry with the same key runs it again".to_owned(),
             Self::StoreUnavailable { retry_after } => format!(
                 "the server cannot check the Idempotency-Key right now, so it did not process the request; retry after {} s",
-                retry_after.as_secs().max(1)
+                whole_seconds(*retry_after)
             ),
         }
     }
@@ -141,8 +146,24 @@ impl Problem {
         if let Self::InProgress { retry_after } | Self::StoreUnavailable { retry_after } = self {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+                .insert(RETRY_AFTER, HeaderValue::from(whole_seconds(retry_after)));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_rounded_up_to_whole_seconds_and_never_zero() {
+        for (delay, seconds) in [(0, 1), (1, 1), (1_000, 1), (1_001, 2), (2_500, 3)] {
+            assert_eq!(
+                whole_seconds(Duration::from_millis(delay)),
+                seconds,
+                "{delay} ms"
+            );
+        }
     }
 }
