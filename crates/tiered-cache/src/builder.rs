@@ -14,6 +14,7 @@ use crate::generations::Generations;
 use crate::invalidation::BusLink;
 use crate::jitter::Jitter;
 use crate::level::Level;
+use crate::lookups::Lookups;
 use crate::metrics::CacheMetrics;
 use crate::tier::Tier;
 use crate::tiers::memory::MemoryTier;
@@ -253,7 +254,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             }
         }
         let breaker = (self.breaker_failures.get(), self.breaker_cool_down);
-        let levels = self
+        let levels: Box<[Level<V>]> = self
             .tiers
             .into_iter()
             .map(|tier| {
@@ -262,6 +263,14 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             })
             .collect();
         let group_name = format!("cache.{}", self.name);
+        // A `get`'s lookup and promotion take at most one timeout per remote
+        // call: a caller waiting on another's lookup longer than twice that
+        // looks on its own.
+        let below_first = u32::try_from(levels.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        let patience = self
+            .remote_timeout
+            .saturating_mul(below_first.saturating_mul(2))
+            .max(self.remote_timeout);
         let bus = self
             .bus
             .map(|bus| BusLink::new(bus, &self.name, self.strict, self.remote_timeout));
@@ -274,10 +283,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
                 .name(format!("{group_name}.loads"))
                 .build()
                 .map_err(|_| ConfigError::EmptyName)?,
-            lookups: Group::builder()
-                .name(format!("{group_name}.lookups"))
-                .build()
-                .map_err(|_| ConfigError::EmptyName)?,
+            lookups: Lookups::new(patience),
             generations: Generations::new(),
             jitter: self.jitter.map(Jitter::new),
             negatives: self.negative_ttl.map(|ttl| {

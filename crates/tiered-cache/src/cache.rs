@@ -15,6 +15,7 @@ use crate::generations::{Generations, Lease};
 use crate::invalidation::{BusLink, BusMetrics};
 use crate::jitter::Jitter;
 use crate::level::Level;
+use crate::lookups::{Lookups, Turn, Waited};
 use crate::metrics::CacheMetrics;
 use crate::stats::{Stats, TierStats};
 use crate::tier::{Entry, Tier, Version, Write};
@@ -64,7 +65,8 @@ pub(crate) struct Inner<V> {
     pub(crate) promote: bool,
     /// Loads (and eager refreshes); `None`: an optional loader found nothing.
     pub(crate) loads: Group<String, Option<Arc<V>>, LoadError>,
-    pub(crate) lookups: Group<String, Option<Entry<V>>, std::convert::Infallible>,
+    /// `get`'s shared lookups of the tiers below the first.
+    pub(crate) lookups: Lookups<V>,
     pub(crate) generations: Generations,
     pub(crate) metrics: CacheMetrics,
     pub(crate) jitter: Option<Jitter>,
@@ -177,31 +179,45 @@ where
 
     /// The value for `key`, from the fastest tier that has it (promoting it
     /// into the faster ones), or `None`. A tier that fails counts as a miss.
-    /// Concurrent misses of one key share one lookup of the lower tiers.
+    ///
+    /// Concurrent misses of one key share one lookup of the lower tiers: the
+    /// first caller looks (in its own future: no task, no boxed future) and
+    /// the others wait for its value. If it goes away first, another caller
+    /// looks in its place; if it stops being polled without going away, the
+    /// others wait at most twice the remote tiers' timeouts, then look on
+    /// their own.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
         let first_missed = match self.inner.ask_first(|tier| tier.get_value_now(key)) {
             Ok(found) => return found,
             Err(asked) => asked,
         };
         let span = self.inner.get_span();
-        let inner = Arc::clone(&self.inner);
-        let owned = key.to_owned();
-        let outcome = self
-            .inner
-            .lookups
-            .run(owned.clone(), move || async move {
-                let lease = inner.generations.lease(&owned);
-                // A value filled into the first tier since it missed is in
-                // the lower tiers too (they are filled first): no second look.
-                let start = usize::from(first_missed);
-                let mut seen = Seen::new();
-                Ok(inner
-                    .lookup_below_first(&owned, lease, start, &mut seen, false)
-                    .await)
-            })
-            .instrument(span)
-            .await;
-        outcome.result.ok().flatten().map(|entry| entry.value)
+        let mut first_missed = first_missed;
+        async {
+            loop {
+                match self.inner.lookups.turn(key) {
+                    Turn::Lead(leader) => {
+                        let found = self.inner.look_below_first(key, first_missed).await;
+                        leader.finish(found.as_ref());
+                        return found;
+                    }
+                    Turn::Wait(slot) => match self.inner.lookups.wait(&slot).await {
+                        Waited::Found(found) => {
+                            self.inner.metrics.shared_lookups.increment();
+                            return found;
+                        }
+                        // The first tier may have the value by now (another
+                        // caller's lookup finished meanwhile): ask it again.
+                        Waited::Retry => first_missed = false,
+                        Waited::Alone => {
+                            return self.inner.look_below_first(key, first_missed).await;
+                        }
+                    },
+                }
+            }
+        }
+        .instrument(span)
+        .await
     }
 
     /// The value for `key`; on a miss in every tier, runs `loader` (once per
@@ -447,6 +463,7 @@ where
             refreshes: self.inner.metrics.refreshes.get(),
             negative_hits: self.inner.metrics.negative_hits.get(),
             stale_served: self.inner.metrics.stale_served.get(),
+            shared_lookups: self.inner.metrics.shared_lookups.get(),
             invalidations_sent: bus.map_or(0, |m| m.sent.get()),
             invalidations_received: bus.map_or(0, |m| m.received.get()),
             l1_flushes: bus.map_or(0, BusMetrics::flushes),
@@ -500,6 +517,19 @@ where
             }
         }
         Ok(found)
+    }
+
+    /// A `get`'s lookup past the first tier (which missed when
+    /// `first_missed`), with its promotion.
+    async fn look_below_first(&self, key: &str, first_missed: bool) -> Option<Arc<V>> {
+        let lease = self.generations.lease(key);
+        // A value filled into the first tier since it missed is in the lower
+        // tiers too (they are filled first): no second look.
+        let start = usize::from(first_missed);
+        let mut seen = Seen::new();
+        self.lookup_below_first(key, lease, start, &mut seen, false)
+            .await
+            .map(|entry| entry.value)
     }
 
     /// Looks in the tiers from `start` down, promoting a hit into the faster

@@ -113,6 +113,7 @@ mod jitter;
 #[cfg(feature = "redis")]
 mod lazy_connection;
 mod level;
+mod lookups;
 mod metrics;
 #[cfg(feature = "redis")]
 mod redis_bus;

@@ -89,6 +89,8 @@ pub(crate) struct CacheMetrics {
     pub(crate) refreshes: Local,
     pub(crate) negative_hits: Local,
     pub(crate) stale_served: Local,
+    /// `get` misses answered by another caller's lookup.
+    pub(crate) shared_lookups: Local,
     pub(crate) load_errors: Local,
     pub(crate) load_seconds: Histogram,
 }
@@ -101,6 +103,7 @@ impl CacheMetrics {
             refreshes: Local::new(counter!("perfkit_cache_refreshes_total", &labels)),
             negative_hits: Local::new(counter!("perfkit_cache_negative_hits_total", &labels)),
             stale_served: Local::new(counter!("perfkit_cache_stale_served_total", &labels)),
+            shared_lookups: Local::new(counter!("perfkit_cache_shared_lookups_total", &labels)),
             load_errors: Local::new(counter!("perfkit_cache_load_errors_total", &labels)),
             load_seconds: histogram!("perfkit_cache_load_duration_seconds", &labels),
         }

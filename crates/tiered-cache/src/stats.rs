@@ -16,6 +16,9 @@ pub struct Stats {
     pub negative_hits: u64,
     /// Failed loads answered with an expired value (serve-stale).
     pub stale_served: u64,
+    /// `get` misses answered by another caller's lookup of the lower tiers
+    /// (concurrent misses of one key share one lookup).
+    pub shared_lookups: u64,
     /// Invalidations published to the invalidation bus.
     pub invalidations_sent: u64,
     /// Invalidations from other instances applied to the first tier.

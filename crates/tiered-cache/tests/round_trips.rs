@@ -103,3 +103,45 @@ async fn miss_load_fill_is_two_round_trips_l2_hit_one_l1_hit_none() {
     assert!(other.get("k").await.is_some());
     assert!(command_calls(&mut admin).await.is_empty());
 }
+
+#[tokio::test]
+async fn concurrent_misses_of_a_key_in_l2_send_one_get() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let tier = || RedisTier::builder(&url).prefix("rt:").build().unwrap();
+    let writer: Cache<String> = Cache::builder().tier(tier()).build().unwrap();
+    writer.set("hot", "v".to_owned()).await;
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for round in 0..10 {
+        // A fresh instance: its L1 is cold.
+        let cache: Cache<String> = Cache::builder()
+            .tier(MemoryTier::with_max_entries(100))
+            .tier(tier())
+            .build()
+            .unwrap();
+        let _ = cache.get("warm-up").await;
+        reset(&mut admin).await;
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get("hot").await })
+            })
+            .collect();
+        for task in tasks {
+            assert_eq!(
+                task.await.unwrap().as_deref().map(String::as_str),
+                Some("v")
+            );
+        }
+        let calls = command_calls(&mut admin).await;
+        let expected: BTreeMap<String, u64> = std::iter::once(("get".to_owned(), 1)).collect();
+        assert_eq!(calls, expected, "round {round}: 100 misses, one GET");
+        assert_eq!(cache.stats().shared_lookups, 99, "round {round}");
+    }
+}
