@@ -193,7 +193,7 @@ where
         };
         let span = self.inner.get_span();
         let mut first_missed = first_missed;
-        async {
+        let lookup = async {
             loop {
                 match self.inner.lookups.turn(key) {
                     Turn::Lead(leader) => {
@@ -215,9 +215,13 @@ where
                     },
                 }
             }
+        };
+        // Entering a span that nobody records costs every poll a little.
+        if span.is_disabled() {
+            lookup.await
+        } else {
+            lookup.instrument(span).await
         }
-        .instrument(span)
-        .await
     }
 
     /// The value for `key`; on a miss in every tier, runs `loader` (once per

@@ -247,6 +247,26 @@ impl<C> RedisTierBuilder<C> {
     }
 }
 
+/// A key under the tier's prefix, written into a command as one argument
+/// without being built as a `String` first (the hit path's `GET`).
+struct FullKey<'a> {
+    prefix: &'a str,
+    key: &'a str,
+}
+
+impl redis::ToRedisArgs for FullKey<'_> {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + redis::RedisWrite,
+    {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        // Writes into the command's own buffer, which cannot fail.
+        let _ = arg.write_all(self.prefix.as_bytes());
+        let _ = arg.write_all(self.key.as_bytes());
+    }
+}
+
 // Not generic: the value type is chosen by `RedisTierBuilder::build`.
 impl RedisTier<(), Postcard> {
     /// Configures a tier on the Redis at `url` (`redis://host:port/db`).
@@ -383,7 +403,10 @@ where
         Box::pin(async move {
             let mut connection = self.connection().await?;
             let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(self.key(key))
+                .arg(FullKey {
+                    prefix: &self.prefix,
+                    key,
+                })
                 .query_async(&mut connection)
                 .await
                 .map_err(TierError::backend)?;
