@@ -80,9 +80,8 @@ impl<V> Lookups<V> {
 
     /// Joins the lookup of `key` in progress, or starts one.
     pub(crate) fn turn<'a>(&'a self, key: &'a str) -> Turn<'a, V> {
-        if let Some(slot) = self.slots.get(key) {
-            return Turn::Wait(Arc::clone(slot.value()));
-        }
+        // Straight to the entry: starting is the common case (the key copy
+        // is wasted only when joining).
         match self.slots.entry(Box::from(key)) {
             MapEntry::Occupied(running) => Turn::Wait(Arc::clone(running.get())),
             MapEntry::Vacant(vacant) => {
