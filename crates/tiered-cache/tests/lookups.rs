@@ -217,3 +217,62 @@ async fn invalidate_detaches_a_lookup_in_progress() {
     assert!(within("first", first).await.unwrap().is_some());
     assert!(within("second", second).await.unwrap().is_some());
 }
+
+/// A second tier whose first lookup panics once the gate opens.
+#[derive(Clone)]
+struct PanicsFirst(Gated);
+
+impl Tier<String> for PanicsFirst {
+    fn name(&self) -> &str {
+        "panics-first"
+    }
+    fn get<'a>(&'a self, key: &'a str) -> TierFuture<'a, Option<Entry<String>>> {
+        let first = self.0.lookups() == 0;
+        let inner = self.0.get(key);
+        Box::pin(async move {
+            let found = inner.await;
+            assert!(!first, "the tier's first lookup fails");
+            found
+        })
+    }
+    fn set<'a>(&'a self, write: &'a Write<'a, String>) -> TierFuture<'a, ()> {
+        self.0.set(write)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()> {
+        self.0.delete(key)
+    }
+    fn clear(&self) -> TierFuture<'_, ()> {
+        self.0.clear()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_lookup_panics_its_caller_and_the_waiters_look_again() {
+    let (gated, open) = Gated::new(true);
+    let cache: Cache<String> = Cache::builder()
+        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(PanicsFirst(gated.clone()))
+        .remote_timeout(PATIENT)
+        .build()
+        .unwrap();
+    let first = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get("k").await })
+    };
+    until("the first lookup started", || gated.lookups() == 1).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let tasks = spawn_gets(&cache, 20, &started);
+    until("every waiter started", || {
+        started.load(Ordering::SeqCst) == 20
+    })
+    .await;
+    open.send_replace(true);
+    assert!(within("first", first).await.unwrap_err().is_panic());
+    let values = values(tasks).await;
+    assert!(values.iter().all(|v| v.as_deref() == Some("lower")));
+    assert_eq!(
+        gated.lookups(),
+        2,
+        "one waiter looked again, the others shared it"
+    );
+}
