@@ -184,8 +184,8 @@ where
     /// first caller looks (in its own future: no task, no boxed future) and
     /// the others wait for its value. If it goes away first, another caller
     /// looks in its place; if it stops being polled without going away, the
-    /// others wait at most twice the remote tiers' timeouts, then look on
-    /// their own. A tier that panics panics the `get` that ran the lookup;
+    /// others wait at most twice the remote tiers' timeouts, then leave it
+    /// behind and share a new lookup. A tier that panics panics the `get` that ran the lookup;
     /// the callers waiting on it look again.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
         let first_missed = match self.inner.ask_first(|tier| tier.get_value_now(key)) {
@@ -210,8 +210,10 @@ where
                         // The first tier may have the value by now (another
                         // caller's lookup finished meanwhile): ask it again.
                         Waited::Retry => first_missed = false,
-                        Waited::Alone => {
-                            return self.inner.look_below_first(key, first_missed).await;
+                        // Its caller stopped being polled: share a new lookup instead.
+                        Waited::Stalled => {
+                            self.inner.lookups.detach(key, &slot);
+                            first_missed = false;
                         }
                     },
                 }

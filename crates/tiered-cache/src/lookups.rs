@@ -13,7 +13,9 @@
 //! - **The first caller stops being polled** without being dropped (a held
 //!   `select!` branch): a waiter waits at most its *patience* (twice the
 //!   remote tiers' timeouts, which bound a lookup and its promotion), then
-//!   looks on its own. A stalled caller can delay others, never hang them.
+//!   detaches that lookup and takes a turn again, so the waiters (and every
+//!   later caller) share a new lookup instead of queueing behind the stalled
+//!   one. A stalled caller can delay others once, never hang them.
 //! - **Invalidation** detaches the lookup in progress ([`Lookups::forget`]):
 //!   later callers look afresh; the detached lookup only ever removes its own
 //!   slot, and its promotion is refused by the generations.
@@ -66,8 +68,9 @@ pub(crate) enum Waited<V> {
     Found(Option<Arc<V>>),
     /// Its caller went away: take a turn again.
     Retry,
-    /// Its caller took longer than the patience: look alone.
-    Alone,
+    /// Its caller took longer than the patience: [`Lookups::detach`] it and
+    /// take a turn again.
+    Stalled,
 }
 
 impl<V> Lookups<V> {
@@ -110,7 +113,7 @@ impl<V> Lookups<V> {
             return waited;
         }
         if tokio::time::timeout(self.patience, done).await.is_err() {
-            return Waited::Alone;
+            return Waited::Stalled;
         }
         slot.waited().unwrap_or(Waited::Retry)
     }
@@ -120,8 +123,10 @@ impl<V> Lookups<V> {
         self.slots.remove(key);
     }
 
-    /// Removes `slot` from the map if it is still there (not a newer one).
-    fn remove(&self, key: &str, slot: &Arc<Slot<V>>) {
+    /// Removes `slot` from the map if it is still there (not a newer one):
+    /// the next caller starts a new lookup. Its own caller, if it ever
+    /// finishes, still hands its value to whoever waits on it.
+    pub(crate) fn detach(&self, key: &str, slot: &Arc<Slot<V>>) {
         self.slots
             .remove_if(key, |_, current| Arc::ptr_eq(current, slot));
     }
@@ -146,7 +151,7 @@ impl<V> Leader<'_, V> {
     /// Hands `value` to the callers waiting, and frees the key.
     pub(crate) fn finish(mut self, value: Option<&Arc<V>>) {
         self.finished = true;
-        self.lookups.remove(self.key, &self.slot);
+        self.lookups.detach(self.key, &self.slot);
         // Nobody else holds the slot once it is out of the map: no one to tell.
         if Arc::strong_count(&self.slot) > 1 {
             self.slot.settle(Outcome::Found(value.cloned()));
@@ -157,8 +162,56 @@ impl<V> Leader<'_, V> {
 impl<V> Drop for Leader<'_, V> {
     fn drop(&mut self) {
         if !self.finished {
-            self.lookups.remove(self.key, &self.slot);
+            self.lookups.detach(self.key, &self.slot);
             self.slot.settle(Outcome::Abandoned);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lead<'a>(lookups: &'a Lookups<u32>, key: &'a str) -> Leader<'a, u32> {
+        match lookups.turn(key) {
+            Turn::Lead(leader) => leader,
+            Turn::Wait(_) => panic!("expected to lead"),
+        }
+    }
+
+    fn join(lookups: &Lookups<u32>, key: &str) -> Arc<Slot<u32>> {
+        match lookups.turn(key) {
+            Turn::Wait(slot) => slot,
+            Turn::Lead(_) => panic!("expected to wait"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_lookup_is_detached_and_its_late_end_leaves_the_new_one_alone() {
+        let lookups = Lookups::new(Duration::from_millis(20));
+        let stalled = lead(&lookups, "k");
+        let slot = join(&lookups, "k");
+        assert!(matches!(lookups.wait(&slot).await, Waited::Stalled));
+        lookups.detach("k", &slot);
+        // Later callers share a new lookup, not the stalled one.
+        let fresh = lead(&lookups, "k");
+        let behind_fresh = join(&lookups, "k");
+        // The stalled caller ends late: it frees only its own slot.
+        stalled.finish(Some(&Arc::new(1)));
+        assert!(matches!(lookups.wait(&slot).await, Waited::Found(Some(v)) if *v == 1));
+        let _still_joining = join(&lookups, "k");
+        fresh.finish(Some(&Arc::new(2)));
+        assert!(matches!(lookups.wait(&behind_fresh).await, Waited::Found(Some(v)) if *v == 2));
+        let _next = lead(&lookups, "k");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_lookup_tells_its_waiters_to_retry() {
+        let lookups = Lookups::new(Duration::from_secs(60));
+        let leader = lead(&lookups, "k");
+        let slot = join(&lookups, "k");
+        drop(leader);
+        assert!(matches!(lookups.wait(&slot).await, Waited::Retry));
+        let _next = lead(&lookups, "k");
     }
 }

@@ -180,8 +180,13 @@ async fn a_first_caller_that_is_never_polled_again_delays_the_others_but_never_s
     // Patience: twice the 25 ms remote timeout per tier below the first.
     let values = within("waiters behind a stalled first caller", values(tasks)).await;
     assert!(values.iter().all(|v| v.as_deref() == Some("lower")));
-    assert!(lower.lookups() > 1, "the waiters looked on their own");
-    assert_eq!(cache.stats().shared_lookups, 0);
+    // The first to give up leads a new lookup; the others join it or, once
+    // it is done, find its promotion in L1.
+    assert_eq!(
+        lower.lookups(),
+        2,
+        "the waiters left the stalled lookup behind and shared one new one"
+    );
 }
 
 /// Polls `future` once: `Some(output)` if it finished.
