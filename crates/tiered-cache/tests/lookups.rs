@@ -93,6 +93,29 @@ fn spawn_gets(
         .collect()
 }
 
+type Get = tokio::task::JoinHandle<Option<Arc<String>>>;
+
+/// A first `get("k")` whose lookup of `lower` has started, then `waiters`
+/// more `get("k")` calls, all polled once (waiting on the first's lookup).
+async fn first_and_waiters(
+    cache: &Cache<String>,
+    lower: &Gated,
+    waiters: usize,
+) -> (Get, Vec<Get>) {
+    let first = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.get("k").await })
+    };
+    until("the first lookup started", || lower.lookups() == 1).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let tasks = spawn_gets(cache, waiters, &started);
+    until("every waiter started", || {
+        started.load(Ordering::SeqCst) == waiters
+    })
+    .await;
+    (first, tasks)
+}
+
 async fn values(tasks: Vec<tokio::task::JoinHandle<Option<Arc<String>>>>) -> Vec<Option<String>> {
     let mut values = Vec::new();
     for task in tasks {
@@ -135,17 +158,7 @@ async fn a_cancelled_first_caller_hands_the_lookup_to_one_waiter() {
     for round in 0..20 {
         let (lower, open) = Gated::new(false);
         let cache = cache(&lower, PATIENT);
-        let first = {
-            let cache = cache.clone();
-            tokio::spawn(async move { cache.get("k").await })
-        };
-        until("the first lookup started", || lower.lookups() == 1).await;
-        let started = Arc::new(AtomicUsize::new(0));
-        let tasks = spawn_gets(&cache, 50, &started);
-        until("every waiter started", || {
-            started.load(Ordering::SeqCst) == 50
-        })
-        .await;
+        let (first, tasks) = first_and_waiters(&cache, &lower, 50).await;
         first.abort();
         assert!(first.await.unwrap_err().is_cancelled());
         // One waiter looks in the first caller's place; the others wait on it.
@@ -260,17 +273,7 @@ async fn a_panicking_lookup_panics_its_caller_and_the_waiters_look_again() {
         .remote_timeout(PATIENT)
         .build()
         .unwrap();
-    let first = {
-        let cache = cache.clone();
-        tokio::spawn(async move { cache.get("k").await })
-    };
-    until("the first lookup started", || gated.lookups() == 1).await;
-    let started = Arc::new(AtomicUsize::new(0));
-    let tasks = spawn_gets(&cache, 20, &started);
-    until("every waiter started", || {
-        started.load(Ordering::SeqCst) == 20
-    })
-    .await;
+    let (first, tasks) = first_and_waiters(&cache, &gated, 20).await;
     open.send_replace(true);
     assert!(within("first", first).await.unwrap_err().is_panic());
     let values = values(tasks).await;
