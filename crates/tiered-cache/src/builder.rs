@@ -265,7 +265,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         let group_name = format!("cache.{}", self.name);
         // A `get`'s lookup and promotion take at most one timeout per remote
         // call: a caller waiting on another's lookup longer than twice that
-        // looks on its own.
+        // leaves it behind (its caller is no longer polled).
         let below_first = u32::try_from(levels.len().saturating_sub(1)).unwrap_or(u32::MAX);
         let patience = self
             .remote_timeout

@@ -185,15 +185,14 @@ where
     /// the others wait for its value. If it goes away first, another caller
     /// looks in its place; if it stops being polled without going away, the
     /// others wait at most twice the remote tiers' timeouts, then leave it
-    /// behind and share a new lookup. A tier that panics panics the `get` that ran the lookup;
-    /// the callers waiting on it look again.
+    /// behind and share a new lookup. A tier that panics panics the `get`
+    /// that ran the lookup; the callers waiting on it look again.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        let first_missed = match self.inner.ask_first(|tier| tier.get_value_now(key)) {
+        let mut first_missed = match self.inner.ask_first(|tier| tier.get_value_now(key)) {
             Ok(found) => return found,
             Err(asked) => asked,
         };
         let span = self.inner.get_span();
-        let mut first_missed = first_missed;
         let lookup = async {
             loop {
                 match self.inner.lookups.turn(key) {
