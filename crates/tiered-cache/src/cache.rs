@@ -25,6 +25,10 @@ use crate::tier::{Entry, Tier, Version, Write};
 ///
 /// A `Cache` is a cheap handle: clones share the same tiers and loads.
 ///
+/// Use it inside a tokio runtime with timers enabled (`#[tokio::main]`, or a
+/// runtime built with `enable_all()`): calls to remote tiers, and waits on
+/// another caller's lookup, are bounded by tokio timers.
+///
 /// # Guarantees
 ///
 /// - **One load per key per instance.** However `get_or_load`, `get` and
