@@ -10,7 +10,7 @@
 //! - L2 hit: `Cache::get` that misses L1, hits Redis and promotes the value,
 //!   against `multi-tier-cache`'s L2 hit and a raw redis-rs `GET` on the same connection type
 //!   (`ConnectionManager`). Ours and the raw `GET` are measured as pairs in one
-//!   workload (see `time_pairs`), each function timing its own half. Needs Redis at `REDIS_URL`
+//!   workload (see `Side`), each function timing its own half. Needs Redis at `REDIS_URL`
 //!   (default `redis://127.0.0.1:6379`); skipped with a message otherwise.
 //!
 //! `cargo bench -p perfkit-benches --bench tiered_cache`
@@ -191,27 +191,24 @@ fn l1_hit(c: &mut Criterion) {
     group.finish();
 }
 
-/// Times `iters` gets, each on a cold instance (empty L1) made by `fresh`,
-/// a new one every `keys.len()` gets, so that every get goes to Redis.
-async fn time_cold_gets<C>(
+/// Runs `iters` operations in cycles of `cycle`, each cycle on a new instance
+/// from `fresh` (a cold L1, so every get goes to Redis); `op(instance, i)`
+/// runs the cycle's `i`-th operation and returns the time it counts.
+async fn time_cycles<C>(
     iters: u64,
-    keys: &[String],
+    cycle: usize,
     fresh: impl AsyncFn() -> Option<C>,
-    get: impl AsyncFn(&C, &str),
+    op: impl AsyncFn(&mut C, usize) -> Duration,
 ) -> Duration {
     let mut total = Duration::ZERO;
     let mut done = 0;
     while done < iters {
-        let Some(instance) = fresh().await else {
+        let Some(mut instance) = fresh().await else {
             return total;
         };
-        for key in keys
-            .iter()
-            .take(usize::try_from(iters - done).unwrap_or(keys.len()))
-        {
-            let start = Instant::now();
-            get(&instance, key).await;
-            total += start.elapsed();
+        let left = usize::try_from(iters - done).map_or(cycle, |left| left.min(cycle));
+        for i in 0..left {
+            total += op(&mut instance, i).await;
             done += 1;
         }
     }
@@ -223,45 +220,6 @@ async fn time_cold_gets<C>(
 enum Side {
     Ours,
     Raw,
-}
-
-/// Times `iters` pairs (our `get` of a key, then a raw `GET` of the same key),
-/// counting only `side`'s half; each cycle of `keys` runs on a new cache
-/// (cold L1) and a new raw connection from `fresh`.
-async fn time_pairs(
-    iters: u64,
-    keys: &[String],
-    full_keys: &[String],
-    side: Side,
-    fresh: impl AsyncFn() -> Option<(Cache<String>, ConnectionManager)>,
-) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut done = 0;
-    while done < iters {
-        let Some((cache, mut raw)) = fresh().await else {
-            return total;
-        };
-        let left = usize::try_from(iters - done).unwrap_or(keys.len());
-        for (key, full_key) in keys.iter().zip(full_keys).take(left) {
-            let start = Instant::now();
-            black_box(cache.get(key).await.expect("value in Redis"));
-            let ours = start.elapsed();
-            let start = Instant::now();
-            let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(full_key)
-                .query_async(&mut raw)
-                .await
-                .expect("GET");
-            black_box(bytes);
-            let theirs = start.elapsed();
-            total += match side {
-                Side::Ours => ours,
-                Side::Raw => theirs,
-            };
-            done += 1;
-        }
-    }
-    total
 }
 
 /// A multi-tier-cache system on `url`, or `None` (printed) without Redis.
@@ -337,13 +295,36 @@ fn l2_hit(c: &mut Criterion) {
         let (keys, full_keys) = (&keys, &full_keys);
         move |b: &mut criterion::Bencher<'_>| {
             b.iter_custom(|iters| {
-                runtime.block_on(time_pairs(iters, keys, full_keys, side, async || {
-                    // Both connections open before the timed pairs.
-                    let cache = fresh_cache();
-                    let _ = cache.get("warm-up").await;
-                    let raw = ConnectionManager::new(client.clone()).await.ok()?;
-                    Some((cache, raw))
-                }))
+                runtime.block_on(time_cycles(
+                    iters,
+                    keys.len(),
+                    async || {
+                        // Both connections open before the timed pairs.
+                        let cache = fresh_cache();
+                        let _ = cache.get("warm-up").await;
+                        let raw = ConnectionManager::new(client.clone()).await.ok()?;
+                        Some((cache, raw))
+                    },
+                    // Our `get` of a key, then a raw `GET` of the same key;
+                    // only `side`'s half counts.
+                    async |(cache, raw): &mut (Cache<String>, ConnectionManager), i| {
+                        let start = Instant::now();
+                        black_box(cache.get(&keys[i]).await.expect("value in Redis"));
+                        let ours = start.elapsed();
+                        let start = Instant::now();
+                        let bytes: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(&full_keys[i])
+                            .query_async(raw)
+                            .await
+                            .expect("GET");
+                        black_box(bytes);
+                        let theirs = start.elapsed();
+                        match side {
+                            Side::Ours => ours,
+                            Side::Raw => theirs,
+                        }
+                    },
+                ))
             });
         }
     };
@@ -359,16 +340,19 @@ fn l2_hit(c: &mut Criterion) {
         BenchmarkId::from_parameter("multi-tier-cache (L1 miss, L2 hit)"),
         |b| {
             b.iter_custom(|iters| {
-                runtime.block_on(time_cold_gets(
+                runtime.block_on(time_cycles(
                     iters,
-                    &full_keys,
+                    full_keys.len(),
                     async || {
                         multi_tier(&url)
                             .await
                             .map(|system| system.cache_manager().clone())
                     },
-                    async |manager: &Arc<multi_tier_cache::CacheManager>, key: &str| {
-                        black_box(manager.get(key).await.expect("multi-tier-cache get"));
+                    async |manager: &mut Arc<multi_tier_cache::CacheManager>, i| {
+                        let start = Instant::now();
+                        let found = manager.get(&full_keys[i]).await;
+                        black_box(found.expect("multi-tier-cache get"));
+                        start.elapsed()
                     },
                 ))
             });
