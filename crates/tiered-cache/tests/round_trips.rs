@@ -30,6 +30,15 @@ async fn command_calls(admin: &mut redis::aio::MultiplexedConnection) -> BTreeMa
         .collect()
 }
 
+/// A connection of the test's own, for `INFO` and `CONFIG RESETSTAT`.
+async fn admin(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
 async fn reset(admin: &mut redis::aio::MultiplexedConnection) {
     let () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
@@ -50,11 +59,7 @@ async fn miss_load_fill_is_two_round_trips_l2_hit_one_l1_hit_none() {
         .tier(tier())
         .build()
         .unwrap();
-    let mut admin = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut admin = admin(&url).await;
     // Open the cache's connection and load the fill script first, so that
     // neither is counted.
     let _ = cache
@@ -113,11 +118,7 @@ async fn concurrent_misses_of_a_key_in_l2_send_one_get() {
     let tier = || RedisTier::builder(&url).prefix("rt:").build().unwrap();
     let writer: Cache<String> = Cache::builder().tier(tier()).build().unwrap();
     writer.set("hot", "v".to_owned()).await;
-    let mut admin = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut admin = admin(&url).await;
     for round in 0..10 {
         // A fresh instance: its L1 is cold.
         let cache: Cache<String> = Cache::builder()
