@@ -118,17 +118,36 @@ impl TestRedis {
         format!("{}{name}", self.prefix)
     }
 
-    /// Every key currently under this test's prefix, sorted (cursor-based `SCAN`).
+    /// Every key currently under this test's prefix, sorted (cursor-based
+    /// `SCAN`). Keys are binary in Redis: bytes that are not UTF-8 show as
+    /// U+FFFD here ([`TestRedis::raw_keys`] has them as they are).
     ///
     /// # Errors
     ///
     /// When Redis fails the `SCAN`.
     pub async fn keys(&self) -> redis::RedisResult<Vec<String>> {
+        let mut keys: Vec<String> = self
+            .raw_keys()
+            .await?
+            .iter()
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// Every key currently under this test's prefix, as bytes, sorted.
+    ///
+    /// # Errors
+    ///
+    /// When Redis fails the `SCAN`.
+    pub async fn raw_keys(&self) -> redis::RedisResult<Vec<Vec<u8>>> {
         let mut connection = self.connection.clone();
         let mut cursor: u64 = 0;
         let mut keys = Vec::new();
         loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
                 .arg(format!("{}*", self.prefix))
@@ -155,8 +174,8 @@ impl TestRedis {
         connection.set_read_timeout(Some(CONNECT_TIMEOUT))?;
         connection.set_write_timeout(Some(CONNECT_TIMEOUT))?;
         let keys = connection
-            .scan_match::<_, String>(format!("{}*", self.prefix))?
-            .collect::<redis::RedisResult<Vec<String>>>()?;
+            .scan_match::<_, Vec<u8>>(format!("{}*", self.prefix))?
+            .collect::<redis::RedisResult<Vec<Vec<u8>>>>()?;
         for chunk in keys.chunks(CLEANUP_BATCH) {
             redis::cmd("DEL").arg(chunk).exec(&mut connection)?;
         }

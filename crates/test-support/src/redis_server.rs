@@ -71,6 +71,40 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and connects are
+    /// accepted by the kernel, but nothing is answered, as with a
+    /// black-holed link. [`RedisServer::resume`] thaws it.
+    ///
+    /// # Panics
+    ///
+    /// When the signal cannot be sent.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`RedisServer::pause`]d server (SIGCONT).
+    ///
+    /// # Panics
+    ///
+    /// When the signal cannot be sent.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let Some(child) = &self.child else {
+            return;
+        };
+        let status = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status();
+        assert!(
+            status.is_ok_and(|status| status.success()),
+            "kill {signal} of redis-server failed"
+        );
+    }
+
     /// Starts the server again on the same port, empty.
     ///
     /// # Errors
@@ -122,6 +156,8 @@ fn unavailable(reason: &str) -> Unavailable {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // A paused server must run again to die cleanly.
+        self.resume();
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -5,6 +5,12 @@
 //! Half-open: one call, the probe, goes through; success closes the breaker,
 //! failure opens it for another cool-down. Every decision is O(1) under a
 //! lock held for a few instructions.
+//!
+//! An allowed call holds a [`Permit`] and reports through it. A probe whose
+//! future is dropped before it reports (its caller timed out or went away)
+//! counts as a failed probe when the permit drops: the breaker opens for
+//! another cool-down and the next call after it probes again. Without that,
+//! half-open would wait forever for a report that never comes.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -39,21 +45,26 @@ impl Breaker {
         }
     }
 
-    /// Whether a call may go to the tier now.
-    pub(crate) fn allow(&self) -> bool {
+    /// A permit for a call to the tier now, or `None` while it is skipped.
+    pub(crate) fn allow(&self) -> Option<Permit<'_>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match *state {
-            State::Closed { .. } => true,
+        let probe = match *state {
+            State::Closed { .. } => false,
             State::Open { until } if Instant::now() >= until => {
                 *state = State::HalfOpen;
                 true
             }
-            State::Open { .. } | State::HalfOpen => false,
-        }
+            State::Open { .. } | State::HalfOpen => return None,
+        };
+        Some(Permit {
+            breaker: self,
+            probe,
+            reported: false,
+        })
     }
 
     /// Records the outcome of an allowed call.
-    pub(crate) fn record(&self, success: bool) -> Option<Transition> {
+    fn record(&self, success: bool) -> Option<Transition> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match (*state, success) {
             (State::Closed { failures }, true) => {
@@ -83,11 +94,55 @@ impl Breaker {
         }
     }
 
+    /// A probe that never reported: it counts as failed, so the breaker
+    /// opens for another cool-down instead of staying half-open.
+    fn abandon_probe(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if *state == State::HalfOpen {
+            *state = State::Open {
+                until: Instant::now() + self.cool_down,
+            };
+        }
+    }
+
     pub(crate) fn is_open(&self) -> bool {
         !matches!(
             *self.state.lock().unwrap_or_else(PoisonError::into_inner),
             State::Closed { .. }
         )
+    }
+}
+
+/// The right to make one call while the breaker allows it; report its
+/// outcome with [`Permit::record`]. Dropped unreported, a probe counts as
+/// failed (see the module doc); other calls count as nothing.
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Permit<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    reported: bool,
+}
+
+impl Permit<'_> {
+    /// Records the outcome of the call.
+    pub(crate) fn record(mut self, success: bool) -> Option<Transition> {
+        self.reported = true;
+        self.breaker.record(success)
+    }
+
+    /// Whether this call is the half-open probe.
+    #[cfg(test)]
+    pub(crate) fn is_probe(&self) -> bool {
+        self.probe
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.reported {
+            self.breaker.abandon_probe();
+        }
     }
 }
 
@@ -100,14 +155,16 @@ mod tests {
         let breaker = Breaker::new(3, Duration::from_millis(20));
         assert_eq!(breaker.record(false), None);
         assert_eq!(breaker.record(false), None);
-        assert!(breaker.allow());
-        assert_eq!(breaker.record(false), Some(Transition::Opened));
-        assert!(!breaker.allow(), "open: calls are skipped");
+        let call = breaker.allow().expect("closed: calls go through");
+        assert!(!call.is_probe());
+        assert_eq!(call.record(false), Some(Transition::Opened));
+        assert!(breaker.allow().is_none(), "open: calls are skipped");
         std::thread::sleep(Duration::from_millis(30));
-        assert!(breaker.allow(), "cool-down over: one probe");
-        assert!(!breaker.allow(), "only one probe at a time");
-        assert_eq!(breaker.record(true), Some(Transition::Closed));
-        assert!(breaker.allow());
+        let probe = breaker.allow().expect("cool-down over: one probe");
+        assert!(probe.is_probe());
+        assert!(breaker.allow().is_none(), "only one probe at a time");
+        assert_eq!(probe.record(true), Some(Transition::Closed));
+        assert!(breaker.allow().is_some());
     }
 
     #[test]
@@ -115,9 +172,35 @@ mod tests {
         let breaker = Breaker::new(1, Duration::from_millis(10));
         assert_eq!(breaker.record(false), Some(Transition::Opened));
         std::thread::sleep(Duration::from_millis(20));
-        assert!(breaker.allow());
+        let probe = breaker.allow().expect("a probe");
+        assert_eq!(probe.record(false), Some(Transition::Opened));
+        assert!(breaker.allow().is_none());
+    }
+
+    #[test]
+    fn a_dropped_probe_counts_as_failed_and_the_next_cool_down_probes_again() {
+        let breaker = Breaker::new(1, Duration::from_millis(10));
         assert_eq!(breaker.record(false), Some(Transition::Opened));
-        assert!(!breaker.allow());
+        std::thread::sleep(Duration::from_millis(20));
+        let probe = breaker.allow().expect("a probe");
+        drop(probe);
+        assert!(breaker.is_open());
+        assert!(
+            breaker.allow().is_none(),
+            "open again for a cool-down, not half-open forever"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let probe = breaker.allow().expect("a new probe after the cool-down");
+        assert_eq!(probe.record(true), Some(Transition::Closed));
+        assert!(!breaker.is_open());
+    }
+
+    #[test]
+    fn a_dropped_call_while_closed_changes_nothing() {
+        let breaker = Breaker::new(1, Duration::from_secs(60));
+        drop(breaker.allow());
+        assert!(!breaker.is_open());
+        assert!(breaker.allow().is_some());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::jitter::Jitter;
 use crate::level::Level;
 use crate::lookups::Lookups;
 use crate::metrics::CacheMetrics;
-use crate::tier::Tier;
+use crate::tier::{Tier, ttl_setting_error};
 use crate::tiers::memory::MemoryTier;
 
 /// Default [`CacheBuilder::remote_timeout`]: 50 ms.
@@ -91,8 +91,9 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
         self
     }
 
-    /// The TTL of values stored by `set` and `get_or_load`. Default: none
-    /// (entries live until evicted or removed).
+    /// The TTL of values stored by `set` and `get_or_load`, between 1 ms
+    /// and [`MAX_TTL`](crate::MAX_TTL) (`build` rejects others). Default:
+    /// none (entries live until evicted or removed).
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.default_ttl = Some(ttl);
         self
@@ -196,23 +197,29 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
     /// # Errors
     ///
     /// [`ConfigError`] for an empty name, two tiers with one name, a zero
-    /// duration, or an invalidation bus without a tokio runtime.
+    /// duration, a TTL setting outside 1 ms ..= [`MAX_TTL`](crate::MAX_TTL),
+    /// or an invalidation bus without a tokio runtime.
     pub fn build(mut self) -> Result<Cache<V>, ConfigError> {
         if self.name.trim().is_empty() {
             return Err(ConfigError::EmptyName);
         }
         for (what, duration) in [
-            ("remote_timeout", Some(self.remote_timeout)),
-            ("bulk_timeout", Some(self.bulk_timeout)),
-            ("circuit_breaker cool_down", Some(self.breaker_cool_down)),
-            ("default_ttl", self.default_ttl),
+            ("remote_timeout", self.remote_timeout),
+            ("bulk_timeout", self.bulk_timeout),
+            ("circuit_breaker cool_down", self.breaker_cool_down),
         ] {
-            if duration == Some(Duration::ZERO) {
+            if duration.is_zero() {
                 return Err(ConfigError::ZeroDuration(what));
             }
         }
-        if self.negative_ttl == Some(Duration::ZERO) {
-            return Err(ConfigError::ZeroDuration("negative_ttl"));
+        for (setting, ttl) in [
+            ("default_ttl", self.default_ttl),
+            ("negative_ttl", self.negative_ttl),
+            ("serve_stale", self.stale_grace),
+        ] {
+            if let Some(error) = ttl.and_then(|ttl| ttl_setting_error(setting, ttl)) {
+                return Err(error);
+            }
         }
         for (setting, fraction) in [
             ("ttl_jitter", self.jitter),
@@ -231,15 +238,11 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             self.tiers
                 .push(Box::new(MemoryTier::<V>::with_max_entries(10_000)));
         }
-        if let Some(grace) = self.stale_grace {
-            if grace.is_zero() {
-                return Err(ConfigError::ZeroDuration("serve_stale"));
-            }
-            if let Some(first) = self.tiers.first_mut()
-                && !first.keep_stale_for(grace)
-            {
-                return Err(ConfigError::StaleUnsupported(first.name().to_owned()));
-            }
+        if let Some(grace) = self.stale_grace
+            && let Some(first) = self.tiers.first_mut()
+            && !first.keep_stale_for(grace)
+        {
+            return Err(ConfigError::StaleUnsupported(first.name().to_owned()));
         }
         if self.bus.is_some() && tokio::runtime::Handle::try_current().is_err() {
             return Err(ConfigError::NoRuntime);

@@ -18,7 +18,7 @@ use crate::level::Level;
 use crate::lookups::{Lookups, Turn, Waited};
 use crate::metrics::CacheMetrics;
 use crate::stats::{Stats, TierStats};
-use crate::tier::{Entry, Tier, Version, Write};
+use crate::tier::{Entry, MIN_TTL, Tier, Version, Write, storable_ttl};
 
 /// A cache over an ordered list of tiers (fastest first), with promotion of
 /// lower-tier hits, one load per key, and fail-safe remote tiers.
@@ -140,7 +140,10 @@ pub struct SetOptions {
 }
 
 impl SetOptions {
-    /// Expire after `ttl` (instead of the cache's default TTL).
+    /// Expire after `ttl` (instead of the cache's default TTL). Tiers keep
+    /// time in whole milliseconds: under 1 ms means "do not cache" (the
+    /// `set` removes the key instead), over [`MAX_TTL`](crate::MAX_TTL) is
+    /// clamped to it.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = Some(Some(ttl));
         self
@@ -357,11 +360,20 @@ where
 
     /// Stores `value` in every tier, as `options` say. A load or promotion of
     /// `key` that began earlier will not overwrite it in L1.
+    ///
+    /// A TTL under 1 ms means "do not cache": the call removes `key` as
+    /// [`Cache::invalidate`] does. A TTL over [`MAX_TTL`](crate::MAX_TTL) is
+    /// clamped to it.
     pub async fn set_with(&self, key: &str, value: V, options: SetOptions) {
-        let value = Arc::new(value);
         let ttl = self
             .inner
             .jittered(options.ttl.unwrap_or(self.inner.default_ttl));
+        let Some(ttl) = storable_ttl(ttl) else {
+            // Under 1 ms: nothing is cached, and no older value may outlive this write.
+            self.invalidate(key).await;
+            return;
+        };
+        let value = Arc::new(value);
         let write = Write {
             key,
             value: &value,
@@ -463,6 +475,7 @@ where
                     hits: level.metrics.hits.get(),
                     misses: level.metrics.misses.get(),
                     errors: level.metrics.errors.get(),
+                    value_errors: level.metrics.value_errors.get(),
                     skipped: level.metrics.skipped.get(),
                     promotions: level.metrics.promotions.get(),
                     breaker_open: level.breaker_open(),
@@ -611,7 +624,7 @@ where
         seen: &Seen,
     ) {
         let ttl = entry.ttl();
-        if ttl == Some(Duration::ZERO) {
+        if ttl.is_some_and(|left| left < MIN_TTL) {
             return;
         }
         let write = Write {
@@ -654,13 +667,12 @@ where
             return Fill::Done;
         }
         match seen.iter().find(|(at, _)| *at == index) {
-            Some((_, Some(version))) => {
-                if level.fill(write, version).await {
-                    Fill::Done
-                } else {
-                    Fill::Refused
-                }
-            }
+            Some((_, Some(version))) => match level.fill(write, version).await {
+                Some(true) => Fill::Done,
+                Some(false) => Fill::Refused,
+                // This tier does not take the value; the faster ones may.
+                None => Fill::Skipped,
+            },
             // The lookup failed there (or never looked): leave the tier alone.
             _ => Fill::Skipped,
         }
@@ -711,10 +723,14 @@ where
         match loaded {
             Ok(Some(value)) => {
                 let value = Arc::new(value);
+                // A jittered TTL under 1 ms: the value is returned, not cached.
+                let Some(ttl) = storable_ttl(self.jittered(self.default_ttl)) else {
+                    return Ok(Some(value));
+                };
                 let write = Write {
                     key,
                     value: &value,
-                    ttl: self.jittered(self.default_ttl),
+                    ttl,
                     tags: &[],
                 };
                 for (index, level) in self.levels.iter().enumerate().rev() {

@@ -38,9 +38,20 @@ pub enum TierError {
     /// until its cool-down ends.
     #[error("circuit open after repeated failures")]
     CircuitOpen,
-    /// A value could not be encoded or decoded.
+    /// A value could not be encoded or decoded. About that value only: the
+    /// cache treats the key as a miss and never counts it against the tier
+    /// (its circuit breaker).
     #[error("codec: {0}")]
     Codec(String),
+    /// An encoded value is larger than the tier accepts; it was not sent.
+    /// About that value only, like [`TierError::Codec`].
+    #[error("the encoded value is {size} bytes, over the tier's limit of {max}")]
+    TooLarge {
+        /// The encoded size, in bytes.
+        size: usize,
+        /// The tier's limit, in bytes.
+        max: usize,
+    },
     /// The backend failed (connection refused, reset, protocol error, ...).
     #[error("backend: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -50,6 +61,14 @@ impl TierError {
     /// Wraps any backend error.
     pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(error))
+    }
+
+    /// Whether the error is about one value ([`TierError::Codec`],
+    /// [`TierError::TooLarge`]) rather than the tier: such errors make the
+    /// key a miss but never open the circuit breaker.
+    #[must_use]
+    pub fn is_value_error(&self) -> bool {
+        matches!(self, Self::Codec(_) | Self::TooLarge { .. })
     }
 }
 
@@ -66,6 +85,17 @@ pub enum ConfigError {
     /// A duration that must be positive is zero.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    /// A TTL setting is under 1 ms (the resolution of every tier) or over
+    /// [`MAX_TTL`](crate::MAX_TTL) (about 100 years).
+    #[error(
+        "{setting} must be between 1 ms and about 100 years (perfkit_tiered_cache::MAX_TTL), got {ttl:?}"
+    )]
+    TtlOutOfRange {
+        /// The setting.
+        setting: &'static str,
+        /// The TTL given.
+        ttl: Duration,
+    },
     /// The Redis URL could not be parsed.
     #[error("invalid Redis URL: {0}")]
     RedisUrl(String),

@@ -69,20 +69,28 @@ impl<V: Send + Sync + 'static> Level<V> {
         timeout: Option<Duration>,
         call: TierFuture<'a, T>,
     ) -> Result<T, TierError> {
-        if let Some(breaker) = &self.breaker
-            && !breaker.allow()
-        {
-            self.metrics.skipped.increment();
-            return Err(TierError::CircuitOpen);
-        }
+        // Held across the call: a probe dropped with this future counts as failed.
+        let permit = match &self.breaker {
+            Some(breaker) => match breaker.allow() {
+                Some(permit) => Some(permit),
+                None => {
+                    self.metrics.skipped.increment();
+                    return Err(TierError::CircuitOpen);
+                }
+            },
+            None => None,
+        };
         let result = match timeout {
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
                 .unwrap_or(Err(TierError::Timeout(limit))),
             None => call.await,
         };
-        if let Some(breaker) = &self.breaker {
-            match breaker.record(result.is_ok()) {
+        // A value the codec cannot read (or one too large to send) is about
+        // that value: the round trip worked, so the breaker hears a success.
+        let tier_failed = result.as_ref().is_err_and(|error| !error.is_value_error());
+        if let Some(permit) = permit {
+            match permit.record(!tier_failed) {
                 Some(Transition::Opened) => {
                     self.metrics.breaker_open.set(1.0);
                     tracing::warn!(
@@ -100,9 +108,16 @@ impl<V: Send + Sync + 'static> Level<V> {
                 None => {}
             }
         }
-        if let Err(error) = &result {
-            self.metrics.errors.increment();
-            tracing::warn!(cache.tier = self.name(), cache.op = op, %error, "tier call failed; treated as a miss");
+        match &result {
+            Err(error) if tier_failed => {
+                self.metrics.errors.increment();
+                tracing::warn!(cache.tier = self.name(), cache.op = op, %error, "tier call failed; treated as a miss");
+            }
+            Err(error) => {
+                self.metrics.value_errors.increment();
+                tracing::warn!(cache.tier = self.name(), cache.op = op, %error, "value skipped; treated as a miss");
+            }
+            Ok(_) => {}
         }
         result
     }
@@ -123,17 +138,27 @@ impl<V: Send + Sync + 'static> Level<V> {
             return (found, Some(Version::unversioned()));
         }
         match self.guarded("get", self.tier.lookup(key)).await {
-            Ok((found, version)) => (found, Some(version)),
+            Ok((found, version)) => {
+                if let Some(error) = version.unreadable_value() {
+                    self.metrics.value_errors.increment();
+                    tracing::warn!(cache.tier = self.name(), cache.op = "get", %error, "value skipped; treated as a miss");
+                }
+                (found, Some(version))
+            }
             Err(_) => (None, None),
         }
     }
 
     /// A conditional fill of a tier that cannot write at once (the cache
-    /// tries `set_now` first, under its lease); `false` when refused or failed.
-    pub(crate) async fn fill(&self, write: &Write<'_, V>, seen: &Version) -> bool {
-        self.guarded("fill", self.tier.fill(write, seen))
-            .await
-            .unwrap_or(false)
+    /// tries `set_now` first, under its lease): `Some(false)` when refused or
+    /// failed, `None` when the tier would not take the value (too large,
+    /// unencodable), which says nothing about the key.
+    pub(crate) async fn fill(&self, write: &Write<'_, V>, seen: &Version) -> Option<bool> {
+        match self.guarded("fill", self.tier.fill(write, seen)).await {
+            Ok(stored) => Some(stored),
+            Err(error) if error.is_value_error() => None,
+            Err(_) => Some(false),
+        }
     }
 
     pub(crate) async fn set(&self, write: &Write<'_, V>) {

@@ -88,7 +88,9 @@
 //!   `cache.hit`, `cache.tier` and, for loads, `cache.loaded`.
 //! - Metrics labelled `cache` and `tier`: `perfkit_cache_hits_total`,
 //!   `perfkit_cache_misses_total`, `perfkit_cache_promotions_total`,
-//!   `perfkit_cache_tier_errors_total`, `perfkit_cache_tier_skipped_total`,
+//!   `perfkit_cache_tier_errors_total`, `perfkit_cache_value_errors_total`
+//!   (undecodable, unencodable or oversized values: misses that never open
+//!   the breaker), `perfkit_cache_tier_skipped_total`,
 //!   `perfkit_cache_breaker_open` (gauge); per cache:
 //!   `perfkit_cache_loads_total`, `perfkit_cache_load_errors_total`,
 //!   `perfkit_cache_refreshes_total`, `perfkit_cache_negative_hits_total`,
@@ -131,7 +133,7 @@ pub use crate::error::{ConfigError, Error, LoadError, TierError};
 #[cfg(feature = "redis")]
 pub use crate::redis_bus::{RedisBus, RedisBusBuilder};
 pub use crate::stats::{Stats, TierStats};
-pub use crate::tier::{Entry, Tier, TierFuture, Version, Write};
+pub use crate::tier::{Entry, MAX_TTL, Tier, TierFuture, Version, Write};
 pub use crate::tiers::memory::{MemoryTier, MemoryTierBuilder};
 #[cfg(feature = "redis")]
 pub use crate::tiers::redis::{RedisTier, RedisTierBuilder};

@@ -14,6 +14,8 @@ pub(crate) struct TierMetrics {
     pub(crate) hits: Local,
     pub(crate) misses: Local,
     pub(crate) errors: Local,
+    /// Values skipped because they could not be decoded or encoded, or were too large.
+    pub(crate) value_errors: Local,
     pub(crate) skipped: Local,
     pub(crate) promotions: Local,
     pub(crate) breaker_open: Gauge,
@@ -75,6 +77,7 @@ impl TierMetrics {
             hits: Local::new(counter!("perfkit_cache_hits_total", &labels)),
             misses: Local::new(counter!("perfkit_cache_misses_total", &labels)),
             errors: Local::new(counter!("perfkit_cache_tier_errors_total", &labels)),
+            value_errors: Local::new(counter!("perfkit_cache_value_errors_total", &labels)),
             skipped: Local::new(counter!("perfkit_cache_tier_skipped_total", &labels)),
             promotions: Local::new(counter!("perfkit_cache_promotions_total", &labels)),
             breaker_open: gauge!("perfkit_cache_breaker_open", &labels),

@@ -40,8 +40,13 @@ pub struct TierStats {
     pub hits: u64,
     /// Lookups that reached this tier and found nothing.
     pub misses: u64,
-    /// Calls that failed (timeouts, connection errors, undecodable values).
+    /// Calls that failed because of the tier (timeouts, connection errors):
+    /// what the circuit breaker counts.
     pub errors: u64,
+    /// Values skipped as misses because of the value itself: undecodable,
+    /// unencodable, or over the tier's size limit. Never counted against
+    /// the tier.
+    pub value_errors: u64,
     /// Calls skipped because the circuit breaker was open.
     pub skipped: u64,
     /// Values written here because a slower tier had them.

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::TierError;
+use crate::error::{ConfigError, TierError};
 
 /// The future a tier operation returns. Boxed: tiers are kept as trait
 /// objects, and a network round trip dwarfs one allocation. The in-process
@@ -75,6 +75,36 @@ impl<V> Entry<V> {
     }
 }
 
+/// The longest TTL the cache writes: about 100 years. Every tier accepts it
+/// (Redis, moka's timer wheel, `Instant` arithmetic); longer TTLs given to
+/// `set_with` are clamped to it, and builder settings over it are rejected.
+pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// The shortest TTL the cache writes. Every tier keeps time in whole
+/// milliseconds (Redis's `PX`), so a shorter TTL means "do not cache".
+pub(crate) const MIN_TTL: Duration = Duration::from_millis(1);
+
+/// A TTL as the cache writes it: `None` for "do not cache" (under 1 ms),
+/// else the TTL clamped to [`MAX_TTL`] (`Some(None)`: no TTL).
+pub(crate) fn storable_ttl(ttl: Option<Duration>) -> Option<Option<Duration>> {
+    match ttl {
+        Some(ttl) if ttl < MIN_TTL => None,
+        Some(ttl) => Some(Some(ttl.min(MAX_TTL))),
+        None => Some(None),
+    }
+}
+
+/// Checks a TTL setting: `None` when it is within what every tier accepts.
+pub(crate) fn ttl_setting_error(setting: &'static str, ttl: Duration) -> Option<ConfigError> {
+    if ttl.is_zero() {
+        Some(ConfigError::ZeroDuration(setting))
+    } else if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+        Some(ConfigError::TtlOutOfRange { setting, ttl })
+    } else {
+        None
+    }
+}
+
 /// `ttl` capped by a tier's `max_ttl`; an entry without TTL gets the cap.
 pub(crate) fn capped_ttl(ttl: Option<Duration>, max_ttl: Option<Duration>) -> Option<Duration> {
     match (ttl, max_ttl) {
@@ -88,37 +118,59 @@ pub(crate) fn capped_ttl(ttl: Option<Duration>, max_ttl: Option<Duration>) -> Op
 /// since (see [`Tier::lookup`] and [`Tier::fill`]). Opaque to the cache:
 /// each tier keeps what it needs in it.
 #[derive(Clone, Default)]
-pub struct Version(Option<Arc<dyn std::any::Any + Send + Sync>>);
+pub struct Version {
+    seen: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Why the value found could not be read, when it could not.
+    unreadable: Option<Arc<TierError>>,
+}
 
 impl Version {
     /// No version: a fill with it is unconditional.
     #[must_use]
     pub fn unversioned() -> Self {
-        Self(None)
+        Self::default()
     }
 
     /// A version holding a tier's own record of what it saw.
     #[must_use]
     pub fn new<T: std::any::Any + Send + Sync>(seen: T) -> Self {
-        Self(Some(Arc::new(seen)))
+        Self {
+            seen: Some(Arc::new(seen)),
+            unreadable: None,
+        }
+    }
+
+    /// Records that the lookup found a value it could not read (a
+    /// [`TierError::Codec`]): the lookup reports a miss, the cache counts a
+    /// value error, and a fill with this version may replace the value.
+    #[must_use]
+    pub fn with_unreadable_value(mut self, error: TierError) -> Self {
+        self.unreadable = Some(Arc::new(error));
+        self
+    }
+
+    /// Why the value the lookup found could not be read, if it could not.
+    #[must_use]
+    pub fn unreadable_value(&self) -> Option<&TierError> {
+        self.unreadable.as_deref()
     }
 
     /// The tier's record, if this version holds one of type `T`.
     #[must_use]
     pub fn get<T: std::any::Any>(&self) -> Option<&T> {
-        self.0.as_deref().and_then(|seen| seen.downcast_ref())
+        self.seen.as_deref().and_then(|seen| seen.downcast_ref())
     }
 
     /// Whether the version holds nothing (an unconditional fill).
     #[must_use]
     pub fn is_unversioned(&self) -> bool {
-        self.0.is_none()
+        self.seen.is_none()
     }
 }
 
 impl std::fmt::Debug for Version {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.seen.is_some() {
             "Version(..)"
         } else {
             "Version(unversioned)"

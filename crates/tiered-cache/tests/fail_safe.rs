@@ -178,3 +178,83 @@ async fn breaker_opens_when_redis_stops_and_closes_once_it_is_back() {
         "L2 works again"
     );
 }
+
+/// Calls `get` as a caller that gives up after `patience` (a request
+/// timeout, a client that went away): the future is dropped mid-call.
+async fn impatient_get(cache: &Cache<String>, key: &str, patience: Duration) {
+    let _ = tokio::time::timeout(patience, cache.get(key)).await;
+}
+
+#[tokio::test]
+async fn a_probe_whose_caller_goes_away_does_not_leave_the_breaker_open() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let cool_down = Duration::from_millis(50);
+    let cache = cache_on(&server.url(), 1, cool_down);
+    server.stop();
+    impatient_get(&cache, "k", Duration::from_secs(1)).await;
+    assert!(cache.stats().tiers[1].breaker_open, "opened by the refusal");
+
+    // Back, but frozen: every call hangs, and every caller leaves after
+    // 10 ms, long before the 50 ms tier timeout. Probes are dropped unreported.
+    server.restart().unwrap();
+    server.pause();
+    let frozen_until = Instant::now() + 6 * cool_down;
+    while Instant::now() < frozen_until {
+        impatient_get(&cache, "k", Duration::from_millis(10)).await;
+    }
+    server.resume();
+
+    // Callers still leave after 10 ms, but Redis answers well within that now.
+    let started = Instant::now();
+    while cache.stats().tiers[1].breaker_open && started.elapsed() < Duration::from_secs(2) {
+        impatient_get(&cache, "k", Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let l2 = &cache.stats().tiers[1];
+    assert!(
+        !l2.breaker_open,
+        "a later probe found Redis answering and closed the breaker: {l2:?}"
+    );
+}
+
+#[tokio::test]
+async fn redis_is_used_again_within_one_cool_down_of_answering_after_a_restart() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let cool_down = Duration::from_secs(1);
+    let cache = cache_on(&server.url(), 1, cool_down);
+    cache.set("before", "v".to_owned()).await;
+    server.stop();
+    assert_eq!(load(&cache, "during").await, "from the loader");
+    assert!(cache.stats().tiers[1].breaker_open);
+    // The connection's reconnect attempts fail while Redis is away.
+    tokio::time::sleep(cool_down / 4).await;
+    server.restart().unwrap();
+    let answering = Instant::now();
+
+    let mut closed_after = None;
+    while answering.elapsed() < 3 * cool_down {
+        let _ = cache.get("probe").await;
+        if !cache.stats().tiers[1].breaker_open {
+            closed_after = Some(answering.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let closed_after = closed_after.expect("the breaker closed");
+    println!("Redis used again {closed_after:?} after it answered (cool-down {cool_down:?})");
+    assert!(
+        closed_after <= cool_down + Duration::from_millis(300),
+        "the first probe after the cool-down must test a live connection, not \
+         report the last failed reconnect: closed {closed_after:?} after Redis answered"
+    );
+    cache.set("after", "back".to_owned()).await;
+    let second = cache_on(&server.url(), 1, cool_down);
+    assert_eq!(
+        second.get("after").await.as_deref().map(String::as_str),
+        Some("back")
+    );
+}

@@ -22,6 +22,16 @@ fn two_tiers(redis: &TestRedis) -> Cache<String> {
         .unwrap()
 }
 
+/// Where the tier lists a tag's keys: under the prefix and the byte 0xFF,
+/// which no cache key can contain.
+fn tag_key(redis: &TestRedis, tag: &str) -> Vec<u8> {
+    let mut key = redis.prefix().as_bytes().to_vec();
+    key.push(0xFF);
+    key.extend_from_slice(b"tags:");
+    key.extend_from_slice(tag.as_bytes());
+    key
+}
+
 fn tagged(tags: &[&str]) -> SetOptions {
     SetOptions::default()
         .ttl(Duration::from_secs(60))
@@ -72,9 +82,9 @@ async fn invalidate_tag_removes_tagged_entries_from_every_tier_and_nothing_else(
             .map(String::as_str),
         Some("q")
     );
-    let tag_set_left: bool = conn.exists(redis.key("__tags:agent:42")).await.unwrap();
+    let tag_set_left: bool = conn.exists(tag_key(&redis, "agent:42")).await.unwrap();
     assert!(!tag_set_left, "the tag's index is gone with it");
-    let orders_ttl: i64 = conn.pttl(redis.key("__tags:orders")).await.unwrap();
+    let orders_ttl: i64 = conn.pttl(tag_key(&redis, "orders")).await.unwrap();
     assert!(
         orders_ttl > 0 && orders_ttl <= 60_000,
         "a tag set lives as long as its members: {orders_ttl}"

@@ -472,14 +472,15 @@ async fn json_codec_writes_plain_json_that_other_languages_can_share() {
         }
     );
 
-    // Garbage under a key is a miss (counted as a tier error), never a panic.
+    // Garbage under a key is a miss (counted as a value error), never a panic.
     let () = redis
         .connection()
         .set(redis.key("agent:3"), "not json")
         .await
         .unwrap();
     assert_eq!(cache.get("agent:3").await, None);
-    assert_eq!(cache.stats().tiers[0].errors, 1);
+    assert_eq!(cache.stats().tiers[0].value_errors, 1);
+    assert_eq!(cache.stats().tiers[0].errors, 0);
 }
 
 #[tokio::test]
@@ -589,14 +590,15 @@ async fn the_stored_header_carries_the_expiry_and_never_extends_the_written_ttl(
         "promoted for at most the written TTL"
     );
 
-    // Bytes without the header (another program's) are a miss, counted as an error.
+    // Bytes without the header (another program's) are a miss, counted as a value error.
     let () = redis
         .connection()
         .set(redis.key("agent:3"), "Ada")
         .await
         .unwrap();
     assert_eq!(reader.get("agent:3").await, None);
-    assert_eq!(reader.stats().tiers[1].errors, 1);
+    assert_eq!(reader.stats().tiers[1].value_errors, 1);
+    assert_eq!(reader.stats().tiers[1].errors, 0);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use moka::sync::Cache as Moka;
 
 use crate::error::ConfigError;
 use crate::glob::Glob;
-use crate::tier::{Entry, Tier, TierFuture, Write, capped_ttl};
+use crate::tier::{Entry, Tier, TierFuture, Write, capped_ttl, ttl_setting_error};
 
 /// The in-process tier (usually L1): values are held as `Arc<V>`, never
 /// serialized. Backed by [moka](https://docs.rs/moka)'s concurrent map with
@@ -190,15 +190,20 @@ impl MemoryTierBuilder {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::ZeroDuration`] for a zero `max_ttl`.
+    /// [`ConfigError::ZeroDuration`] for a zero `max_ttl`,
+    /// [`ConfigError::TtlOutOfRange`] for one under 1 ms or over
+    /// [`MAX_TTL`](crate::MAX_TTL).
     pub fn build<V: Send + Sync + 'static>(self) -> Result<MemoryTier<V>, ConfigError> {
         self.validate()?;
         Ok(self.assemble(None))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_ttl == Some(Duration::ZERO) {
-            return Err(ConfigError::ZeroDuration("max_ttl"));
+        if let Some(error) = self
+            .max_ttl
+            .and_then(|ttl| ttl_setting_error("max_ttl", ttl))
+        {
+            return Err(error);
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! The shared tier: Redis, through an auto-reconnecting multiplexed connection.
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,10 +11,21 @@ use redis::aio::ConnectionManager;
 use crate::codec::{Codec, Postcard};
 use crate::error::{ConfigError, TierError};
 use crate::lazy_connection::LazyConnection;
-use crate::tier::{Entry, Tier, TierFuture, Version, Write, capped_ttl};
+use crate::tier::{
+    Entry, MAX_TTL, Tier, TierFuture, Version, Write, capped_ttl, ttl_setting_error,
+};
 
 /// Keys deleted per command when clearing a prefix.
 const CLEAR_BATCH: usize = 500;
+
+/// The byte between the prefix and the name of every key the tier keeps for
+/// itself (the epoch, tag sets). It never occurs in UTF-8 text, so no cache
+/// key (a `&str`) can spell an internal key, and no internal key can match
+/// what a pattern invalidation removes.
+const INTERNAL: u8 = 0xFF;
+
+/// Default [`RedisTierBuilder::max_value_size`]: 1 MiB.
+const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
 
 /// What a lookup saw, for the fill that may follow.
 struct Seen {
@@ -72,11 +85,32 @@ return 1
 /// while Redis is down. The cache wraps this tier in a timeout and a circuit
 /// breaker, so a Redis outage costs callers a miss, never a reconnect wait.
 ///
-/// Tags: a value written with tags is listed in one Redis set per tag
-/// (`<prefix>__tags:<tag>`, so keys starting with `__tags:` are reserved),
+/// Tags: a value written with tags is listed in one Redis set per tag,
 /// which lives as long as its longest-lived member (`PEXPIRE ... NX/GT`:
 /// Redis 7.0 or later). Invalidating a tag walks that set with `SSCAN`, never
 /// the keyspace.
+///
+/// # Key layout
+///
+/// A cache key `k` is stored at `<prefix>k`, exactly (programs in other
+/// languages can share it). The tier's own bookkeeping lives under
+/// `<prefix>` followed by the byte `0xFF`, which never occurs in UTF-8, so
+/// no cache key can reach it: `<prefix>\xFFepoch` (moved by every tag,
+/// pattern and clear invalidation; it expires twice the tombstone TTL after
+/// its last move, so an idle prefix keeps nothing) and
+/// `<prefix>\xFFtags:<tag>` (a tag's members). Pattern invalidation and
+/// `clear` never touch these keys; `clear` removes the tag sets with the
+/// values.
+///
+/// # Limits
+///
+/// - Values over [`RedisTierBuilder::max_value_size`] (1 MiB by default)
+///   once encoded are never sent: a `set` of one removes the key instead
+///   (so no older value survives it), a load's fill skips this tier, and
+///   both count a value error (`perfkit_cache_value_errors_total`).
+/// - A value that cannot be decoded (written by another version of the
+///   type, or by another program) is a miss, counted as a value error, never
+///   against the tier's circuit breaker; the next load's fill overwrites it.
 ///
 /// # Value format
 ///
@@ -116,6 +150,7 @@ pub struct RedisTier<V, C = Postcard> {
     max_ttl: Option<Duration>,
     plain: bool,
     tombstone_ttl: Duration,
+    max_value_size: usize,
     tombstones: envelope::Tombstones,
     _values: PhantomData<fn() -> V>,
 }
@@ -132,6 +167,7 @@ pub struct RedisTierBuilder<C = Postcard> {
     connect_timeout: Duration,
     plain: bool,
     tombstone_ttl: Duration,
+    max_value_size: NonZeroUsize,
 }
 
 impl RedisTierBuilder<Postcard> {
@@ -145,6 +181,7 @@ impl RedisTierBuilder<Postcard> {
             connect_timeout: Duration::from_millis(250),
             plain: false,
             tombstone_ttl: Duration::from_secs(60),
+            max_value_size: NonZeroUsize::new(DEFAULT_MAX_VALUE_SIZE).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
@@ -196,6 +233,16 @@ impl<C> RedisTierBuilder<C> {
         self
     }
 
+    /// The largest value, in encoded bytes (header included), this tier
+    /// stores. Larger values are never sent: one large value on the shared
+    /// connection would delay every other call behind it past its timeout.
+    /// A `set` of a larger value removes the key here instead; a load's
+    /// fill skips this tier. Default: 1 MiB.
+    pub fn max_value_size(mut self, bytes: NonZeroUsize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
     /// Encodes values with `codec` instead of [`Postcard`].
     pub fn codec<C2>(self, codec: C2) -> RedisTierBuilder<C2> {
         RedisTierBuilder {
@@ -207,6 +254,7 @@ impl<C> RedisTierBuilder<C> {
             connect_timeout: self.connect_timeout,
             plain: self.plain,
             tombstone_ttl: self.tombstone_ttl,
+            max_value_size: self.max_value_size,
         }
     }
 
@@ -223,8 +271,11 @@ impl<C> RedisTierBuilder<C> {
         if self.prefix.is_empty() {
             return Err(ConfigError::EmptyPrefix);
         }
-        if self.max_ttl == Some(Duration::ZERO) {
-            return Err(ConfigError::ZeroDuration("max_ttl"));
+        if let Some(error) = self
+            .max_ttl
+            .and_then(|ttl| ttl_setting_error("max_ttl", ttl))
+        {
+            return Err(error);
         }
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::ZeroDuration("connect_timeout"));
@@ -240,7 +291,8 @@ impl<C> RedisTierBuilder<C> {
             codec: self.codec,
             max_ttl: self.max_ttl,
             plain: self.plain,
-            tombstone_ttl: self.tombstone_ttl,
+            tombstone_ttl: self.tombstone_ttl.min(MAX_TTL),
+            max_value_size: self.max_value_size.get(),
             tombstones: envelope::Tombstones::new(),
             _values: PhantomData,
         })
@@ -286,8 +338,23 @@ where
         &self.prefix
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, TierError> {
-        self.connection.get().await
+    /// Runs `op` on the connection. An error that says the command never
+    /// left (the connection could not be made: refused, or timed out while
+    /// connecting) runs it once more: redis-rs hands out the error of its
+    /// last failed reconnect before starting a new one, so after Redis comes
+    /// back the first call would otherwise fail on a server that answers.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, TierError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let connection = self.connection.get().await?;
+        match op(connection.clone()).await {
+            Err(error) if error.is_connection_refusal() || error.is_timeout() => {
+                op(connection).await.map_err(TierError::backend)
+            }
+            outcome => outcome.map_err(TierError::backend),
+        }
     }
 
     fn key(&self, key: &str) -> String {
@@ -297,10 +364,24 @@ where
         full
     }
 
-    /// Where the keys written with `tag` are listed. Keys starting with
-    /// `__tags:` are reserved under the prefix.
-    fn tag_key(&self, tag: &str) -> String {
-        format!("{}__tags:{tag}", self.prefix)
+    /// One of the tier's own keys (see [`INTERNAL`]).
+    fn internal_key(&self, name: &str, suffix: &str) -> Vec<u8> {
+        let mut full = Vec::with_capacity(self.prefix.len() + 1 + name.len() + suffix.len());
+        full.extend_from_slice(self.prefix.as_bytes());
+        full.push(INTERNAL);
+        full.extend_from_slice(name.as_bytes());
+        full.extend_from_slice(suffix.as_bytes());
+        full
+    }
+
+    /// Whether `key` (a full Redis key under the prefix) is one of the tier's own.
+    fn is_internal(&self, key: &[u8]) -> bool {
+        key.get(self.prefix.len()) == Some(&INTERNAL)
+    }
+
+    /// Where the keys written with `tag` are listed.
+    fn tag_key(&self, tag: &str) -> Vec<u8> {
+        self.internal_key("tags:", tag)
     }
 
     fn cap(&self, ttl: Option<Duration>) -> Option<Duration> {
@@ -309,30 +390,50 @@ where
 
     /// The key whose value moves on every invalidation of many keys (tag,
     /// pattern, clear): a fill checks it has not moved since its lookup.
-    fn epoch_key(&self) -> String {
-        format!("{}__epoch", self.prefix)
+    fn epoch_key(&self) -> Vec<u8> {
+        self.internal_key("epoch", "")
     }
 
-    async fn move_epoch(&self, connection: &mut ConnectionManager) -> Result<(), TierError> {
-        redis::cmd("INCR")
-            .arg(self.epoch_key())
+    /// Moves the epoch, which then lives twice the tombstone TTL: a fill
+    /// older than a tombstone never lands, so an epoch that has expired
+    /// since a lookup can only refuse fills (absent ≠ what was seen), never
+    /// let one through.
+    async fn move_epoch(&self, connection: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let epoch = self.epoch_key();
+        redis::pipe()
+            .atomic()
+            .incr(&epoch, 1)
+            .ignore()
+            .pexpire(&epoch, self.epoch_ttl_ms())
+            .ignore()
             .exec_async(connection)
             .await
-            .map_err(TierError::backend)
+    }
+
+    /// How long the epoch lives after it moves, in milliseconds.
+    fn epoch_ttl_ms(&self) -> i64 {
+        i64::try_from(millis(self.tombstone_ttl).saturating_mul(2)).unwrap_or(i64::MAX)
     }
 
     /// A write's bytes as stored, and its TTL in milliseconds (Redis
-    /// rejects `PX 0`: a sub-millisecond TTL becomes 1 ms).
+    /// rejects `PX 0`: a sub-millisecond TTL becomes 1 ms, though the cache
+    /// never sends one). Over the size limit: [`TierError::TooLarge`].
     fn encode(&self, write: &Write<'_, V>) -> Result<(Vec<u8>, Option<u64>), TierError> {
         let ms = self
             .cap(write.ttl)
-            .map(|ttl| u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
+            .map(|ttl| millis(ttl.min(MAX_TTL)).max(1));
         let mut bytes = if self.plain {
             Vec::with_capacity(64)
         } else {
             envelope::header(ms, write.tags)?
         };
         self.codec.encode(write.value, &mut bytes)?;
+        if bytes.len() > self.max_value_size {
+            return Err(TierError::TooLarge {
+                size: bytes.len(),
+                max: self.max_value_size,
+            });
+        }
         Ok((bytes, ms))
     }
 
@@ -352,18 +453,67 @@ where
     /// A lookup of a value stored without header: `GET` and `PTTL` in one
     /// round trip.
     async fn get_plain(&self, key: &str) -> Result<Option<Entry<V>>, TierError> {
-        let mut connection = self.connection().await?;
         let key = self.key(key);
-        let (bytes, pttl): (Option<Vec<u8>>, i64) = redis::pipe()
-            .get(&key)
-            .pttl(&key)
-            .query_async(&mut connection)
-            .await
-            .map_err(TierError::backend)?;
+        let (bytes, pttl): (Option<Vec<u8>>, i64) = self
+            .run(|mut connection| {
+                let key = &key;
+                async move {
+                    redis::pipe()
+                        .get(key)
+                        .pttl(key)
+                        .query_async(&mut connection)
+                        .await
+                }
+            })
+            .await?;
         match bytes {
             Some(bytes) => self.plain_entry(&bytes, pttl).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Removes `key` (a `set` of a value this tier does not take): a
+    /// tombstone, or for plain values a delete and an epoch move.
+    async fn remove(&self, key: &str) -> Result<(), TierError> {
+        if self.plain {
+            // No tombstones among foreign readers: move the epoch instead,
+            // which refuses every fill in flight (of any key).
+            let (key, epoch) = (self.key(key), self.epoch_key());
+            let epoch_ms = self.epoch_ttl_ms();
+            return self
+                .run(|mut connection| {
+                    let (key, epoch) = (&key, &epoch);
+                    async move {
+                        redis::pipe()
+                            .atomic()
+                            .del(key)
+                            .ignore()
+                            .incr(epoch, 1)
+                            .ignore()
+                            .pexpire(epoch, epoch_ms)
+                            .ignore()
+                            .exec_async(&mut connection)
+                            .await
+                    }
+                })
+                .await;
+        }
+        // One write, which also refuses every fill that looked before it.
+        let ms = millis(self.tombstone_ttl).max(1);
+        let (key, tombstone) = (self.key(key), envelope::tombstone(&self.tombstones));
+        self.run(|mut connection| {
+            let (key, tombstone) = (&key, &tombstone);
+            async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(tombstone)
+                    .arg("PX")
+                    .arg(ms)
+                    .exec_async(&mut connection)
+                    .await
+            }
+        })
+        .await
     }
 
     /// A value stored without header, with the `PTTL` read beside it.
@@ -401,15 +551,21 @@ where
             return Box::pin(self.get_plain(key));
         }
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            let bytes: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(FullKey {
-                    prefix: &self.prefix,
-                    key,
+            let full = FullKey {
+                prefix: &self.prefix,
+                key,
+            };
+            let bytes: Option<Vec<u8>> = self
+                .run(|mut connection| {
+                    let full = &full;
+                    async move {
+                        redis::cmd("GET")
+                            .arg(full)
+                            .query_async(&mut connection)
+                            .await
+                    }
                 })
-                .query_async(&mut connection)
-                .await
-                .map_err(TierError::backend)?;
+                .await?;
             match bytes {
                 Some(bytes) => self.decode(&bytes),
                 None => Ok(None),
@@ -419,8 +575,14 @@ where
 
     fn set<'a>(&'a self, write: &'a Write<'a, V>) -> TierFuture<'a, ()> {
         Box::pin(async move {
-            let (bytes, ms) = self.encode(write)?;
-            let mut connection = self.connection().await?;
+            let (bytes, ms) = match self.encode(write) {
+                Ok(encoded) => encoded,
+                Err(error) => {
+                    // Not stored: no older value may outlive this write.
+                    self.remove(write.key).await?;
+                    return Err(error);
+                }
+            };
             let key = self.key(write.key);
             let mut set = redis::cmd("SET");
             set.arg(&key).arg(bytes);
@@ -428,10 +590,12 @@ where
                 set.arg("PX").arg(ms);
             }
             if write.tags.is_empty() {
-                return set
-                    .exec_async(&mut connection)
-                    .await
-                    .map_err(TierError::backend);
+                return self
+                    .run(|mut connection| {
+                        let set = &set;
+                        async move { set.exec_async(&mut connection).await }
+                    })
+                    .await;
             }
             // Indexed before the value is visible: a tag invalidation never misses it.
             let mut pipe = redis::pipe();
@@ -451,9 +615,11 @@ where
                 }
             }
             pipe.add_command(set).ignore();
-            pipe.exec_async(&mut connection)
-                .await
-                .map_err(TierError::backend)
+            self.run(|mut connection| {
+                let pipe = &pipe;
+                async move { pipe.exec_async(&mut connection).await }
+            })
+            .await
         })
     }
 
@@ -462,7 +628,6 @@ where
         V: 'a,
     {
         Box::pin(async move {
-            let mut connection = self.connection().await?;
             let key = self.key(key);
             // The TTL is in the header, except for plain values.
             let mut pipe = redis::pipe();
@@ -472,27 +637,35 @@ where
             }
             let (bytes, epoch, pttl): (Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>) =
                 if self.plain {
-                    pipe.query_async(&mut connection)
-                        .await
-                        .map_err(TierError::backend)?
+                    self.run(|mut connection| {
+                        let pipe = &pipe;
+                        async move { pipe.query_async(&mut connection).await }
+                    })
+                    .await?
                 } else {
-                    let (bytes, epoch): (Option<Vec<u8>>, Option<Vec<u8>>) = pipe
-                        .query_async(&mut connection)
-                        .await
-                        .map_err(TierError::backend)?;
+                    let (bytes, epoch): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+                        .run(|mut connection| {
+                            let pipe = &pipe;
+                            async move { pipe.query_async(&mut connection).await }
+                        })
+                        .await?;
                     (bytes, epoch, None)
                 };
             let found = match (&bytes, pttl) {
-                (Some(bytes), Some(pttl)) => Some(self.plain_entry(bytes, pttl)?),
-                (Some(bytes), None) => self.decode(bytes)?,
-                (None, _) => None,
+                (Some(bytes), Some(pttl)) => self.plain_entry(bytes, pttl).map(Some),
+                (Some(bytes), None) => self.decode(bytes),
+                (None, _) => Ok(None),
             };
-            let seen = Seen {
+            let seen = Version::new(Seen {
                 bytes,
                 epoch,
                 at: Instant::now(),
-            };
-            Ok((found, Version::new(seen)))
+            });
+            // A value we cannot read is a miss that the fill may replace.
+            Ok(match found {
+                Ok(found) => (found, seen),
+                Err(error) => (None, seen.with_unreadable_value(error)),
+            })
         })
     }
 
@@ -507,7 +680,6 @@ where
                 return Ok(false);
             }
             let (bytes, ms) = self.encode(write)?;
-            let mut connection = self.connection().await?;
             let mut invocation = FILL.prepare_invoke();
             invocation.key(self.key(write.key)).key(self.epoch_key());
             for tag in write.tags {
@@ -520,110 +692,98 @@ where
                 .arg(seen.epoch.as_deref().unwrap_or_default())
                 .arg(bytes)
                 .arg(ms.map_or_else(String::new, |ms| ms.to_string()));
-            let stored: i64 = invocation
-                .invoke_async(&mut connection)
-                .await
-                .map_err(TierError::backend)?;
+            let stored: i64 = self
+                .run(|mut connection| {
+                    let invocation = &invocation;
+                    async move { invocation.invoke_async(&mut connection).await }
+                })
+                .await?;
             Ok(stored == 1)
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()> {
-        Box::pin(async move {
-            let mut connection = self.connection().await?;
-            if self.plain {
-                // No tombstones among foreign readers: move the epoch instead,
-                // which refuses every fill in flight (of any key).
-                return redis::pipe()
-                    .atomic()
-                    .del(self.key(key))
-                    .ignore()
-                    .incr(self.epoch_key(), 1)
-                    .ignore()
-                    .exec_async(&mut connection)
-                    .await
-                    .map_err(TierError::backend);
-            }
-            // One write, which also refuses every fill that looked before it.
-            let ms = u64::try_from(self.tombstone_ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            redis::cmd("SET")
-                .arg(self.key(key))
-                .arg(envelope::tombstone(&self.tombstones))
-                .arg("PX")
-                .arg(ms)
-                .exec_async(&mut connection)
-                .await
-                .map_err(TierError::backend)
-        })
+        Box::pin(self.remove(key))
     }
 
     fn delete_tag<'a>(&'a self, tag: &'a str) -> TierFuture<'a, Vec<String>> {
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            self.move_epoch(&mut connection).await?;
             let tag_key = self.tag_key(tag);
-            let mut removed = Vec::new();
-            unlink_scanned(
-                &mut connection,
-                |cursor| {
-                    let mut page = redis::cmd("SSCAN");
-                    page.arg(&tag_key).arg(cursor).arg("COUNT").arg(CLEAR_BATCH);
-                    page
-                },
-                |_| true,
-                |keys| {
-                    removed.extend(
-                        keys.iter()
-                            .filter_map(|key| key.strip_prefix(&self.prefix))
-                            .map(str::to_owned),
-                    );
-                },
-            )
-            .await?;
-            redis::cmd("UNLINK")
-                .arg(&tag_key)
-                .exec_async(&mut connection)
-                .await
-                .map_err(TierError::backend)?;
-            Ok(removed)
+            self.run(|mut connection| {
+                let tag_key = &tag_key;
+                async move {
+                    self.move_epoch(&mut connection).await?;
+                    let mut removed = Vec::new();
+                    unlink_scanned(
+                        &mut connection,
+                        |cursor| {
+                            let mut page = redis::cmd("SSCAN");
+                            page.arg(tag_key).arg(cursor).arg("COUNT").arg(CLEAR_BATCH);
+                            page
+                        },
+                        |_| true,
+                        |keys| {
+                            removed.extend(keys.iter().filter_map(|key| {
+                                key.strip_prefix(self.prefix.as_bytes())
+                                    .and_then(|key| std::str::from_utf8(key).ok())
+                                    .map(str::to_owned)
+                            }));
+                        },
+                    )
+                    .await?;
+                    redis::cmd("UNLINK")
+                        .arg(tag_key)
+                        .exec_async(&mut connection)
+                        .await?;
+                    Ok(removed)
+                }
+            })
+            .await
         })
     }
 
     fn clear(&self) -> TierFuture<'_, ()> {
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            self.move_epoch(&mut connection).await?;
             let pattern = format!("{}*", escape_glob(&self.prefix));
             let epoch = self.epoch_key();
-            unlink_scanned(
-                &mut connection,
-                |cursor| scan_page(cursor, &pattern),
-                // The epoch must only ever move forward.
-                |key| key != epoch,
-                |_| {},
-            )
+            self.run(|mut connection| {
+                let (pattern, epoch) = (&pattern, &epoch);
+                async move {
+                    self.move_epoch(&mut connection).await?;
+                    unlink_scanned(
+                        &mut connection,
+                        |cursor| scan_page(cursor, pattern),
+                        // The epoch must only ever move forward (tag sets go).
+                        |key| key != epoch.as_slice(),
+                        |_| {},
+                    )
+                    .await
+                }
+            })
             .await
         })
     }
 
     fn delete_matching<'a>(&'a self, pattern: &'a str) -> TierFuture<'a, u64> {
         Box::pin(async move {
-            let mut connection = self.connection().await?;
-            self.move_epoch(&mut connection).await?;
             let pattern = format!("{}{pattern}", escape_glob(&self.prefix));
-            let reserved = format!("{}__", self.prefix);
-            let mut removed = 0_u64;
-            unlink_scanned(
-                &mut connection,
-                |cursor| scan_page(cursor, &pattern),
-                // Tag sets and the epoch are the tier's own bookkeeping.
-                |key| !key.starts_with(&reserved),
-                |keys| removed += keys.len() as u64,
-            )
-            .await?;
-            Ok(removed)
+            self.run(|mut connection| {
+                let pattern = &pattern;
+                async move {
+                    self.move_epoch(&mut connection).await?;
+                    let mut removed = 0_u64;
+                    unlink_scanned(
+                        &mut connection,
+                        |cursor| scan_page(cursor, pattern),
+                        // Tag sets and the epoch are the tier's own bookkeeping.
+                        |key| !self.is_internal(key),
+                        |keys| removed += keys.len() as u64,
+                    )
+                    .await?;
+                    Ok(removed)
+                }
+            })
+            .await
         })
     }
 
@@ -635,26 +795,22 @@ where
 /// Walks a cursor (`SCAN`, `SSCAN`) page by page and unlinks each page's
 /// keys that `select` accepts: bounded memory and one round trip pair per
 /// page, never the whole set at once. `seen` gets every page after it is
-/// unlinked.
+/// unlinked. Keys are bytes: the tier's own keys are not UTF-8.
 async fn unlink_scanned(
     connection: &mut ConnectionManager,
     page: impl Fn(u64) -> redis::Cmd,
-    select: impl Fn(&str) -> bool,
-    mut seen: impl FnMut(&[String]),
-) -> Result<(), TierError> {
+    select: impl Fn(&[u8]) -> bool,
+    mut seen: impl FnMut(&[Vec<u8>]),
+) -> redis::RedisResult<()> {
     let mut cursor: u64 = 0;
     loop {
-        let (next, mut keys): (u64, Vec<String>) = page(cursor)
-            .query_async(connection)
-            .await
-            .map_err(TierError::backend)?;
+        let (next, mut keys): (u64, Vec<Vec<u8>>) = page(cursor).query_async(connection).await?;
         keys.retain(|key| select(key));
         if !keys.is_empty() {
             redis::cmd("UNLINK")
                 .arg(&keys)
                 .exec_async(connection)
-                .await
-                .map_err(TierError::backend)?;
+                .await?;
             seen(&keys);
         }
         if next == 0 {
@@ -662,6 +818,11 @@ async fn unlink_scanned(
         }
         cursor = next;
     }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The header in front of every value this tier stores (see
