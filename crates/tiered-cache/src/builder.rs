@@ -115,7 +115,11 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
     }
 
     /// After `failures` consecutive failures of a remote tier, skip it for
-    /// `cool_down`, then let one probe call through. Default: 5 failures, 5 s.
+    /// `cool_down`, then let one probe call through. Reads, writes and
+    /// deletes share a tier's breaker; publishes to the invalidation bus
+    /// have a breaker of their own with the same settings. A probe whose
+    /// caller goes away before it answers counts as a failed probe.
+    /// Default: 5 failures, 5 s.
     pub fn circuit_breaker(mut self, failures: NonZeroU32, cool_down: Duration) -> Self {
         self.breaker_failures = failures;
         self.breaker_cool_down = cool_down;
@@ -276,7 +280,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             .max(self.remote_timeout);
         let bus = self
             .bus
-            .map(|bus| BusLink::new(bus, &self.name, self.strict, self.remote_timeout));
+            .map(|bus| BusLink::new(bus, &self.name, self.strict, self.remote_timeout, breaker));
         Ok(Cache::from_inner(Inner {
             bus,
             levels,

@@ -488,6 +488,7 @@ where
             stale_served: self.inner.metrics.stale_served.get(),
             shared_lookups: self.inner.metrics.shared_lookups.get(),
             invalidations_sent: bus.map_or(0, |m| m.sent.get()),
+            publish_errors: bus.map_or(0, |m| m.publish_errors.get()),
             invalidations_received: bus.map_or(0, |m| m.received.get()),
             l1_flushes: bus.map_or(0, BusMetrics::flushes),
             bus_reconnects: bus.map_or(0, |m| m.reconnects.get()),

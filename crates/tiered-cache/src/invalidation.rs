@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use metrics::{Gauge, Histogram, counter, gauge, histogram};
 use tokio::sync::mpsc;
 
+use crate::breaker::{Breaker, Transition};
 use crate::bus::{BusEvent, InvalidationBus, Message, Target, unix_micros};
 use crate::cache::Inner;
 use crate::metrics::Local;
@@ -20,6 +21,8 @@ pub(crate) struct BusLink {
     pub(crate) instance: u64,
     sequence: AtomicU64,
     publish_timeout: Duration,
+    /// Publishes fail fast while the bus is known to be unreachable.
+    publish_breaker: Breaker,
     /// Strict mode's bound.
     strict: Option<Duration>,
     /// When the bus went down, in milliseconds since `started`, plus one;
@@ -36,6 +39,9 @@ pub(crate) struct BusLink {
 pub(crate) struct BusMetrics {
     pub(crate) sent: Local,
     pub(crate) publish_errors: Local,
+    /// Publishes not attempted because the publish breaker was open.
+    pub(crate) publish_skipped: Local,
+    publish_breaker_open: Gauge,
     pub(crate) received: Local,
     pub(crate) flushed_down: Local,
     pub(crate) flushed_up: Local,
@@ -58,6 +64,11 @@ impl BusMetrics {
                 "perfkit_cache_invalidation_publish_errors_total",
                 &labels
             )),
+            publish_skipped: Local::new(counter!(
+                "perfkit_cache_invalidation_publish_skipped_total",
+                &labels
+            )),
+            publish_breaker_open: gauge!("perfkit_cache_publish_breaker_open", &labels),
             received: Local::new(counter!(
                 "perfkit_cache_invalidations_received_total",
                 &labels
@@ -83,14 +94,17 @@ impl BusLink {
         cache: &str,
         strict: Option<Duration>,
         publish_timeout: Duration,
+        breaker: (u32, Duration),
     ) -> Self {
         let metrics = BusMetrics::new(cache);
         metrics.up.set(0.0);
+        metrics.publish_breaker_open.set(0.0);
         Self {
             bus,
             instance: random_instance(),
             sequence: AtomicU64::new(0),
             publish_timeout,
+            publish_breaker: Breaker::new(breaker.0, breaker.1),
             strict,
             // Down until the first subscription.
             down_since: AtomicU64::new(1),
@@ -166,14 +180,41 @@ async fn receive<V: Send + Sync + 'static>(
 impl<V: Send + Sync + 'static> Inner<V> {
     /// Publishes an invalidation this instance has applied to its tiers.
     /// Failures are logged and counted: the caller's own change stands, and
-    /// other instances keep their first-tier copy until its TTL.
+    /// other instances keep their first-tier copy until its TTL (or until
+    /// their own subscription reports the outage and they flush). Behind a
+    /// circuit breaker like the remote tiers: while publishing is known to
+    /// fail, a publish costs nothing and is counted as skipped.
     pub(crate) async fn publish(&self, target: Target) {
         let Some(link) = &self.bus else {
+            return;
+        };
+        let Some(permit) = link.publish_breaker.allow() else {
+            link.metrics.publish_skipped.increment();
+            link.metrics.publish_errors.increment();
+            tracing::debug!(cache.name = &*self.name, target = ?target, "invalidation not published: the bus is failing (circuit open)");
             return;
         };
         let sequence = link.sequence.fetch_add(1, Ordering::Relaxed) + 1;
         let message = Message::new(&self.name, link.instance, sequence, target);
         let outcome = tokio::time::timeout(link.publish_timeout, link.bus.publish(&message)).await;
+        let published = matches!(outcome, Ok(Ok(())));
+        match permit.record(published) {
+            Some(Transition::Opened) => {
+                link.metrics.publish_breaker_open.set(1.0);
+                tracing::warn!(
+                    cache.name = &*self.name,
+                    "invalidation publishes failing: skipping them for the breaker's cool-down"
+                );
+            }
+            Some(Transition::Closed) => {
+                link.metrics.publish_breaker_open.set(0.0);
+                tracing::info!(
+                    cache.name = &*self.name,
+                    "invalidation publishes succeed again"
+                );
+            }
+            None => {}
+        }
         match outcome {
             Ok(Ok(())) => link.metrics.sent.increment(),
             Ok(Err(error)) => {

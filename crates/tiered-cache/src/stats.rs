@@ -21,6 +21,9 @@ pub struct Stats {
     pub shared_lookups: u64,
     /// Invalidations published to the invalidation bus.
     pub invalidations_sent: u64,
+    /// Invalidations not published: failed, timed out, or skipped while the
+    /// publish breaker was open.
+    pub publish_errors: u64,
     /// Invalidations from other instances applied to the first tier.
     pub invalidations_received: u64,
     /// First-tier flushes because the invalidation bus may have lost

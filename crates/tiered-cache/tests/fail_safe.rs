@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use perfkit_test_support::RedisServer;
 use perfkit_test_support::concurrency::within;
-use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier};
+use perfkit_tiered_cache::{Cache, MemoryTier, RedisBus, RedisTier};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
@@ -257,4 +257,75 @@ async fn redis_is_used_again_within_one_cool_down_of_answering_after_a_restart()
         second.get("after").await.as_deref().map(String::as_str),
         Some("back")
     );
+}
+
+/// L1 + Redis + a Redis bus, all on `url`.
+fn instance_with_bus(url: &str, cool_down: Duration) -> Cache<String> {
+    Cache::builder()
+        .name("fail-safe-bus")
+        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(
+            RedisTier::builder(url)
+                .prefix("perfkit-test:fail-safe:")
+                .build()
+                .unwrap(),
+        )
+        .invalidation_bus(RedisBus::builder(url).build().unwrap())
+        .remote_timeout(Duration::from_millis(50))
+        .circuit_breaker(NonZeroU32::new(2).unwrap(), cool_down)
+        .build()
+        .unwrap()
+}
+
+/// The slowest of `rounds` sets and invalidates, each of a new key.
+async fn slowest_write(cache: &Cache<String>, rounds: usize) -> Duration {
+    let mut slowest = Duration::ZERO;
+    for i in 0..rounds {
+        let key = format!("w{i}");
+        let started = Instant::now();
+        cache.set(&key, "v".to_owned()).await;
+        cache.invalidate(&key).await;
+        slowest = slowest.max(started.elapsed());
+    }
+    slowest
+}
+
+#[tokio::test]
+async fn during_an_outage_sets_and_invalidations_fail_fast_like_reads() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    for outage in ["stopped", "frozen"] {
+        server.restart().unwrap();
+        let cache = instance_with_bus(&server.url(), Duration::from_secs(60));
+        cache.set("warm", "up".to_owned()).await;
+        assert_eq!(cache.stats().publish_errors, 0);
+        if outage == "stopped" {
+            server.stop();
+        } else {
+            server.pause();
+        }
+        // Two failures of each (tier writes, publishes) open their breakers.
+        let opening = slowest_write(&cache, 2).await;
+        let slowest = slowest_write(&cache, 20).await;
+        let stats = cache.stats();
+        println!(
+            "Redis {outage}: the writes that opened the breakers took up to {opening:?}, \
+             the next 20 set + invalidate pairs at most {slowest:?}"
+        );
+        assert!(stats.tiers[1].breaker_open, "{outage}: {stats:?}");
+        assert!(
+            stats.tiers[1].skipped >= 40,
+            "{outage}: the tier writes were skipped: {stats:?}"
+        );
+        assert!(
+            stats.publish_errors >= 44,
+            "{outage}: every publish failed or was skipped: {stats:?}"
+        );
+        assert!(
+            slowest < Duration::from_millis(50),
+            "{outage}: once known down, a write waits for no timeout (50 ms); slowest {slowest:?}"
+        );
+        server.resume();
+    }
 }
