@@ -4,7 +4,8 @@
 //! name) and `tier`. Handles come from the `metrics` recorder installed when
 //! the cache is built: install the exporter first.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
@@ -23,8 +24,9 @@ pub(crate) struct TierMetrics {
 
 /// A counter exported through `metrics` and readable locally.
 ///
-/// The local count is striped over cache-line-sized cells picked per thread,
-/// so that threads counting hits at once do not contend on one cache line.
+/// The local count is striped over cache-line-padded cells, one per thread
+/// (threads numbered in the order they first count, modulo the stripes), so
+/// that threads counting hits at once do not contend on one cache line.
 #[derive(Debug)]
 pub(crate) struct Local {
     exported: Counter,
@@ -37,14 +39,26 @@ struct Stripe(AtomicU64);
 
 const STRIPES: usize = 16;
 
+/// The next thread's stripe.
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
-    // Const-initialized: no lazy-init check on the hot path. Its address
-    // differs per thread, which is all a stripe needs.
-    static STRIPE_MARKER: u8 = const { 0 };
+    // Const-initialized (no lazy-init check on the hot path); `usize::MAX`
+    // until the thread first counts.
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+/// This thread's stripe: consecutive threads get consecutive stripes.
 fn stripe() -> usize {
-    STRIPE_MARKER.with(|marker| (std::ptr::from_ref(marker) as usize >> 4) % STRIPES)
+    STRIPE.with(|stripe| {
+        let mine = stripe.get();
+        if mine != usize::MAX {
+            return mine;
+        }
+        let mine = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        stripe.set(mine);
+        mine
+    })
 }
 
 impl Local {
@@ -110,5 +124,51 @@ impl CacheMetrics {
             load_errors: Local::new(counter!("perfkit_cache_load_errors_total", &labels)),
             load_seconds: histogram!("perfkit_cache_load_duration_seconds", &labels),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_runtime_worker_threads_count_on_distinct_stripes() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+        // Both tasks block on the barrier, so each holds one worker thread.
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let barrier = std::sync::Arc::clone(&barrier);
+                runtime.spawn(async move {
+                    barrier.wait();
+                    (std::thread::current().id(), stripe())
+                })
+            })
+            .collect();
+        let seen: Vec<_> = tasks
+            .into_iter()
+            .map(|task| runtime.block_on(task).unwrap())
+            .collect();
+        assert_ne!(seen[0].0, seen[1].0, "two worker threads");
+        assert_ne!(seen[0].1, seen[1].1, "on two stripes: {seen:?}");
+        assert_eq!(stripe(), stripe(), "a thread keeps its stripe");
+    }
+
+    #[test]
+    fn the_striped_count_is_the_sum_over_threads() {
+        let local = Local::new(Counter::noop());
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..1_000 {
+                        local.increment();
+                    }
+                });
+            }
+        });
+        assert_eq!(local.get(), 4_000);
     }
 }
