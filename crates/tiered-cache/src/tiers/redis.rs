@@ -973,7 +973,7 @@ fn scan_page(cursor: u64, pattern: &str) -> redis::Cmd {
 }
 
 /// Escapes Redis glob metacharacters so a prefix matches only itself.
-fn escape_glob(prefix: &str) -> String {
+pub(crate) fn escape_glob(prefix: &str) -> String {
     let mut escaped = String::with_capacity(prefix.len());
     for c in prefix.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
