@@ -57,6 +57,7 @@ pub struct CacheBuilder<V> {
     stale_grace: Option<Duration>,
     bus: Option<Arc<dyn InvalidationBus>>,
     strict: Option<Duration>,
+    load_timeout: Option<Duration>,
 }
 
 impl<V: Send + Sync + 'static> CacheBuilder<V> {
@@ -76,6 +77,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             stale_grace: None,
             bus: None,
             strict: None,
+            load_timeout: None,
         }
     }
 
@@ -123,6 +125,19 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
     pub fn circuit_breaker(mut self, failures: NonZeroU32, cool_down: Duration) -> Self {
         self.breaker_failures = failures;
         self.breaker_cool_down = cool_down;
+        self
+    }
+
+    /// How long a `get_or_load` caller waits for its load (its own, or the
+    /// one it joined) before it gets [`Error::LoadTimeout`](crate::Error::LoadTimeout).
+    /// The load is then detached: the next call starts a new one, and the
+    /// old one goes on only while other callers still wait on it (eager
+    /// refreshes are bounded the same way). Override per call with
+    /// [`LoadOptions::timeout`](crate::LoadOptions::timeout). Default: none,
+    /// as moka's `get_with`: a loader that never returns holds its callers
+    /// until they are dropped.
+    pub fn load_timeout(mut self, timeout: Duration) -> Self {
+        self.load_timeout = Some(timeout);
         self
     }
 
@@ -206,6 +221,9 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
     pub fn build(mut self) -> Result<Cache<V>, ConfigError> {
         if self.name.trim().is_empty() {
             return Err(ConfigError::EmptyName);
+        }
+        if self.load_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::ZeroDuration("load_timeout"));
         }
         for (what, duration) in [
             ("remote_timeout", self.remote_timeout),
@@ -301,6 +319,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
             }),
             eager_refresh: self.eager_refresh,
             serve_stale: self.stale_grace.is_some(),
+            load_timeout: self.load_timeout,
             metrics: CacheMetrics::new(&self.name),
             name: self.name.into_boxed_str(),
         }))

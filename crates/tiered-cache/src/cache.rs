@@ -77,6 +77,8 @@ pub(crate) struct Inner<V> {
     pub(crate) negatives: Option<moka::sync::Cache<String, ()>>,
     pub(crate) eager_refresh: Option<f64>,
     pub(crate) serve_stale: bool,
+    /// The default per-caller load timeout.
+    pub(crate) load_timeout: Option<Duration>,
     pub(crate) bus: Option<BusLink>,
 }
 
@@ -167,6 +169,53 @@ impl SetOptions {
     }
 }
 
+/// How a [`Cache::get_or_load_with`] loads and stores. Concurrent callers
+/// of one key share one load: the options of the caller that starts it
+/// apply (to the stored entry and to the load), and each caller keeps its
+/// own timeout.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct LoadOptions {
+    ttl: Option<Option<Duration>>,
+    tags: Vec<String>,
+    timeout: Option<Duration>,
+}
+
+impl LoadOptions {
+    /// Store the loaded value for `ttl` (instead of the cache's default
+    /// TTL); the rules of [`SetOptions::ttl`] apply.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(Some(ttl));
+        self
+    }
+
+    /// Store the loaded value without TTL.
+    pub fn no_ttl(mut self) -> Self {
+        self.ttl = Some(None);
+        self
+    }
+
+    /// Tags the loaded value as [`SetOptions::tags`] does, so that
+    /// [`Cache::invalidate_tag`] removes it, from every tier, and a tag
+    /// invalidation that races the load keeps it from being stored.
+    pub fn tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// Gives up on the load after `timeout` for this caller (instead of the
+    /// cache's [`CacheBuilder::load_timeout`](crate::CacheBuilder::load_timeout)):
+    /// see [`Error::LoadTimeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
 impl<V> Cache<V>
 where
     V: Send + Sync + 'static,
@@ -250,8 +299,51 @@ where
         Fut: Future<Output = Result<V, E>> + Send + 'static,
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
+        self.get_or_load_with(key, LoadOptions::default(), loader)
+            .await
+    }
+
+    /// [`Cache::get_or_load`], storing the loaded value as `options` say
+    /// (TTL, tags) and giving up after the options' timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use perfkit_tiered_cache::{Cache, LoadOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cache: Cache<String> = Cache::builder().build()?;
+    /// let options = LoadOptions::default()
+    ///     .tags(["team:7"])
+    ///     .timeout(Duration::from_secs(2));
+    /// let report = cache
+    ///     .get_or_load_with("report:1", options, || async {
+    ///         Ok::<_, std::io::Error>("quarterly".to_owned())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(*report, "quarterly");
+    /// cache.invalidate_tag("team:7").await;
+    /// assert_eq!(cache.get("report:1").await, None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Cache::get_or_load`], and [`Error::LoadTimeout`].
+    pub async fn get_or_load_with<F, Fut, E>(
+        &self,
+        key: &str,
+        options: LoadOptions,
+        loader: F,
+    ) -> Result<Arc<V>, Error>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, E>> + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
         let erased = move || async move { loader().await.map(Some).map_err(Into::into) };
-        match self.load_through(key, erased).await? {
+        match self.load_through(key, erased, options).await? {
             Some(value) => Ok(value),
             None => Err(Error::NotFound),
         }
@@ -275,16 +367,21 @@ where
         E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     {
         let erased = move || async move { loader().await.map_err(Into::into) };
-        self.load_through(key, erased).await
+        self.load_through(key, erased, LoadOptions::default()).await
     }
 
-    async fn load_through<F, Fut>(&self, key: &str, loader: F) -> Result<Option<Arc<V>>, Error>
+    async fn load_through<F, Fut>(
+        &self,
+        key: &str,
+        loader: F,
+        options: LoadOptions,
+    ) -> Result<Option<Arc<V>>, Error>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Erased<V>> + Send + 'static,
     {
         if let Ok(Some(entry)) = self.inner.ask_first(|tier| tier.get_now(key)) {
-            self.inner.refresh_if_late(key, &entry, loader);
+            self.inner.refresh_if_late(key, &entry, loader, options);
             return Ok(Some(entry.value));
         }
         if let Some(negatives) = &self.inner.negatives
@@ -296,14 +393,24 @@ where
         let span = self.inner.get_span();
         let inner = Arc::clone(&self.inner);
         let owned = key.to_owned();
-        let outcome = self
+        let limit = options.timeout.or(self.inner.load_timeout);
+        let call = self
             .inner
             .loads
             .run(owned.clone(), move || async move {
-                inner.load(&owned, loader, true).await
+                inner.load(&owned, loader, true, &options).await
             })
-            .instrument(span)
-            .await;
+            .instrument(span);
+        let outcome = match limit {
+            None => call.await,
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.inner.give_up_load(key, limit);
+                    return Err(Error::LoadTimeout(limit));
+                }
+            },
+        };
         match outcome.result {
             Ok(value) => Ok(value),
             Err(perfkit_dedup::Error::Failed(error)) => Err(Error::Load(LoadError::clone(&error))),
@@ -433,6 +540,12 @@ where
         let mut reported: Vec<std::collections::HashSet<String>> =
             vec![std::collections::HashSet::new(); levels.len()];
         for (index, level) in levels.iter().enumerate().rev() {
+            if index == 0 {
+                // Loads and promotions that began before the slower tiers
+                // dropped the tag must not fill the first tier: their value
+                // may be tagged, and not indexed there yet.
+                self.inner.generations.bump_all();
+            }
             if let Some(keys) = reported.get_mut(index) {
                 keys.extend(level.delete_tag(tag).await);
             }
@@ -483,6 +596,7 @@ where
                 .collect(),
             loads: self.inner.metrics.loads.get(),
             load_errors: self.inner.metrics.load_errors.get(),
+            load_timeouts: self.inner.metrics.load_timeouts.get(),
             refreshes: self.inner.metrics.refreshes.get(),
             negative_hits: self.inner.metrics.negative_hits.get(),
             stale_served: self.inner.metrics.stale_served.get(),
@@ -696,6 +810,7 @@ where
         key: &str,
         loader: F,
         look_first: bool,
+        options: &LoadOptions,
     ) -> Result<Option<Arc<V>>, LoadError>
     where
         F: FnOnce() -> Fut,
@@ -725,14 +840,15 @@ where
             Ok(Some(value)) => {
                 let value = Arc::new(value);
                 // A jittered TTL under 1 ms: the value is returned, not cached.
-                let Some(ttl) = storable_ttl(self.jittered(self.default_ttl)) else {
+                let ttl = self.jittered(options.ttl.unwrap_or(self.default_ttl));
+                let Some(ttl) = storable_ttl(ttl) else {
                     return Ok(Some(value));
                 };
                 let write = Write {
                     key,
                     value: &value,
                     ttl,
-                    tags: &[],
+                    tags: &options.tags,
                 };
                 for (index, level) in self.levels.iter().enumerate().rev() {
                     // Refused once the key was written or removed: stop filling.
@@ -769,8 +885,13 @@ where
 
     /// Eager refresh: an L1 hit past the configured fraction of the TTL it
     /// was written with starts one background reload (none while one runs).
-    fn refresh_if_late<F, Fut>(self: &Arc<Self>, key: &str, entry: &Entry<V>, loader: F)
-    where
+    fn refresh_if_late<F, Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        entry: &Entry<V>,
+        loader: F,
+        options: LoadOptions,
+    ) where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Erased<V>> + Send + 'static,
     {
@@ -792,16 +913,31 @@ where
         self.metrics.refreshes.increment();
         let inner = Arc::clone(self);
         let owned = key.to_owned();
+        let limit = options.timeout.or(self.load_timeout);
         runtime.spawn(async move {
             let flight = Arc::clone(&inner);
             let key = owned.clone();
-            let _ = inner
-                .loads
-                .run(owned, move || async move {
-                    flight.load(&key, loader, false).await
-                })
-                .await;
+            let reload = inner.loads.run(owned.clone(), move || async move {
+                flight.load(&key, loader, false, &options).await
+            });
+            match limit {
+                None => drop(reload.await),
+                Some(limit) => {
+                    if tokio::time::timeout(limit, reload).await.is_err() {
+                        inner.give_up_load(&owned, limit);
+                    }
+                }
+            }
         });
+    }
+
+    /// A caller's load timeout passed: new callers must not join that load
+    /// (it goes on for the callers still waiting, each until its own
+    /// timeout, and is dropped when none is left).
+    fn give_up_load(&self, key: &str, limit: Duration) {
+        self.loads.forget(key);
+        self.metrics.load_timeouts.increment();
+        tracing::warn!(cache.name = &*self.name, timeout = ?limit, "load timed out; the next call loads afresh");
     }
 
     fn jittered(&self, ttl: Option<Duration>) -> Option<Duration> {

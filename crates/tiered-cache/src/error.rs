@@ -21,6 +21,13 @@ pub enum Error {
     /// The loader panicked. Every waiting caller gets this; the next call loads again.
     #[error("the loader panicked: {0}")]
     LoaderPanicked(Arc<str>),
+    /// The load did not finish within the load timeout
+    /// ([`CacheBuilder::load_timeout`](crate::CacheBuilder::load_timeout) or
+    /// [`LoadOptions::timeout`](crate::LoadOptions::timeout)). The load is
+    /// detached: the next call starts a new one, and the old one is dropped
+    /// once no caller waits on it. Nothing was cached.
+    #[error("the load did not finish within {0:?}")]
+    LoadTimeout(Duration),
     /// `get_or_load` joined a load started by `get_or_load_optional` whose
     /// loader found no value for the key.
     #[error("the loader found no value for this key")]

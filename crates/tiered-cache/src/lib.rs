@@ -125,7 +125,7 @@ mod tiers;
 
 pub use crate::builder::CacheBuilder;
 pub use crate::bus::{BusEvent, BusFuture, InvalidationBus, LocalBus, Message, Target};
-pub use crate::cache::{Cache, SetOptions, WarmReport};
+pub use crate::cache::{Cache, LoadOptions, SetOptions, WarmReport};
 #[cfg(feature = "json")]
 pub use crate::codec::Json;
 pub use crate::codec::{Codec, Postcard};

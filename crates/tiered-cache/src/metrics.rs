@@ -109,6 +109,8 @@ pub(crate) struct CacheMetrics {
     /// `get` misses answered by another caller's lookup.
     pub(crate) shared_lookups: Local,
     pub(crate) load_errors: Local,
+    /// Callers that gave up on a load after its timeout.
+    pub(crate) load_timeouts: Local,
     pub(crate) load_seconds: Histogram,
 }
 
@@ -122,6 +124,7 @@ impl CacheMetrics {
             stale_served: Local::new(counter!("perfkit_cache_stale_served_total", &labels)),
             shared_lookups: Local::new(counter!("perfkit_cache_shared_lookups_total", &labels)),
             load_errors: Local::new(counter!("perfkit_cache_load_errors_total", &labels)),
+            load_timeouts: Local::new(counter!("perfkit_cache_load_timeouts_total", &labels)),
             load_seconds: histogram!("perfkit_cache_load_duration_seconds", &labels),
         }
     }

@@ -10,6 +10,9 @@ pub struct Stats {
     pub loads: u64,
     /// Loader runs that failed.
     pub load_errors: u64,
+    /// Callers (and eager refreshes) that gave up on a load after the load
+    /// timeout.
+    pub load_timeouts: u64,
     /// Background reloads started by eager refresh.
     pub refreshes: u64,
     /// `get_or_load_optional` calls answered by a remembered "not found".
