@@ -109,6 +109,15 @@ pub enum BusEvent {
     /// This many messages were lost while subscribed (a slow receiver): the
     /// cache flushes its first tier.
     Lagged(u64),
+    /// The subscription's link was checked (a health check sent at
+    /// `checked_at` was answered): every message published before that
+    /// instant has been delivered. Strict mode counts from the last one, so
+    /// a link that goes silent without breaking (black-holed) stops the
+    /// first tier from serving within the bound.
+    Alive {
+        /// When the check was sent.
+        checked_at: std::time::Instant,
+    },
     /// An invalidation.
     Message(Message),
 }
@@ -128,6 +137,16 @@ pub trait InvalidationBus: Send + Sync + 'static {
     /// dropped; the first is [`BusEvent::Up`] once subscribed. Needs a
     /// tokio runtime.
     fn subscribe(&self) -> mpsc::Receiver<BusEvent>;
+
+    /// [`InvalidationBus::subscribe`] for a cache in strict mode, which
+    /// asks that the link be checked at least `every` and each check
+    /// answered be reported as [`BusEvent::Alive`]. The default ignores the
+    /// request (right for a bus whose link cannot go silent, such as
+    /// [`LocalBus`]).
+    fn subscribe_with_checks(&self, every: std::time::Duration) -> mpsc::Receiver<BusEvent> {
+        let _ = every;
+        self.subscribe()
+    }
 }
 
 /// How many events a subscription buffers before the bus waits for the cache.

@@ -248,6 +248,7 @@ where
             Ok(found) => return found,
             Err(asked) => asked,
         };
+        self.inner.revive_bus();
         let span = self.inner.get_span();
         let lookup = async {
             loop {
@@ -390,6 +391,7 @@ where
             self.inner.metrics.negative_hits.increment();
             return Ok(None);
         }
+        self.inner.revive_bus();
         let span = self.inner.get_span();
         let inner = Arc::clone(&self.inner);
         let owned = key.to_owned();
@@ -629,6 +631,15 @@ where
             cache.tier = tracing::field::Empty,
             cache.loaded = tracing::field::Empty,
         )
+    }
+
+    /// Subscribes to the invalidation bus again if its task died with the
+    /// runtime that ran it (one atomic load otherwise).
+    #[inline]
+    fn revive_bus(&self) {
+        if let Some(link) = &self.bus {
+            link.revive();
+        }
     }
 
     /// Asks the first tier at once, with `ask` (`get_now`, or

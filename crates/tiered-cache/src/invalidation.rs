@@ -2,8 +2,8 @@
 //! invalidates, and applying what the others publish to the first tier.
 
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use metrics::{Gauge, Histogram, counter, gauge, histogram};
@@ -13,6 +13,9 @@ use crate::breaker::{Breaker, Transition};
 use crate::bus::{BusEvent, InvalidationBus, Message, Target, unix_micros};
 use crate::cache::Inner;
 use crate::metrics::Local;
+
+/// Subscribes a link again, for the cache it belongs to.
+type Resubscribe = Box<dyn Fn(&BusLink) + Send + Sync>;
 
 /// A cache's connection to its invalidation bus.
 pub(crate) struct BusLink {
@@ -25,13 +28,27 @@ pub(crate) struct BusLink {
     publish_breaker: Breaker,
     /// Strict mode's bound.
     strict: Option<Duration>,
-    /// When the bus went down, in milliseconds since `started`, plus one;
-    /// 0 while it is up.
-    down_since: AtomicU64,
+    /// Whether the subscription is down (not yet up, lost, or its task gone).
+    down: AtomicBool,
+    /// The last time the subscription was known to deliver, in milliseconds
+    /// since `started`: when it came up, when a health check it sent was
+    /// answered (every message published before that check had arrived),
+    /// or, for buses that send no checks, when it was reported down.
+    alive_at: AtomicU64,
+    /// Whether the bus reports health checks ([`BusEvent::Alive`]): strict
+    /// mode then counts from the last one even while the bus says it is up.
+    heartbeats: AtomicBool,
     started: Instant,
     /// Whether the bus has been up once (later `Up`s are reconnects).
-    subscribed_once: std::sync::atomic::AtomicBool,
-    task: OnceLock<tokio::task::AbortHandle>,
+    subscribed_once: AtomicBool,
+    /// The task applying events, while there is one.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The subscription's task ended without the cache being dropped (the
+    /// runtime that ran it shut down): the next call from a runtime
+    /// subscribes again.
+    dead: AtomicBool,
+    /// Subscribes again, for the cache this link belongs to.
+    resubscribe: OnceLock<Resubscribe>,
     pub(crate) metrics: BusMetrics,
 }
 
@@ -106,11 +123,15 @@ impl BusLink {
             publish_timeout,
             publish_breaker: Breaker::new(breaker.0, breaker.1),
             strict,
-            // Down until the first subscription.
-            down_since: AtomicU64::new(1),
+            // Down until the first subscription; strict mode counts from now.
+            down: AtomicBool::new(true),
+            alive_at: AtomicU64::new(0),
+            heartbeats: AtomicBool::new(false),
             started: Instant::now(),
-            subscribed_once: std::sync::atomic::AtomicBool::new(false),
-            task: OnceLock::new(),
+            subscribed_once: AtomicBool::new(false),
+            task: Mutex::new(None),
+            dead: AtomicBool::new(false),
+            resubscribe: OnceLock::new(),
             metrics,
         }
     }
@@ -119,36 +140,92 @@ impl BusLink {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    fn ms_since_start(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Strict mode: whether the first tier must not be served because the
-    /// bus has been down for longer than the bound.
+    /// bus has not been known to deliver for the bound (down that long, or,
+    /// with health checks, no check answered that long).
     #[inline]
     pub(crate) fn first_tier_suspect(&self) -> bool {
         let Some(bound) = self.strict else {
             return false;
         };
-        let since = self.down_since.load(Ordering::Acquire);
-        if since == 0 {
+        if !self.down.load(Ordering::Acquire) && !self.heartbeats.load(Ordering::Relaxed) {
             return false;
         }
         let bound = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
-        self.now_ms().saturating_sub(since - 1) >= bound
+        self.now_ms()
+            .saturating_sub(self.alive_at.load(Ordering::Acquire))
+            >= bound
     }
 
-    /// Starts applying `events` to the cache behind `inner`; the task ends
-    /// when the cache is dropped.
+    /// How often strict mode asks the bus to check its link: a quarter of
+    /// the bound, so that a healthy link never looks stale.
+    fn check_every(&self) -> Option<Duration> {
+        self.strict
+            .map(|bound| (bound / 4).max(Duration::from_millis(1)))
+    }
+
+    /// Starts applying the bus's events to the cache behind `inner`; the
+    /// task ends when the cache is dropped.
     pub(crate) fn start<V: Send + Sync + 'static>(&self, inner: Weak<Inner<V>>) {
+        let again = inner.clone();
+        let _ = self.resubscribe.set(Box::new(move |link: &BusLink| {
+            link.subscribe(again.clone());
+        }));
+        self.subscribe(inner);
+    }
+
+    fn subscribe<V: Send + Sync + 'static>(&self, inner: Weak<Inner<V>>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.dead.store(true, Ordering::Release);
             return;
         };
-        let events = self.bus.subscribe();
+        let events = match self.check_every() {
+            Some(every) => self.bus.subscribe_with_checks(every),
+            None => self.bus.subscribe(),
+        };
         let task = runtime.spawn(receive(inner, events));
-        let _ = self.task.set(task.abort_handle());
+        let previous = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(task.abort_handle());
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+    }
+
+    /// After the subscription's task died with its runtime, subscribes
+    /// again from the runtime of the current call (one caller does).
+    #[inline]
+    pub(crate) fn revive(&self) {
+        if !self.dead.load(Ordering::Relaxed)
+            || tokio::runtime::Handle::try_current().is_err()
+            || self
+                .dead
+                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Some(resubscribe) = self.resubscribe.get() {
+            tracing::info!("invalidation bus: subscribing again from the current runtime");
+            resubscribe(self);
+        }
     }
 }
 
 impl Drop for BusLink {
     fn drop(&mut self) {
-        if let Some(task) = self.task.get() {
+        let task = self
+            .task
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
             task.abort();
         }
     }
@@ -169,11 +246,25 @@ async fn receive<V: Send + Sync + 'static>(
     inner: Weak<Inner<V>>,
     mut events: mpsc::Receiver<BusEvent>,
 ) {
+    // Whatever ends this task while the cache lives (the bus closed the
+    // subscription, the runtime shut down and dropped it) is a death.
+    let _death = Death(inner.clone());
     while let Some(event) = events.recv().await {
         let Some(inner) = inner.upgrade() else {
             return;
         };
         inner.apply(event).await;
+    }
+}
+
+/// Reports the end of the subscription task to its cache, if it still lives.
+struct Death<V: Send + Sync + 'static>(Weak<Inner<V>>);
+
+impl<V: Send + Sync + 'static> Drop for Death<V> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.bus_died();
+        }
     }
 }
 
@@ -188,6 +279,7 @@ impl<V: Send + Sync + 'static> Inner<V> {
         let Some(link) = &self.bus else {
             return;
         };
+        link.revive();
         let Some(permit) = link.publish_breaker.allow() else {
             link.metrics.publish_skipped.increment();
             link.metrics.publish_errors.increment();
@@ -254,7 +346,8 @@ impl<V: Send + Sync + 'static> Inner<V> {
             BusEvent::Up => {
                 // Whatever was published while we were not subscribed is lost.
                 self.flush_first_tier().await;
-                link.down_since.store(0, Ordering::Release);
+                link.alive_at.store(link.now_ms(), Ordering::Release);
+                link.down.store(false, Ordering::Release);
                 link.metrics.up.set(1.0);
                 link.metrics.flushed_up.increment();
                 if link.subscribed_once.swap(true, Ordering::Relaxed) {
@@ -265,11 +358,13 @@ impl<V: Send + Sync + 'static> Inner<V> {
                     );
                 }
             }
+            BusEvent::Alive { checked_at } => {
+                link.heartbeats.store(true, Ordering::Relaxed);
+                link.alive_at
+                    .fetch_max(link.ms_since_start(checked_at), Ordering::AcqRel);
+            }
             BusEvent::Down { reason } => {
-                let since = link.now_ms().saturating_add(1);
-                let _ =
-                    link.down_since
-                        .compare_exchange(0, since, Ordering::AcqRel, Ordering::Relaxed);
+                self.mark_down(link);
                 link.metrics.up.set(0.0);
                 self.flush_first_tier().await;
                 link.metrics.flushed_down.increment();
@@ -285,6 +380,42 @@ impl<V: Send + Sync + 'static> Inner<V> {
                 );
             }
         }
+    }
+
+    /// Records that the subscription is down. Buses that report health
+    /// checks keep the time of the last one answered; others count from now.
+    fn mark_down(&self, link: &BusLink) {
+        if !link.down.swap(true, Ordering::AcqRel) && !link.heartbeats.load(Ordering::Relaxed) {
+            link.alive_at.store(link.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// The subscription task ended while the cache lives (its runtime shut
+    /// down): a loss like [`BusEvent::Down`], handled without awaiting. The
+    /// first tier is flushed when it can be flushed at once (strict mode
+    /// bypasses it in any case after the bound), and the next call from a
+    /// runtime subscribes again.
+    fn bus_died(&self) {
+        let Some(link) = &self.bus else {
+            return;
+        };
+        self.mark_down(link);
+        link.metrics.up.set(0.0);
+        self.generations.bump_all();
+        self.forget_negatives();
+        let flushed = self
+            .levels
+            .first()
+            .is_some_and(|first| first.tier.clear_now());
+        if flushed {
+            link.metrics.flushed_down.increment();
+        }
+        link.dead.store(true, Ordering::Release);
+        tracing::warn!(
+            cache.name = &*self.name,
+            l1_flushed = flushed,
+            "invalidation bus subscription ended with the runtime that ran it; it resumes on the next call made from a runtime"
+        );
     }
 
     /// Applies another instance's invalidation to the first tier only: the

@@ -16,7 +16,9 @@ use crate::lazy_connection::LazyConnection;
 ///
 /// The subscription runs on its own connection in a background task that
 /// reconnects forever (50 ms doubling to 1 s between attempts) and checks the
-/// connection with a `PING` every [`RedisBusBuilder::health_check`]. Every
+/// connection with a `PING` every [`RedisBusBuilder::health_check`] (for a
+/// cache in strict mode, at least every quarter of its bound), reporting
+/// each answered check ([`BusEvent::Alive`]). Every
 /// loss is reported ([`BusEvent::Down`]) and every re-subscription too
 /// ([`BusEvent::Up`]): pub/sub keeps no backlog, so the cache flushes its
 /// first tier on both, never trusting what it may have missed. Publishing
@@ -125,12 +127,16 @@ impl InvalidationBus for RedisBus {
     }
 
     fn subscribe(&self) -> mpsc::Receiver<BusEvent> {
+        self.subscribe_with_checks(self.health_check)
+    }
+
+    fn subscribe_with_checks(&self, every: Duration) -> mpsc::Receiver<BusEvent> {
         let (events, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let subscriber = Subscriber {
             client: self.publisher.client().clone(),
             channel: self.channel.clone(),
             connect_timeout: self.connect_timeout,
-            health_check: self.health_check,
+            health_check: self.health_check.min(every),
             events,
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -158,6 +164,7 @@ impl Subscriber {
     async fn run(self) {
         let mut retry = FIRST_RETRY;
         loop {
+            let subscribing = std::time::Instant::now();
             let (mut sink, mut stream) = match self.connect().await {
                 Ok(halves) => halves,
                 Err(error) => {
@@ -171,8 +178,18 @@ impl Subscriber {
                 }
             };
             retry = FIRST_RETRY;
-            if self.events.send(BusEvent::Up).await.is_err() {
-                return;
+            // The subscription's confirmation is the first check: everything
+            // published after it was sent is delivered.
+            let up = [
+                BusEvent::Up,
+                BusEvent::Alive {
+                    checked_at: subscribing,
+                },
+            ];
+            for event in up {
+                if self.events.send(event).await.is_err() {
+                    return;
+                }
             }
             let mut health = tokio::time::interval(self.health_check);
             health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -195,8 +212,14 @@ impl Subscriber {
                         }
                     }
                     _ = health.tick() => {
+                        let checked_at = std::time::Instant::now();
                         match tokio::time::timeout(self.connect_timeout, sink.ping::<redis::Value>()).await {
-                            Ok(Ok(_)) => {}
+                            // Redis answers in order: the messages before the PONG are in.
+                            Ok(Ok(_)) => {
+                                if self.events.send(BusEvent::Alive { checked_at }).await.is_err() {
+                                    return;
+                                }
+                            }
                             Ok(Err(error)) => break format!("PING failed: {error}"),
                             Err(_) => break format!("no PING answer within {:?}", self.connect_timeout),
                         }

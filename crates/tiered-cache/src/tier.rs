@@ -282,6 +282,13 @@ pub trait Tier<V>: Send + Sync + 'static {
         false
     }
 
+    /// Removes every entry without awaiting, when the tier can; returns
+    /// whether it did. The cache uses it where it cannot await (the
+    /// invalidation bus's task ending with its runtime). Default: `false`.
+    fn clear_now(&self) -> bool {
+        false
+    }
+
     /// Keeps entries for `grace` past their TTL, invisible to lookups, as a
     /// fallback for when a reload fails (see [`Tier::get_stale`]). Returns
     /// whether the tier can. Called once, when the cache is built. Default:

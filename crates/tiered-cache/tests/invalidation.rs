@@ -571,3 +571,205 @@ async fn strict_mode_stops_serving_l1_once_the_bus_has_been_down_for_the_bound()
         "past the bound, L1 is not served: every call loads"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_used_after_the_runtime_that_built_it_is_gone_never_serves_what_others_invalidated()
+{
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let channel = format!("{}bus", redis.prefix());
+    let b = instance(redis.url(), redis.prefix(), &channel);
+    b.set("k", "old".to_owned()).await;
+    // A is built, subscribed and warmed in a runtime of its own, which then shuts down.
+    let (url, prefix, bus) = (
+        redis.url().to_owned(),
+        redis.prefix().to_owned(),
+        channel.clone(),
+    );
+    let a = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let a = runtime.block_on(async {
+            let a = instance(&url, &prefix, &bus);
+            subscribed(&[&a]).await;
+            assert!(a.get("k").await.is_some(), "A holds a copy in L1");
+            a
+        });
+        drop(runtime);
+        a
+    })
+    .join()
+    .unwrap();
+    // The first subscription's flush, and the one at its death.
+    let flushes_after_death = a.stats().l1_flushes;
+    assert_eq!(flushes_after_death, 2, "{:?}", a.stats());
+    subscribed(&[&b]).await;
+    b.invalidate("k").await;
+    assert_eq!(
+        a.get("k").await,
+        None,
+        "A flushed its L1 when its subscription died: {:?}",
+        a.stats()
+    );
+    // A subscribes again from this runtime: B's invalidations reach it.
+    b.set("k2", "old".to_owned()).await;
+    within("A resubscribing", async {
+        // Subscribed again: the new subscription's first event flushes L1.
+        while a.stats().l1_flushes == flushes_after_death {
+            let _ = a.get("k2").await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(a.get("k2").await.is_some(), "A promotes k2 into L1");
+    let received = a.stats().invalidations_received;
+    b.set("k2", "new".to_owned()).await;
+    within("B's set reaching A", async {
+        while a.stats().invalidations_received == received {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        a.get("k2").await.as_deref().map(String::as_str),
+        Some("new")
+    );
+}
+
+/// A TCP proxy whose link the test can black-hole: bytes stop flowing both
+/// ways, connections stay open, nothing is refused.
+struct Proxy {
+    url: String,
+    black_hole: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    async fn to(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("redis://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let black_hole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hole = Arc::clone(&black_hole);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Self::pipe(client_read, server_write, Arc::clone(&hole)));
+                tokio::spawn(Self::pipe(server_read, client_write, Arc::clone(&hole)));
+            }
+        });
+        Self { url, black_hole }
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        black_hole: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = vec![0_u8; 16 * 1024];
+        loop {
+            let Ok(read) = from.read(&mut buffer).await else {
+                return;
+            };
+            if read == 0 {
+                return;
+            }
+            while black_hole.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if to.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_with_a_black_holed_bus_link_stops_serving_l1_within_the_bound() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let bound = Duration::from_millis(200);
+    let channel = format!("{}bus", redis.prefix());
+    let proxy = Proxy::to(redis.url()).await;
+    // A reads and writes Redis directly; only its subscription crosses the proxy.
+    let a = Cache::builder()
+        .name("invalidation")
+        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(
+            RedisTier::builder(redis.url())
+                .prefix(redis.prefix())
+                .build()
+                .unwrap(),
+        )
+        .remote_timeout(Duration::from_secs(2))
+        .invalidation_bus(
+            RedisBus::builder(&proxy.url)
+                .channel(&channel)
+                .build()
+                .unwrap(),
+        )
+        .strict_invalidation(bound)
+        .build()
+        .unwrap();
+    let b = instance(redis.url(), redis.prefix(), &channel);
+    subscribed(&[&a, &b]).await;
+    let mut stale_for = Vec::new();
+    for round in 0..5 {
+        let key = format!("k{round}");
+        let received = a.stats().invalidations_received;
+        b.set(&key, "old".to_owned()).await;
+        // A applies B's set first, so that its copy is not dropped by it later.
+        within("B's set reaching A", async {
+            while a.stats().invalidations_received == received {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert_eq!(
+            a.get(&key).await.as_deref().map(String::as_str),
+            Some("old")
+        );
+        assert_eq!(
+            a.get(&key).await.as_deref().map(String::as_str),
+            Some("old"),
+            "A serves its L1 copy"
+        );
+        proxy.black_hole.store(true, Ordering::SeqCst);
+        // B's write: Redis has the new value, A's copy of the message is held.
+        b.set(&key, "new".to_owned()).await;
+        let written = Instant::now();
+        within("A serving the new value", async {
+            while a.get(&key).await.as_deref().map(String::as_str) != Some("new") {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await;
+        stale_for.push(written.elapsed());
+        proxy.black_hole.store(false, Ordering::SeqCst);
+        // Once its link has answered checks again for a while, A serves from L1 again.
+        tokio::time::sleep(bound).await;
+        within("A's link answering again", async {
+            loop {
+                let hits = a.stats().tiers[0].hits;
+                let _ = a.get(&key).await;
+                if a.stats().tiers[0].hits > hits {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+    }
+    stale_for.sort();
+    println!("strict {bound:?}, black-holed link: old value served for {stale_for:?}");
+    let worst = stale_for[stale_for.len() - 1];
+    assert!(
+        worst <= bound + Duration::from_millis(100),
+        "served the old value for {worst:?} with a {bound:?} bound"
+    );
+}

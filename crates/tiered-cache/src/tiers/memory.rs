@@ -347,6 +347,11 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
         true
     }
 
+    fn clear_now(&self) -> bool {
+        self.map.invalidate_all();
+        true
+    }
+
     fn get<'a>(&'a self, key: &'a str) -> TierFuture<'a, Option<Entry<V>>> {
         let found = self.lookup(key);
         Box::pin(async move { Ok(found) })
