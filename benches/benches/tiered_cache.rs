@@ -7,6 +7,9 @@
 //!   which returns raw bytes: no decoding is counted for it).
 //!   The same cache with an invalidation bus in strict mode shows what
 //!   invalidation across instances adds to a hit.
+//! - L1 hit on two threads at once, against moka's sync cache configured as
+//!   our L1: what the hit counters cost when two worker threads count at
+//!   once (they count on separate cache lines).
 //! - L2 hit: `Cache::get` that misses L1, hits Redis and promotes the value,
 //!   against `multi-tier-cache`'s L2 hit and a raw redis-rs `GET` on the same connection type
 //!   (`ConnectionManager`). Ours and the raw `GET` are measured as pairs in one
@@ -194,6 +197,87 @@ fn l1_hit(c: &mut Criterion) {
 /// Runs `iters` operations in cycles of `cycle`, each cycle on a new instance
 /// from `fresh` (a cold L1, so every get goes to Redis); `op(instance, i)`
 /// runs the cycle's `i`-th operation and returns the time it counts.
+/// Warm L1 hits on two threads at once (each on its own current-thread
+/// runtime, one key each), against moka's sync cache with our L1's
+/// configuration: what the hit counters cost when two worker threads count
+/// at once. Each sample is the wall time of both threads' `iters` hits,
+/// divided by `iters` (so per-thread time per hit).
+fn l1_hit_two_threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cache/l1_hit_2_threads");
+    let ours: Cache<String> = Cache::builder()
+        .tier(MemoryTier::with_max_entries(10_000))
+        .build()
+        .expect("cache");
+    let keys = ["agent:1", "agent:2"];
+    runtime().block_on(async {
+        for key in keys {
+            ours.set(key, value()).await;
+        }
+    });
+    group.bench_function(BenchmarkId::from_parameter("perfkit-tiered-cache"), |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(|thread| {
+                let (cache, key) = (ours.clone(), keys[thread]);
+                move || {
+                    runtime().block_on(async {
+                        for _ in 0..iters {
+                            black_box(cache.get(black_box(key)).await);
+                        }
+                    });
+                }
+            })
+        });
+    });
+    let moka_expiry: moka::sync::Cache<String, Arc<String>> = moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .expire_after(PerEntry)
+        .build();
+    for key in keys {
+        moka_expiry.insert(key.to_owned(), Arc::new(value()));
+    }
+    group.bench_function(
+        BenchmarkId::from_parameter("moka-sync, per-entry expiry (our exact L1 backend)"),
+        |b| {
+            b.iter_custom(|iters| {
+                on_two_threads(|thread| {
+                    let (cache, key) = (moka_expiry.clone(), keys[thread]);
+                    move || {
+                        for _ in 0..iters {
+                            black_box(cache.get(black_box(key)));
+                        }
+                    }
+                })
+            });
+        },
+    );
+    group.finish();
+}
+
+/// Runs `work(0)` and `work(1)` on two threads released together; returns
+/// the wall time from the release to the last one finishing.
+fn on_two_threads<W, F>(work: W) -> Duration
+where
+    W: Fn(usize) -> F,
+    F: FnOnce() + Send + 'static,
+{
+    let barrier = Arc::new(std::sync::Barrier::new(3));
+    let threads: Vec<_> = (0..2)
+        .map(|thread| {
+            let (barrier, run) = (Arc::clone(&barrier), work(thread));
+            std::thread::spawn(move || {
+                barrier.wait();
+                run();
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    for thread in threads {
+        thread.join().expect("bench thread");
+    }
+    start.elapsed()
+}
+
 async fn time_cycles<C>(
     iters: u64,
     cycle: usize,
@@ -361,5 +445,5 @@ fn l2_hit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, l1_hit, l2_hit);
+criterion_group!(benches, l1_hit, l1_hit_two_threads, l2_hit);
 criterion_main!(benches);
