@@ -56,8 +56,13 @@ use crate::tier::{Entry, MIN_TTL, Tier, Version, Write, storable_ttl};
 /// - **Fail-safe remote tiers.** Every call to a remote tier (Redis) has a
 ///   timeout; a failure counts as a miss, is logged and counted; after
 ///   repeated failures a circuit breaker skips the tier for a cool-down, then
-///   lets one probe through. A cache call therefore never waits for a
-///   reconnect: with Redis down, a miss costs about the loader's time.
+///   lets one probe through (a probe whose caller goes away counts as
+///   failed). Reads, writes, deletes and publishes alike: a cache call never
+///   waits for a reconnect, and with Redis down a miss costs about the
+///   loader's time, a `set` microseconds.
+/// - **A bad value is about that value.** A value a tier cannot decode, or
+///   one too large for it, is a miss for that key and a value error in the
+///   stats, never a strike against the tier.
 pub struct Cache<V> {
     inner: Arc<Inner<V>>,
 }

@@ -93,11 +93,14 @@
 //!   the breaker), `perfkit_cache_tier_skipped_total`,
 //!   `perfkit_cache_breaker_open` (gauge); per cache:
 //!   `perfkit_cache_loads_total`, `perfkit_cache_load_errors_total`,
+//!   `perfkit_cache_load_timeouts_total`,
 //!   `perfkit_cache_refreshes_total`, `perfkit_cache_negative_hits_total`,
 //!   `perfkit_cache_stale_served_total`, `perfkit_cache_load_duration_seconds`.
 //! - Invalidation: `perfkit_cache_invalidations_sent_total`,
 //!   `perfkit_cache_invalidations_received_total`,
 //!   `perfkit_cache_invalidation_publish_errors_total`,
+//!   `perfkit_cache_invalidation_publish_skipped_total`,
+//!   `perfkit_cache_publish_breaker_open` (gauge),
 //!   `perfkit_cache_l1_flushes_total` (`reason`), `perfkit_cache_bus_reconnects_total`,
 //!   `perfkit_cache_bus_up` (gauge), `perfkit_cache_invalidation_delay_seconds`.
 //! - [`Cache::stats`]: the same counters, with the hit ratio per tier.
