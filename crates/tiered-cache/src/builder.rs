@@ -278,7 +278,7 @@ impl<V: Send + Sync + 'static> CacheBuilder<V> {
                 return Err(ConfigError::DuplicateTierName(tier.name().to_owned()));
             }
         }
-        let breaker = (self.breaker_failures.get(), self.breaker_cool_down);
+        let breaker = (self.breaker_failures, self.breaker_cool_down);
         let levels: Box<[Level<V>]> = self
             .tiers
             .into_iter()

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use metrics::{Gauge, Histogram, counter, gauge, histogram};
 use tokio::sync::mpsc;
 
-use crate::breaker::{Breaker, Transition};
 use crate::bus::{BusEvent, InvalidationBus, Message, Target, unix_micros};
 use crate::cache::Inner;
 use crate::metrics::Local;
+use perfkit_breaker::{Breaker, Transition};
 
 /// Subscribes a link again, for the cache it belongs to.
 type Resubscribe = Box<dyn Fn(&BusLink) + Send + Sync>;
@@ -111,7 +111,7 @@ impl BusLink {
         cache: &str,
         strict: Option<Duration>,
         publish_timeout: Duration,
-        breaker: (u32, Duration),
+        breaker: (std::num::NonZeroU32, Duration),
     ) -> Self {
         let metrics = BusMetrics::new(cache);
         metrics.up.set(0.0);

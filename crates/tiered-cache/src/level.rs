@@ -1,12 +1,13 @@
 //! One tier in a cache, with what the cache adds around it: a timeout and a
 //! circuit breaker for remote tiers, and its metrics.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
-use crate::breaker::{Breaker, Transition};
 use crate::error::TierError;
 use crate::metrics::TierMetrics;
 use crate::tier::{Entry, Tier, TierFuture, Version, Write};
+use perfkit_breaker::{Breaker, Transition};
 
 pub(crate) struct Level<V> {
     pub(crate) tier: Box<dyn Tier<V>>,
@@ -22,7 +23,7 @@ impl<V: Send + Sync + 'static> Level<V> {
         tier: Box<dyn Tier<V>>,
         cache: &str,
         timeouts: (Duration, Duration),
-        breaker: (u32, Duration),
+        breaker: (NonZeroU32, Duration),
     ) -> Self {
         let remote = tier.is_remote();
         let metrics = TierMetrics::new(cache, tier.name());

@@ -105,7 +105,6 @@
 //!   `perfkit_cache_bus_up` (gauge), `perfkit_cache_invalidation_delay_seconds`.
 //! - [`Cache::stats`]: the same counters, with the hit ratio per tier.
 
-mod breaker;
 mod builder;
 mod bus;
 mod cache;
