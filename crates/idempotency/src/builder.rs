@@ -1,11 +1,14 @@
 //! `IdempotencyLayerBuilder`: every setting of the layer, validated in `build()`.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
 use http::header::{HeaderName, SET_COOKIE};
 use http::request::Parts;
+
+use perfkit_breaker::Breaker;
 
 use crate::bloom::SeenFilter;
 use crate::error::ConfigError;
@@ -21,6 +24,13 @@ pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(60);
 /// Default for [`IdempotencyLayerBuilder::max_body_bytes`] and
 /// [`IdempotencyLayerBuilder::max_recorded_body_bytes`]: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default for [`IdempotencyLayerBuilder::circuit_breaker`]: consecutive failures.
+pub const DEFAULT_BREAKER_FAILURES: NonZeroU32 = match NonZeroU32::new(5) {
+    Some(failures) => failures,
+    None => NonZeroU32::MIN,
+};
+/// Default for [`IdempotencyLayerBuilder::circuit_breaker`]: cool-down.
+pub const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(5);
 /// Default for [`IdempotencyLayerBuilder::bloom`]: keys per key TTL.
 pub const DEFAULT_BLOOM_KEYS: usize = 100_000;
 /// Default for [`IdempotencyLayerBuilder::bloom`]: false-positive rate per generation.
@@ -75,6 +85,7 @@ pub struct IdempotencyLayerBuilder {
     fail_mode: FailMode,
     on_disconnect: OnDisconnect,
     bloom: Option<(usize, f64)>,
+    breaker: Option<(NonZeroU32, Duration)>,
     name: String,
 }
 
@@ -96,6 +107,7 @@ impl IdempotencyLayerBuilder {
             fail_mode: FailMode::Closed,
             on_disconnect: OnDisconnect::RunToCompletion,
             bloom: Some((DEFAULT_BLOOM_KEYS, DEFAULT_BLOOM_FP_RATE)),
+            breaker: Some((DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_COOL_DOWN)),
             name: "http".to_owned(),
         }
     }
@@ -229,6 +241,27 @@ impl IdempotencyLayerBuilder {
         self
     }
 
+    /// After `failures` consecutive store failures (timeouts, connection
+    /// errors), skip the store for `cool_down`, then let one call through
+    /// as a probe; its success closes the breaker. While the breaker is
+    /// open, requests get their `503` (fail-closed) or pass through
+    /// (fail-open) in microseconds instead of one store timeout each. A
+    /// probe whose request goes away before the store answers counts as
+    /// failed (the breaker never sticks half-open). Exported as the gauge
+    /// `perfkit_idempotency_store_breaker_open` and the counter
+    /// `perfkit_idempotency_store_skipped_total`. Default: 5 failures, 5 s.
+    pub fn circuit_breaker(mut self, failures: NonZeroU32, cool_down: Duration) -> Self {
+        self.breaker = Some((failures, cool_down));
+        self
+    }
+
+    /// No circuit breaker: every request tries the store and waits for its
+    /// timeout while it is down.
+    pub fn without_circuit_breaker(mut self) -> Self {
+        self.breaker = None;
+        self
+    }
+
     /// Names the layer in metrics (`layer` label) and spans. Default: `"http"`.
     pub fn name(mut self, name: &str) -> Self {
         name.clone_into(&mut self.name);
@@ -259,7 +292,14 @@ impl IdempotencyLayerBuilder {
             .bloom
             .map(|(keys, fp_rate)| SeenFilter::new(keys, fp_rate, self.key_ttl))
             .transpose()?;
+        if self
+            .breaker
+            .is_some_and(|(_, cool_down)| cool_down.is_zero())
+        {
+            return Err(ConfigError::ZeroCoolDown);
+        }
         let metrics = Metrics::new(&self.name);
+        metrics.store_breaker_open.set(0.0);
         Ok(IdempotencyLayer::from_config(Config {
             store: self.store,
             scope,
@@ -276,6 +316,9 @@ impl IdempotencyLayerBuilder {
             fail_mode: self.fail_mode,
             on_disconnect: self.on_disconnect,
             bloom,
+            breaker: self
+                .breaker
+                .map(|(failures, cool_down)| Breaker::new(failures, cool_down)),
             metrics,
             name: self.name,
         }))

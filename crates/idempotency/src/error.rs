@@ -29,6 +29,9 @@ pub enum ConfigError {
         /// The configured lock TTL.
         lock_ttl: Duration,
     },
+    /// The circuit breaker's cool-down is zero.
+    #[error("the circuit breaker's cool-down is zero; give the store time to recover, e.g. 5 s")]
+    ZeroCoolDown,
     /// The Bloom filter parameters are out of range.
     #[error(
         "the Bloom filter needs a false-positive rate strictly between 0 and 1 and at least one expected key, got {fp_rate} for {expected_keys} keys"
@@ -56,4 +59,22 @@ pub enum StoreError {
     /// foreign value under the store's prefix).
     #[error("the idempotency store holds unreadable data for this key: {0}")]
     Corrupt(String),
+    /// Not attempted: the store failed repeatedly and the layer's circuit
+    /// breaker skips it until a probe finds it answering again.
+    #[error(
+        "the idempotency store is failing; calls are skipped until a probe succeeds (circuit open)"
+    )]
+    CircuitOpen,
+    /// The store does not implement this operation.
+    #[error("the idempotency store does not support {0}")]
+    Unsupported(&'static str),
+}
+
+impl StoreError {
+    /// Whether the error says the store is unreachable or failing (what the
+    /// circuit breaker counts), rather than something about one key's data.
+    #[must_use]
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Backend(_))
+    }
 }

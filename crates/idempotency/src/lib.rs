@@ -86,8 +86,9 @@ mod stores;
 
 pub use bloom::BloomStats;
 pub use builder::{
-    DEFAULT_BLOOM_FP_RATE, DEFAULT_BLOOM_KEYS, DEFAULT_KEY_TTL, DEFAULT_LOCK_TTL,
-    DEFAULT_MAX_BODY_BYTES, FailMode, IdempotencyLayerBuilder, OnDisconnect,
+    DEFAULT_BLOOM_FP_RATE, DEFAULT_BLOOM_KEYS, DEFAULT_BREAKER_COOL_DOWN, DEFAULT_BREAKER_FAILURES,
+    DEFAULT_KEY_TTL, DEFAULT_LOCK_TTL, DEFAULT_MAX_BODY_BYTES, FailMode, IdempotencyLayerBuilder,
+    OnDisconnect,
 };
 pub use error::{ConfigError, StoreError};
 pub use fingerprint::Fingerprint;

@@ -31,6 +31,10 @@ pub(crate) struct Metrics {
     pub(crate) released: Counter,
     /// Completions refused because the claim was no longer held (the handler outlived its lock).
     pub(crate) lost_claims: Counter,
+    /// Store calls not attempted because the store's circuit breaker was open.
+    pub(crate) store_skipped: Counter,
+    /// 1 while the store's circuit breaker is open or probing, 0 while closed.
+    pub(crate) store_breaker_open: Gauge,
     /// Current estimated false-positive rate of the Bloom filter.
     pub(crate) bloom_fp_rate: Gauge,
     /// Bytes held by the Bloom filter.
@@ -66,6 +70,8 @@ impl Metrics {
             },
             released: counter!("perfkit_idempotency_released_total", "layer" => layer.to_owned()),
             lost_claims: counter!("perfkit_idempotency_lost_claims_total", "layer" => layer.to_owned()),
+            store_skipped: counter!("perfkit_idempotency_store_skipped_total", "layer" => layer.to_owned()),
+            store_breaker_open: gauge!("perfkit_idempotency_store_breaker_open", "layer" => layer.to_owned()),
             bloom_fp_rate: gauge!("perfkit_idempotency_bloom_fp_ratio", "layer" => layer.to_owned()),
             bloom_bytes: gauge!("perfkit_idempotency_bloom_bytes", "layer" => layer.to_owned()),
         }

@@ -90,24 +90,33 @@ where
         Err(failure) => {
             let error = match failure {
                 // Nothing was claimed: nothing to release.
-                ClaimFailure::Lookup(error) => {
+                ClaimFailure::NothingClaimed(error) => {
                     guard.settled = true;
                     error
                 }
                 // The guard's drop releases what a timed-out claim may have taken.
-                ClaimFailure::Claim(error) => error,
+                ClaimFailure::MaybeClaimed(error) => error,
             };
             config.metrics.store_unavailable.increment(1);
+            let skipped = matches!(error, StoreError::CircuitOpen);
             return match config.fail_mode {
                 FailMode::Closed => {
-                    tracing::error!(idempotency.layer = %config.name, %error, "idempotency store unavailable: answering 503 (fail-closed)");
+                    if skipped {
+                        tracing::debug!(idempotency.layer = %config.name, "idempotency store failing (circuit open): answering 503 (fail-closed)");
+                    } else {
+                        tracing::error!(idempotency.layer = %config.name, %error, "idempotency store unavailable: answering 503 (fail-closed)");
+                    }
                     Ok(Problem::StoreUnavailable {
                         retry_after: config.retry_after,
                     }
                     .into_response())
                 }
                 FailMode::Open => {
-                    tracing::error!(idempotency.layer = %config.name, %error, "idempotency store unavailable: running the request unprotected (fail-open)");
+                    if skipped {
+                        tracing::debug!(idempotency.layer = %config.name, "idempotency store failing (circuit open): running the request unprotected (fail-open)");
+                    } else {
+                        tracing::error!(idempotency.layer = %config.name, %error, "idempotency store unavailable: running the request unprotected (fail-open)");
+                    }
                     config.metrics.passed_through.increment(1);
                     inner.call(request).await
                 }
@@ -122,10 +131,11 @@ where
 
 /// Why no claim outcome came back.
 enum ClaimFailure {
-    /// The read before the claim failed: nothing was claimed.
-    Lookup(StoreError),
+    /// The read before the claim failed, or the claim was never sent
+    /// (circuit open): nothing was claimed.
+    NothingClaimed(StoreError),
     /// The claim itself failed: it may have been applied (a timeout).
-    Claim(StoreError),
+    MaybeClaimed(StoreError),
 }
 
 /// Reads first only for keys this instance may have seen (retries); claims
@@ -142,12 +152,14 @@ async fn claim(
         .map(|bloom| (bloom, bloom.digest(key)));
     let may_have_seen = seen.is_some_and(|(bloom, digest)| bloom.may_have_seen(digest));
     if may_have_seen {
-        match config.store.lookup(key).await {
+        match config.store_call(|store| store.lookup(key)).await {
             Ok(Some(existing)) => return Ok(Claim::Existing(existing)),
             Ok(None) => {}
             Err(error) => {
-                config.metrics.store_errors.lookup.increment(1);
-                return Err(ClaimFailure::Lookup(error));
+                if error.is_outage() {
+                    config.metrics.store_errors.lookup.increment(1);
+                }
+                return Err(ClaimFailure::NothingClaimed(error));
             }
         }
     } else if config.bloom.is_some() {
@@ -155,8 +167,7 @@ async fn claim(
         tracing::Span::current().record("idempotency.bloom_skipped", true);
     }
     let claim = config
-        .store
-        .claim(key, token, fingerprint, config.lock_ttl)
+        .store_call(|store| store.claim(key, token, fingerprint, config.lock_ttl))
         .await;
     match &claim {
         Ok(_) => {
@@ -166,9 +177,13 @@ async fn claim(
                 config.publish_bloom_stats();
             }
         }
+        // Never sent: nothing was claimed.
+        Err(StoreError::CircuitOpen) => {
+            return Err(ClaimFailure::NothingClaimed(StoreError::CircuitOpen));
+        }
         Err(_) => config.metrics.store_errors.claim.increment(1),
     }
-    claim.map_err(ClaimFailure::Claim)
+    claim.map_err(ClaimFailure::MaybeClaimed)
 }
 
 /// The answer to a request whose key was claimed by another request.
@@ -317,7 +332,10 @@ impl ClaimGuard {
         async {
             let mut backoff = Duration::from_millis(20);
             for attempt in 1..=RECORD_ATTEMPTS {
-                match config.store.complete(&self.key, &self.token, record, config.key_ttl).await {
+                match config
+                    .store_call(|store| store.complete(&self.key, &self.token, record, config.key_ttl))
+                    .await
+                {
                     Ok(true) => return,
                     Ok(false) => {
                         config.metrics.lost_claims.increment(1);
@@ -356,7 +374,11 @@ impl ClaimGuard {
 
 async fn release(config: &Config, key: &StoreKey, token: &ClaimToken, why: &'static str) {
     let span = tracing::info_span!("idempotency.record", idempotency.layer = %config.name, idempotency.released = why);
-    match config.store.release(key, token).instrument(span).await {
+    match config
+        .store_call(|store| store.release(key, token))
+        .instrument(span)
+        .await
+    {
         Ok(true) => {
             config.metrics.released.increment(1);
             tracing::debug!(?key, why, "claim released");

@@ -251,3 +251,136 @@ async fn one_hash_per_key_under_the_prefix_expiring_with_the_key_ttl() {
         "the owner token is dropped on completion"
     );
 }
+
+/// The slowest of `rounds` requests with fresh keys, and their statuses.
+async fn slowest(app: &axum::Router, rounds: usize) -> (Duration, Vec<StatusCode>) {
+    let mut slowest = Duration::ZERO;
+    let mut statuses = Vec::new();
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        let answer = send(app, request("POST", "/payments", Some(&fresh_key()), "{}")).await;
+        slowest = slowest.max(started.elapsed());
+        statuses.push(answer.status);
+    }
+    (slowest, statuses)
+}
+
+#[tokio::test]
+async fn during_a_store_outage_requests_are_answered_in_microseconds_and_a_probe_finds_recovery() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let cool_down = Duration::from_millis(500);
+    for (outage, mode) in [
+        ("stopped", FailMode::Closed),
+        ("frozen", FailMode::Closed),
+        ("stopped", FailMode::Open),
+        ("frozen", FailMode::Open),
+    ] {
+        server.restart().unwrap();
+        let store = store_on(&server.url());
+        let handlers = Handlers::default();
+        let app = app(
+            &handlers,
+            layer(&store, |b| {
+                b.fail_mode(mode)
+                    .circuit_breaker(std::num::NonZeroU32::new(3).unwrap(), cool_down)
+            }),
+        );
+        assert_eq!(slowest(&app, 1).await.1, [StatusCode::CREATED]);
+        if outage == "stopped" {
+            server.stop();
+        } else {
+            server.pause();
+        }
+        // Three failures (each up to the 100 ms store timeout) open the breaker.
+        let (opening, _) = slowest(&app, 3).await;
+        let (during, statuses) = slowest(&app, 20).await;
+        let expected = if mode == FailMode::Closed {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::CREATED
+        };
+        println!(
+            "store {outage}, {mode:?}: the requests that opened the breaker took up to \
+             {opening:?}, the next 20 at most {during:?}"
+        );
+        assert!(
+            statuses.iter().all(|status| *status == expected),
+            "{statuses:?}"
+        );
+        assert!(
+            during < Duration::from_millis(50),
+            "{outage}, {mode:?}: once known down, no request waits for the store's 100 ms timeout; slowest {during:?}"
+        );
+
+        // Back: within one cool-down a probe finds it and requests are protected again.
+        if outage == "stopped" {
+            server.restart().unwrap();
+        } else {
+            server.resume();
+        }
+        let back = std::time::Instant::now();
+        let mut protected_after = None;
+        while back.elapsed() < 4 * cool_down {
+            let answer = send(&app, request("POST", "/payments", Some("\"after\""), "{}")).await;
+            let again = send(&app, request("POST", "/payments", Some("\"after\""), "{}")).await;
+            if again.replayed() {
+                protected_after = Some(back.elapsed());
+                break;
+            }
+            let _ = answer;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let protected_after = protected_after.expect("protected again after the outage");
+        assert!(
+            protected_after <= cool_down + Duration::from_millis(300),
+            "{outage}, {mode:?}: protected again {protected_after:?} after Redis answered (cool-down {cool_down:?})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_probe_whose_request_goes_away_does_not_leave_the_store_skipped() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let cool_down = Duration::from_millis(50);
+    let store = store_on(&server.url());
+    let handlers = Handlers::default();
+    let app = app(
+        &handlers,
+        // Cancel: a request that goes away drops its store call with it.
+        layer(&store, |b| {
+            b.circuit_breaker(std::num::NonZeroU32::new(1).unwrap(), cool_down)
+                .on_disconnect(perfkit_idempotency::OnDisconnect::Cancel)
+        }),
+    );
+    server.stop();
+    assert_eq!(slowest(&app, 1).await.1, [StatusCode::SERVICE_UNAVAILABLE]);
+    server.restart().unwrap();
+    server.pause();
+    // Every request gives up after 10 ms, long before the 100 ms store timeout.
+    let frozen_until = std::time::Instant::now() + 6 * cool_down;
+    while std::time::Instant::now() < frozen_until {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(10),
+            send(&app, request("POST", "/payments", Some(&fresh_key()), "{}")),
+        )
+        .await;
+    }
+    server.resume();
+    let mut answer = slowest(&app, 1).await.1;
+    for _ in 0..100 {
+        if answer == [StatusCode::CREATED] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        answer = slowest(&app, 1).await.1;
+    }
+    assert_eq!(
+        answer,
+        [StatusCode::CREATED],
+        "a later probe closed the breaker"
+    );
+}

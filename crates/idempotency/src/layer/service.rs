@@ -16,14 +16,18 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use perfkit_breaker::{Breaker, Transition};
+
 use crate::bloom::{BloomStats, SeenFilter};
 use crate::builder::{FailMode, IdempotencyLayerBuilder, OnDisconnect, ScopeFn};
+use crate::error::StoreError;
 use crate::key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, StoreKey};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::protected;
 use crate::record::RecordPolicy;
 use crate::store::IdempotencyStore;
+use crate::store::StoreFuture;
 
 /// Everything a layer's services share.
 pub(crate) struct Config {
@@ -43,6 +47,8 @@ pub(crate) struct Config {
     pub(crate) fail_mode: FailMode,
     pub(crate) on_disconnect: OnDisconnect,
     pub(crate) bloom: Option<SeenFilter>,
+    /// Skips the store while it is known to be failing; `None`: disabled.
+    pub(crate) breaker: Option<Breaker>,
     pub(crate) metrics: Metrics,
     pub(crate) name: String,
 }
@@ -83,6 +89,36 @@ impl IdempotencyLayer {
 }
 
 impl Config {
+    /// One store call behind the circuit breaker: while the store is known
+    /// to be failing, refused at once ([`StoreError::CircuitOpen`]); a probe
+    /// dropped with this future counts as failed.
+    pub(crate) async fn store_call<'a, T>(
+        &'a self,
+        call: impl FnOnce(&'a dyn IdempotencyStore) -> StoreFuture<'a, T>,
+    ) -> Result<T, StoreError> {
+        let Some(breaker) = &self.breaker else {
+            return call(&*self.store).await;
+        };
+        let Some(permit) = breaker.allow() else {
+            self.metrics.store_skipped.increment(1);
+            return Err(StoreError::CircuitOpen);
+        };
+        let result = call(&*self.store).await;
+        let failed = result.as_ref().is_err_and(StoreError::is_outage);
+        match permit.record(!failed) {
+            Some(Transition::Opened) => {
+                self.metrics.store_breaker_open.set(1.0);
+                tracing::warn!(idempotency.layer = %self.name, "idempotency store failing: skipping it for the breaker's cool-down");
+            }
+            Some(Transition::Closed) => {
+                self.metrics.store_breaker_open.set(0.0);
+                tracing::info!(idempotency.layer = %self.name, "idempotency store answers again");
+            }
+            None => {}
+        }
+        result
+    }
+
     /// Reads the Bloom filter's stats and sets the gauges from them.
     pub(crate) fn publish_bloom_stats(&self) -> Option<BloomStats> {
         let stats = self.bloom.as_ref()?.stats();

@@ -142,11 +142,23 @@ where
         format!("{}{}", self.prefix, key.encoded())
     }
 
-    async fn bounded<T>(
-        &self,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
+    /// Runs `op` on a clone of the connection, bounded by the timeout. A
+    /// refused connection means the command never left: it runs once more,
+    /// on the connection's fresh reconnect attempt (redis-rs hands out the
+    /// error of its last failed reconnect first, so after Redis comes back
+    /// the first call would otherwise fail on a server that answers).
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let attempts = async {
+            match op(self.connection.clone()).await {
+                Err(error) if error.is_connection_refusal() => op(self.connection.clone()).await,
+                outcome => outcome,
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempts).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StoreError::Backend(Box::new(error))),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
@@ -202,14 +214,18 @@ where
 {
     fn lookup<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Existing>> {
         Box::pin(async move {
-            let mut connection = self.connection.clone();
+            let redis_key = self.redis_key(key);
             let reply: Vec<Value> = self
-                .bounded(
-                    redis::cmd("HMGET")
-                        .arg(self.redis_key(key))
-                        .arg(&["s", "f", "r"])
-                        .query_async(&mut connection),
-                )
+                .run(|mut connection| {
+                    let redis_key = &redis_key;
+                    async move {
+                        redis::cmd("HMGET")
+                            .arg(redis_key)
+                            .arg(&["s", "f", "r"])
+                            .query_async(&mut connection)
+                            .await
+                    }
+                })
                 .await?;
             existing(&reply)
         })
@@ -223,17 +239,16 @@ where
         lock_ttl: Duration,
     ) -> StoreFuture<'a, Claim> {
         Box::pin(async move {
-            let mut connection = self.connection.clone();
+            let mut invocation = self.scripts.claim.key(self.redis_key(key));
+            invocation
+                .arg(token.as_bytes().as_slice())
+                .arg(fingerprint.as_bytes().as_slice())
+                .arg(millis(lock_ttl));
             let reply: Value = self
-                .bounded(
-                    self.scripts
-                        .claim
-                        .key(self.redis_key(key))
-                        .arg(token.as_bytes().as_slice())
-                        .arg(fingerprint.as_bytes().as_slice())
-                        .arg(millis(lock_ttl))
-                        .invoke_async(&mut connection),
-                )
+                .run(|mut connection| {
+                    let invocation = &invocation;
+                    async move { invocation.invoke_async(&mut connection).await }
+                })
                 .await?;
             match reply {
                 Value::Int(1) => Ok(Claim::Acquired),
@@ -261,17 +276,16 @@ where
             let encoded = response.encode().map_err(|error| {
                 StoreError::Corrupt(format!("the response does not encode: {error}"))
             })?;
-            let mut connection = self.connection.clone();
+            let mut invocation = self.scripts.complete.key(self.redis_key(key));
+            invocation
+                .arg(token.as_bytes().as_slice())
+                .arg(encoded)
+                .arg(millis(key_ttl));
             let completed: i64 = self
-                .bounded(
-                    self.scripts
-                        .complete
-                        .key(self.redis_key(key))
-                        .arg(token.as_bytes().as_slice())
-                        .arg(encoded)
-                        .arg(millis(key_ttl))
-                        .invoke_async(&mut connection),
-                )
+                .run(|mut connection| {
+                    let invocation = &invocation;
+                    async move { invocation.invoke_async(&mut connection).await }
+                })
                 .await?;
             Ok(completed == 1)
         })
@@ -279,15 +293,13 @@ where
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: &'a ClaimToken) -> StoreFuture<'a, bool> {
         Box::pin(async move {
-            let mut connection = self.connection.clone();
+            let mut invocation = self.scripts.release.key(self.redis_key(key));
+            invocation.arg(token.as_bytes().as_slice());
             let released: i64 = self
-                .bounded(
-                    self.scripts
-                        .release
-                        .key(self.redis_key(key))
-                        .arg(token.as_bytes().as_slice())
-                        .invoke_async(&mut connection),
-                )
+                .run(|mut connection| {
+                    let invocation = &invocation;
+                    async move { invocation.invoke_async(&mut connection).await }
+                })
                 .await?;
             Ok(released == 1)
         })
