@@ -153,7 +153,8 @@ impl IdempotencyLayerBuilder {
     }
 
     /// Request headers that are part of the fingerprint besides method, path,
-    /// query and body (e.g. `content-type`, or an account header). Default: none.
+    /// query, media type (`Content-Type`, always included) and body (e.g. an
+    /// account header, or `Content-Encoding`). Default: none.
     pub fn fingerprint_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
         self.fingerprint_headers = headers.into_iter().collect();
         self
@@ -207,7 +208,10 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// Which responses are recorded. Default: every status below 500.
+    /// Which responses are recorded. Default: [`RecordPolicy::default`],
+    /// every status below 500 except those that mean the request never ran
+    /// (400, 401, 403, 408, 413, 415, 422, 429); responses a handler marks
+    /// [`NotExecuted`](crate::NotExecuted) are never recorded.
     pub fn record_policy(mut self, policy: RecordPolicy) -> Self {
         self.record_policy = policy;
         self

@@ -3,11 +3,12 @@
 use std::fmt;
 
 use http::HeaderName;
+use http::header::CONTENT_TYPE;
 use http::request::Parts;
 use sha2::{Digest, Sha256};
 
-/// A SHA-256 digest of a request's method, path, query, chosen headers and
-/// body. A second request with the same key and another fingerprint is
+/// A SHA-256 digest of a request's method, path, query, media type
+/// (`Content-Type`), chosen headers and body. A second request with the same key and another fingerprint is
 /// answered `422 Unprocessable Content` instead of replaying the first
 /// one's response.
 ///
@@ -19,8 +20,16 @@ pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
     /// The fingerprint of a request head and its buffered body, including
-    /// the values of `headers` (in the order given; an absent header and an
-    /// empty one differ).
+    /// its media type and the values of `headers` (in the order given; an
+    /// absent header and an empty one differ).
+    ///
+    /// The media type is always part of it: the same bytes sent as
+    /// `text/plain` and as `application/json` are different requests (a
+    /// handler may reject one with `415` and accept the other). It is
+    /// compared as HTTP defines it: case-insensitively, whitespace around
+    /// parameters ignored (`Application/JSON; charset=UTF-8` is
+    /// `application/json;charset=utf-8`); an absent `Content-Type` differs
+    /// from every present one.
     #[must_use]
     pub fn of(parts: &Parts, headers: &[HeaderName], body: &[u8]) -> Self {
         let mut digest = Sha256::new();
@@ -31,6 +40,18 @@ impl Fingerprint {
         part(parts.method.as_str().as_bytes());
         part(parts.uri.path().as_bytes());
         part(parts.uri.query().unwrap_or_default().as_bytes());
+        match parts.headers.get(CONTENT_TYPE) {
+            None => part(b"\x00absent"),
+            Some(value) => {
+                let normalized: Vec<u8> = value
+                    .as_bytes()
+                    .iter()
+                    .filter(|byte| !matches!(byte, b' ' | b'\t'))
+                    .map(u8::to_ascii_lowercase)
+                    .collect();
+                part(&normalized);
+            }
+        }
         for name in headers {
             part(name.as_str().as_bytes());
             // The count first: an absent header (0) differs from an empty one (1).
@@ -96,6 +117,31 @@ mod tests {
         ] {
             assert_ne!(base, other);
         }
+    }
+
+    fn with_media_type(media_type: Option<&str>) -> Fingerprint {
+        let mut request = Request::builder().method("POST").uri("/pay");
+        if let Some(value) = media_type {
+            request = request.header("content-type", value);
+        }
+        let (parts, ()) = request.body(()).unwrap().into_parts();
+        Fingerprint::of(&parts, &[], b"{}")
+    }
+
+    #[test]
+    fn the_media_type_is_part_of_the_fingerprint_compared_as_http_does() {
+        let json = with_media_type(Some("application/json"));
+        assert_ne!(json, with_media_type(Some("text/plain")));
+        assert_ne!(json, with_media_type(None));
+        assert_ne!(json, with_media_type(Some("")));
+        assert_ne!(
+            with_media_type(Some("application/json; charset=utf-8")),
+            with_media_type(Some("application/json; charset=latin1"))
+        );
+        assert_eq!(
+            with_media_type(Some("Application/JSON ; Charset=UTF-8")),
+            with_media_type(Some("application/json;charset=utf-8"))
+        );
     }
 
     #[test]

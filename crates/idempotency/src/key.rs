@@ -19,6 +19,11 @@ pub const MAX_KEY_LEN: usize = 255;
 /// (`Idempotency-Key: 8e03978e-40d5-43e8-bc93-6894a57f9324`, as many clients
 /// send it). Both spellings name the same key.
 ///
+/// A quoted key is a structured-field Item, so it may carry parameters
+/// (`"8e03978e";v=1`): they are accepted when well formed and are not part
+/// of the key. A bare value is taken whole as the key (leniency for clients
+/// that do not quote), so `abc;v=1` unquoted is the key `abc;v=1`.
+///
 /// ```
 /// use http::HeaderValue;
 /// use perfkit_idempotency::IdempotencyKey;
@@ -26,6 +31,8 @@ pub const MAX_KEY_LEN: usize = 255;
 /// let quoted = IdempotencyKey::parse(&HeaderValue::from_static("\"order-42\"")).unwrap();
 /// let bare = IdempotencyKey::parse(&HeaderValue::from_static("order-42")).unwrap();
 /// assert_eq!(quoted, bare);
+/// let with_parameters = IdempotencyKey::parse(&HeaderValue::from_static("\"order-42\";v=1")).unwrap();
+/// assert_eq!(with_parameters, quoted);
 /// assert!(IdempotencyKey::parse(&HeaderValue::from_static("\"\"")).is_err());
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -120,11 +127,8 @@ fn unquote(inner: &[u8]) -> Result<String, KeyError> {
     while let Some(&byte) = bytes.next() {
         match byte {
             b'"' => {
-                return if bytes.next().is_none() {
-                    Ok(key)
-                } else {
-                    Err(KeyError::Malformed("characters after the closing quote"))
-                };
+                parameters(bytes.as_slice())?;
+                return Ok(key);
             }
             b'\\' => match bytes.next() {
                 Some(&escaped @ (b'"' | b'\\')) => key.push(char::from(escaped)),
@@ -144,6 +148,89 @@ fn unquote(inner: &[u8]) -> Result<String, KeyError> {
         }
     }
     Err(KeyError::Malformed("the quoted key has no closing quote"))
+}
+
+/// Checks what follows a quoted key: nothing (trailing spaces allowed), or
+/// RFC 8941 parameters (`;name`, `;name=value`), which are valid and not
+/// part of the key.
+fn parameters(mut rest: &[u8]) -> Result<(), KeyError> {
+    let malformed =
+        || KeyError::Malformed("after the closing quote only `;name=value` parameters may follow");
+    loop {
+        rest = trim_spaces(rest);
+        let Some(after) = rest.strip_prefix(b";") else {
+            return if rest.is_empty() {
+                Ok(())
+            } else {
+                Err(malformed())
+            };
+        };
+        rest = trim_spaces(after);
+        // key = ( lcalpha / "*" ) *( lcalpha / DIGIT / "_" / "-" / "." / "*" )
+        match rest.first() {
+            Some(b'a'..=b'z' | b'*') => {}
+            _ => return Err(malformed()),
+        }
+        let name = rest
+            .iter()
+            .take_while(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'*'))
+            .count();
+        rest = &rest[name..];
+        if let Some(value) = rest.strip_prefix(b"=") {
+            rest = bare_item(value).ok_or_else(malformed)?;
+        }
+    }
+}
+
+fn trim_spaces(bytes: &[u8]) -> &[u8] {
+    let spaces = bytes.iter().take_while(|&&b| b == b' ').count();
+    &bytes[spaces..]
+}
+
+/// Skips one RFC 8941 bare item (integer, decimal, string, token, byte
+/// sequence, boolean); `None` when `bytes` does not start with one.
+fn bare_item(bytes: &[u8]) -> Option<&[u8]> {
+    let (&first, rest) = bytes.split_first()?;
+    let end = match first {
+        b'-' | b'0'..=b'9' => {
+            let digits = usize::from(first == b'-');
+            let number = bytes[digits..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit() || **b == b'.')
+                .count();
+            if number == 0 {
+                return None;
+            }
+            digits + number
+        }
+        b'"' => {
+            let mut escaped = false;
+            let close = rest.iter().position(|&b| {
+                let closes = b == b'"' && !escaped;
+                escaped = b == b'\\' && !escaped;
+                closes
+            })?;
+            close + 2
+        }
+        b'?' => match rest.first() {
+            Some(b'0' | b'1') => 2,
+            _ => return None,
+        },
+        b':' => {
+            let close = rest.iter().position(|&b| b == b':')?;
+            close + 2
+        }
+        b'a'..=b'z' | b'A'..=b'Z' | b'*' => {
+            1 + rest
+                .iter()
+                .take_while(|&&b| {
+                    is_visible(b) && !matches!(b, b';' | b',' | b'"' | b'=' | b'(' | b')')
+                })
+                .count()
+        }
+        _ => return None,
+    };
+    bytes.get(end..)
 }
 
 impl fmt::Debug for IdempotencyKey {
@@ -239,6 +326,34 @@ mod tests {
     fn quoted_and_bare_spellings_name_the_same_key() {
         assert_eq!(parse("\"abc-1\"").unwrap(), parse("abc-1").unwrap());
         assert_eq!(parse(r#""a\"b\\c""#).unwrap().as_str(), r#"a"b\c"#);
+    }
+
+    #[test]
+    fn a_quoted_key_may_carry_parameters_that_are_not_part_of_it() {
+        let key = parse("\"abc\"").unwrap();
+        for item in [
+            "\"abc\";p=1",
+            "\"abc\"; p=1",
+            "\"abc\";p",
+            "\"abc\";p=1;q=?0;r=tok/en:1;s=\"x;y\";t=:aGk=:;u=-1.5",
+            "\"abc\" ",
+        ] {
+            assert_eq!(parse(item).unwrap(), key, "{item}");
+        }
+        for bad in [
+            "\"abc\";",
+            "\"abc\";P=1",
+            "\"abc\";p=",
+            "\"abc\"x",
+            "\"abc\";p=1 x",
+        ] {
+            assert!(matches!(parse(bad), Err(KeyError::Malformed(_))), "{bad}");
+        }
+        assert_eq!(
+            parse("abc;p=1").unwrap().as_str(),
+            "abc;p=1",
+            "bare: taken whole"
+        );
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub use key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, MAX_KEY_LEN, StoreKey};
 pub use layer::{Idempotency, IdempotencyLayer, ResponseFuture};
 pub use problem::Problem;
 pub use protected::IDEMPOTENT_REPLAYED;
-pub use record::{Existing, RecordPolicy, RecordedResponse};
+pub use record::{Existing, NotExecuted, RecordPolicy, RecordedResponse};
 pub use store::{Claim, ClaimToken, IdempotencyStore, StoreFuture};
 pub use stores::memory::MemoryStore;
 #[cfg(feature = "redis")]

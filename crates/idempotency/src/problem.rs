@@ -118,7 +118,7 @@ impl Problem {
                 status.as_u16()
             ),
             Self::BodyTooLarge { limit } => format!("requests with an Idempotency-Key may carry at most {limit} bytes of body"),
-            Self::Mismatch => "this key was first used with another method, path, query or body; use a new key for a new request".to_owned(),
+            Self::Mismatch => "this key was first used with another method, path, query, media type or body; use a new key for a new request".to_owned(),
             Self::HandlerFailed => "the server failed while processing the request; it was not recorded, so a retry with the same key runs it again".to_owned(),
             Self::StoreUnavailable { retry_after } => format!(
                 "the server cannot check the Idempotency-Key right now, so it did not process the request; retry after {} s",

@@ -17,7 +17,7 @@ use crate::fingerprint::Fingerprint;
 use crate::key::StoreKey;
 use crate::layer::Config;
 use crate::problem::Problem;
-use crate::record::{Existing, RecordedResponse};
+use crate::record::{Existing, NotExecuted, RecordedResponse};
 use crate::store::{Claim, ClaimToken};
 
 /// The header a replayed response carries.
@@ -58,7 +58,9 @@ where
         }
     };
     let fingerprint = Fingerprint::of(&parts, &config.fingerprint_headers, &body);
-    let request = Request::from_parts(parts, ReqBody::from(body));
+    let mut request = Request::from_parts(parts, ReqBody::from(body));
+    // The handler sees its key and scope (to make its own writes unique by them).
+    request.extensions_mut().insert(key.clone());
     // Armed before the claim is sent: if this future is dropped while the claim is
     // in flight, the claim may have been taken, and the drop releases it (a
     // compare-and-set on the token, harmless if it was not).
@@ -237,13 +239,17 @@ where
     ResBody::Error: std::fmt::Display,
 {
     let config = Arc::clone(&guard.config);
-    let response = match inner.call(request).await {
+    let mut response = match inner.call(request).await {
         Ok(response) => response,
         Err(error) => {
             guard.release("handler error").await;
             return Err(error);
         }
     };
+    if response.extensions_mut().remove::<NotExecuted>().is_some() {
+        guard.release("marked not executed").await;
+        return Ok(response);
+    }
     if !config.record_policy.records_status(response.status()) {
         guard.release("status not recorded").await;
         return Ok(response);

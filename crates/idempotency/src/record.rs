@@ -186,9 +186,14 @@ impl Existing {
 /// Which outcomes of the handler are recorded (and replayed to retries) and
 /// which release the claim so that a retry runs the handler again.
 ///
-/// Default: every response below 500 is recorded (2xx and 4xx as the IETF
-/// draft and Stripe do: a retry of a rejected request gets the same
-/// rejection); a 5xx response, a handler error and a panic release the claim.
+/// Default: a response is recorded when the request ran, as Stripe does:
+/// every status below 500 except those that mean the request never ran
+/// ([`RecordPolicy::never_ran`]: 400, 401, 403, 408, 413, 415, 422, 429,
+/// the answers of validation, authentication, rate limiting and body
+/// extractors), so a client that fixes its request (its body, its token, its
+/// pace) and retries with the same key runs it. A 5xx response, a handler
+/// error and a panic release the claim too. Whatever the policy, a response
+/// the handler marks [`NotExecuted`] is never recorded.
 #[derive(Clone, Copy)]
 pub struct RecordPolicy {
     record: fn(StatusCode) -> bool,
@@ -196,13 +201,16 @@ pub struct RecordPolicy {
 
 impl RecordPolicy {
     /// Records responses for which `record` returns `true`; the others
-    /// release the claim. Handler errors and panics always release it.
+    /// release the claim. Handler errors, panics and responses marked
+    /// [`NotExecuted`] always release it.
     ///
     /// ```
     /// use perfkit_idempotency::RecordPolicy;
     ///
-    /// // Only successes are final; a 4xx lets the client fix the request and retry with the same key.
+    /// // Only successes are final: any 4xx lets the client retry with the same key.
     /// let policy = RecordPolicy::records(|status| status.is_success());
+    /// // The draft's reading: every answer below 500 is final, validation failures included.
+    /// let strict = RecordPolicy::records(|status| !status.is_server_error());
     /// ```
     #[must_use]
     pub fn records(record: fn(StatusCode) -> bool) -> Self {
@@ -214,13 +222,47 @@ impl RecordPolicy {
     pub fn records_status(&self, status: StatusCode) -> bool {
         (self.record)(status)
     }
+
+    /// Whether `status` says the request never ran: `400 Bad Request`,
+    /// `401 Unauthorized`, `403 Forbidden`, `408 Request Timeout`,
+    /// `413 Content Too Large`, `415 Unsupported Media Type`,
+    /// `422 Unprocessable Content`, `429 Too Many Requests`. The default
+    /// policy records none of them.
+    #[must_use]
+    pub fn never_ran(status: StatusCode) -> bool {
+        matches!(
+            status.as_u16(),
+            400 | 401 | 403 | 408 | 413 | 415 | 422 | 429
+        )
+    }
 }
 
 impl Default for RecordPolicy {
     fn default() -> Self {
-        Self::records(|status| !status.is_server_error())
+        Self::records(|status| !status.is_server_error() && !Self::never_ran(status))
     }
 }
+
+/// Put in a response's extensions by a handler whose request did not run
+/// (a validation failure the status alone does not tell, a precondition
+/// that failed before any side effect): the layer does not record the
+/// response, releases the key, and removes the marker. The client's retry
+/// with the same key runs the handler.
+///
+/// ```
+/// use axum::http::StatusCode;
+/// use axum::response::{IntoResponse, Response};
+/// use perfkit_idempotency::NotExecuted;
+///
+/// fn insufficient_funds() -> Response {
+///     let mut response = (StatusCode::PAYMENT_REQUIRED, "top up and retry").into_response();
+///     response.extensions_mut().insert(NotExecuted);
+///     response
+/// }
+/// # let _ = insufficient_funds();
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotExecuted;
 
 impl std::fmt::Debug for RecordPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

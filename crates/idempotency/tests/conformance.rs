@@ -608,3 +608,199 @@ async fn a_request_dropped_while_its_claim_is_in_flight_finishes_or_leaves_no_cl
         }
     }
 }
+
+/// `POST /orders`: axum's `Json` extractor (415 for another media type, 400
+/// for broken JSON, 422 for the wrong shape), then 201; `/orders/marked`
+/// answers 402 marked `NotExecuted`; every route echoes the key and scope
+/// the layer put in the request's extensions.
+fn orders(handlers: &Handlers) -> axum::Router {
+    use axum::Json;
+    use axum::extract::{Extension, State};
+    use axum::response::IntoResponse;
+    use perfkit_idempotency::NotExecuted;
+
+    #[derive(serde::Deserialize)]
+    struct Order {
+        amount: u64,
+    }
+    async fn create(
+        State(handlers): State<Handlers>,
+        Extension(key): Extension<StoreKey>,
+        Json(order): Json<Order>,
+    ) -> (StatusCode, String) {
+        let n = handlers
+            .payments
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        (
+            StatusCode::CREATED,
+            format!(
+                "order {n} of {} for {:?}/{}",
+                order.amount,
+                key.scope(),
+                key.key()
+            ),
+        )
+    }
+    async fn marked(State(handlers): State<Handlers>) -> axum::response::Response {
+        handlers
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut response = (StatusCode::PAYMENT_REQUIRED, "top up first").into_response();
+        response.extensions_mut().insert(NotExecuted);
+        response
+    }
+    axum::Router::new()
+        .route("/orders", axum::routing::post(create))
+        .route("/orders/marked", axum::routing::post(marked))
+        .with_state(handlers.clone())
+}
+
+fn typed(media_type: &str, key: &str, body: &str) -> axum::http::Request<axum::body::Body> {
+    let mut request = request("POST", "/orders", Some(key), body);
+    request
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, media_type.parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn a_request_rejected_as_the_wrong_media_type_runs_when_retried_as_json() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = orders(&handlers).layer(layer(&backend.store, |b| b));
+        let key = fresh_key();
+        let body = r#"{"amount":5}"#;
+        let rejected = send(&app, typed("text/plain", &key, body)).await;
+        assert_eq!(
+            rejected.status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{}",
+            backend.name
+        );
+        let json = send(&app, typed("application/json", &key, body)).await;
+        assert_eq!(
+            (json.status, json.replayed()),
+            (StatusCode::CREATED, false),
+            "{}: {}",
+            backend.name,
+            json.body
+        );
+        let replay = send(&app, typed("Application/JSON", &key, body)).await;
+        assert!(
+            replay.replayed(),
+            "{}: media types compare case-insensitively",
+            backend.name
+        );
+        assert_eq!(handlers.payments(), 1);
+
+        // Even where 415s are recorded, the JSON retry is another request: 422, never the 415.
+        let recording = orders(&handlers).layer(layer(&backend.store, |b| {
+            b.record_policy(RecordPolicy::records(|status| !status.is_server_error()))
+        }));
+        let key = fresh_key();
+        send(&recording, typed("text/plain", &key, body)).await;
+        let retried = send(&recording, typed("application/json", &key, body)).await;
+        assert_eq!(
+            retried.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            backend.name
+        );
+        assert_eq!(retried.problem_type(), "urn:perfkit:idempotency:key-reused");
+    }
+}
+
+#[tokio::test]
+async fn validation_failures_are_not_recorded_so_a_corrected_request_runs() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = orders(&handlers).layer(layer(&backend.store, |b| b));
+        for broken in [r#"{"amount":"#, r#"{"amount":"five"}"#] {
+            let key = fresh_key();
+            let first = send(&app, typed("application/json", &key, broken)).await;
+            assert!(
+                [StatusCode::BAD_REQUEST, StatusCode::UNPROCESSABLE_ENTITY].contains(&first.status),
+                "{}: {first:?}",
+                backend.name
+            );
+            assert!(!first.replayed());
+            let again = send(&app, typed("application/json", &key, broken)).await;
+            assert!(
+                !again.replayed(),
+                "{}: not recorded, so not replayed",
+                backend.name
+            );
+            // The client fixes its body and retries with the same key.
+            let fixed = send(&app, typed("application/json", &key, r#"{"amount":5}"#)).await;
+            assert_eq!(
+                (fixed.status, fixed.replayed()),
+                (StatusCode::CREATED, false),
+                "{}: {}",
+                backend.name,
+                fixed.body
+            );
+        }
+        assert_eq!(handlers.payments(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_response_the_handler_marks_not_executed_is_not_recorded() {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = orders(&handlers).layer(layer(&backend.store, |b| b));
+        let key = fresh_key();
+        for attempt in 1..=2 {
+            let answer = send(&app, request("POST", "/orders/marked", Some(&key), "{}")).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::PAYMENT_REQUIRED,
+                "{}",
+                backend.name
+            );
+            assert!(
+                !answer.replayed(),
+                "{}: attempt {attempt} ran",
+                backend.name
+            );
+        }
+        assert_eq!(
+            handlers.failures.load(std::sync::atomic::Ordering::SeqCst),
+            2
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_quoted_key_with_parameters_names_the_key_without_them_and_the_handler_sees_key_and_scope()
+ {
+    for backend in backends().await {
+        let handlers = Handlers::default();
+        let app = orders(&handlers).layer(layer(&backend.store, |b| b));
+        let first = send(
+            &app,
+            typed("application/json", "\"order-9\";v=1", r#"{"amount":5}"#),
+        )
+        .await;
+        assert_eq!(
+            first.status,
+            StatusCode::CREATED,
+            "{}: {}",
+            backend.name,
+            first.body
+        );
+        assert!(
+            first.body.ends_with(r#"for Some("acme")/order-9"#),
+            "{}: {}",
+            backend.name,
+            first.body
+        );
+        for same in ["\"order-9\"", "order-9", "\"order-9\"; v=2"] {
+            let retry = send(&app, typed("application/json", same, r#"{"amount":5}"#)).await;
+            assert!(retry.replayed(), "{}: {same}", backend.name);
+        }
+        let bad = send(&app, typed("application/json", "\"order-9\";V", "{}")).await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    }
+}
