@@ -15,6 +15,7 @@ use crate::error::ConfigError;
 use crate::layer::{Config, IdempotencyLayer};
 use crate::metrics::Metrics;
 use crate::record::RecordPolicy;
+use crate::renewal::Renewals;
 use crate::store::IdempotencyStore;
 
 /// Default for [`IdempotencyLayerBuilder::key_ttl`]: 24 h.
@@ -86,6 +87,7 @@ pub struct IdempotencyLayerBuilder {
     on_disconnect: OnDisconnect,
     bloom: Option<(usize, f64)>,
     breaker: Option<(NonZeroU32, Duration)>,
+    renew_every: Option<Duration>,
     name: String,
 }
 
@@ -108,6 +110,7 @@ impl IdempotencyLayerBuilder {
             on_disconnect: OnDisconnect::RunToCompletion,
             bloom: Some((DEFAULT_BLOOM_KEYS, DEFAULT_BLOOM_FP_RATE)),
             breaker: Some((DEFAULT_BREAKER_FAILURES, DEFAULT_BREAKER_COOL_DOWN)),
+            renew_every: None,
             name: "http".to_owned(),
         }
     }
@@ -190,6 +193,23 @@ impl IdempotencyLayerBuilder {
     /// slowest handler's timeout.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
+        self
+    }
+
+    /// Keeps claims whose handlers run longer than `every` alive: one task
+    /// per layer extends each claim in flight to the lock TTL every `every`
+    /// (compare-and-set on the claim's token), so a handler slower than the
+    /// lock TTL still runs once. `every` must be shorter than the lock TTL
+    /// (a third of it leaves room for two missed renewals). Cost: nothing for
+    /// requests that finish within `every`; one store round trip per period
+    /// for each claim held longer, from one task (no timer per request).
+    /// Renewals are counted (`perfkit_idempotency_renewals_total`), and a
+    /// claim found lost (expired during a store outage) is counted
+    /// (`perfkit_idempotency_lost_claims_total`) and logged. A crashed
+    /// process renews nothing: its claims still expire after the lock TTL.
+    /// Default: off.
+    pub fn renew_claims(mut self, every: Duration) -> Self {
+        self.renew_every = Some(every);
         self
     }
 
@@ -296,6 +316,14 @@ impl IdempotencyLayerBuilder {
             .bloom
             .map(|(keys, fp_rate)| SeenFilter::new(keys, fp_rate, self.key_ttl))
             .transpose()?;
+        if let Some(every) = self.renew_every
+            && (every.is_zero() || every >= self.lock_ttl)
+        {
+            return Err(ConfigError::RenewalPeriod {
+                every,
+                lock_ttl: self.lock_ttl,
+            });
+        }
         if self
             .breaker
             .is_some_and(|(_, cool_down)| cool_down.is_zero())
@@ -323,6 +351,7 @@ impl IdempotencyLayerBuilder {
             breaker: self
                 .breaker
                 .map(|(failures, cool_down)| Breaker::new(failures, cool_down)),
+            renewals: self.renew_every.map(Renewals::new),
             metrics,
             name: self.name,
         }))

@@ -29,6 +29,16 @@ pub enum ConfigError {
         /// The configured lock TTL.
         lock_ttl: Duration,
     },
+    /// The claim renewal period is zero or not shorter than the lock TTL.
+    #[error(
+        "claims must be renewed more often than they expire: renewal every {every:?} with a lock TTL of {lock_ttl:?}; try a third of the lock TTL"
+    )]
+    RenewalPeriod {
+        /// The configured renewal period.
+        every: Duration,
+        /// The configured lock TTL.
+        lock_ttl: Duration,
+    },
     /// The circuit breaker's cool-down is zero.
     #[error("the circuit breaker's cool-down is zero; give the store time to recover, e.g. 5 s")]
     ZeroCoolDown,

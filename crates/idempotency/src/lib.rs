@@ -81,6 +81,7 @@ mod metrics;
 mod problem;
 mod protected;
 mod record;
+mod renewal;
 mod store;
 mod stores;
 

@@ -31,6 +31,8 @@ pub(crate) struct Metrics {
     pub(crate) released: Counter,
     /// Completions refused because the claim was no longer held (the handler outlived its lock).
     pub(crate) lost_claims: Counter,
+    /// Claims extended by renewal.
+    pub(crate) renewals: Counter,
     /// Store calls not attempted because the store's circuit breaker was open.
     pub(crate) store_skipped: Counter,
     /// 1 while the store's circuit breaker is open or probing, 0 while closed.
@@ -47,6 +49,7 @@ pub(crate) struct StoreErrors {
     pub(crate) claim: Counter,
     pub(crate) complete: Counter,
     pub(crate) release: Counter,
+    pub(crate) renew: Counter,
 }
 
 impl Metrics {
@@ -67,9 +70,11 @@ impl Metrics {
                 claim: store_errors("claim"),
                 complete: store_errors("complete"),
                 release: store_errors("release"),
+                renew: store_errors("renew"),
             },
             released: counter!("perfkit_idempotency_released_total", "layer" => layer.to_owned()),
             lost_claims: counter!("perfkit_idempotency_lost_claims_total", "layer" => layer.to_owned()),
+            renewals: counter!("perfkit_idempotency_renewals_total", "layer" => layer.to_owned()),
             store_skipped: counter!("perfkit_idempotency_store_skipped_total", "layer" => layer.to_owned()),
             store_breaker_open: gauge!("perfkit_idempotency_store_breaker_open", "layer" => layer.to_owned()),
             bloom_fp_rate: gauge!("perfkit_idempotency_bloom_fp_ratio", "layer" => layer.to_owned()),

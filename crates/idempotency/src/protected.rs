@@ -18,6 +18,7 @@ use crate::key::StoreKey;
 use crate::layer::Config;
 use crate::problem::Problem;
 use crate::record::{Existing, NotExecuted, RecordedResponse};
+use crate::renewal::{Held, Renewals};
 use crate::store::{Claim, ClaimToken};
 
 /// The header a replayed response carries.
@@ -69,6 +70,7 @@ where
         key,
         token: ClaimToken::new(),
         settled: false,
+        renewal: None,
     };
     let span = tracing::info_span!(
         "idempotency.claim",
@@ -83,6 +85,7 @@ where
         Ok(Claim::Acquired) => {
             span.record("idempotency.outcome", "acquired");
             config.metrics.new.increment(1);
+            guard.renewal = Renewals::hold(&config, &guard.key, &guard.token);
         }
         Ok(Claim::Existing(existing)) => {
             guard.settled = true;
@@ -328,11 +331,15 @@ struct ClaimGuard {
     key: StoreKey,
     token: ClaimToken,
     settled: bool,
+    /// Registered for renewal while held (renewal on); dropped before the
+    /// claim is completed or released.
+    renewal: Option<Held>,
 }
 
 impl ClaimGuard {
     async fn complete(mut self, record: &Arc<RecordedResponse>) {
         self.settled = true;
+        drop(self.renewal.take());
         let config = &self.config;
         let span = tracing::info_span!("idempotency.record", idempotency.layer = %config.name, http.response.status_code = record.status().as_u16());
         async {
@@ -374,6 +381,7 @@ impl ClaimGuard {
 
     async fn release(mut self, why: &'static str) {
         self.settled = true;
+        drop(self.renewal.take());
         release(&self.config, &self.key, &self.token, why).await;
     }
 }
@@ -399,6 +407,7 @@ async fn release(config: &Config, key: &StoreKey, token: &ClaimToken, why: &'sta
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
+        drop(self.renewal.take());
         if self.settled {
             return;
         }

@@ -24,8 +24,8 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 ///   one key, across processes, exactly one returns [`Claim::Acquired`]; the
 ///   others return what the store holds. A claim expires after its lock TTL
 ///   unless completed, and the key can then be claimed again.
-/// - [`complete`](Self::complete) and [`release`](Self::release) are
-///   compare-and-set on the claim's [`ClaimToken`]: they change nothing
+/// - [`complete`](Self::complete), [`release`](Self::release) and
+///   [`renew`](Self::renew) are compare-and-set on the claim's [`ClaimToken`]: they change nothing
 ///   (and return `false`) unless that exact claim still holds the key, so a
 ///   handler that outlived its lock can never overwrite another request's record.
 /// - [`lookup`](Self::lookup) only reads.
@@ -57,6 +57,21 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Drops the claim `token` holds, so that a retry can run. `false` when
     /// the claim is no longer held.
     fn release<'a>(&'a self, key: &'a StoreKey, token: &'a ClaimToken) -> StoreFuture<'a, bool>;
+
+    /// Extends the claim `token` holds to `lock_ttl` from now
+    /// (compare-and-set on the token, like [`complete`](Self::complete)).
+    /// `false` when the claim is no longer held. Used by
+    /// [claim renewal](crate::IdempotencyLayerBuilder::renew_claims); the
+    /// default answers [`StoreError::Unsupported`].
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        lock_ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let _ = (key, token, lock_ttl);
+        Box::pin(async { Err(StoreError::Unsupported("claim renewal")) })
+    }
 }
 
 impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
@@ -86,6 +101,15 @@ impl<T: IdempotencyStore + ?Sized> IdempotencyStore for Arc<T> {
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: &'a ClaimToken) -> StoreFuture<'a, bool> {
         (**self).release(key, token)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        lock_ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        (**self).renew(key, token, lock_ttl)
     }
 }
 

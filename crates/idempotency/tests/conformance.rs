@@ -804,3 +804,84 @@ async fn a_quoted_key_with_parameters_names_the_key_without_them_and_the_handler
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_the_lock_ttl_runs_once_when_claims_are_renewed() {
+    for backend in backends().await {
+        for renew in [true, false] {
+            let handlers = Handlers::default();
+            let app = app(
+                &handlers,
+                layer(&backend.store, |b| {
+                    let b = b.lock_ttl(Duration::from_millis(300));
+                    if renew {
+                        b.renew_claims(Duration::from_millis(100))
+                    } else {
+                        b
+                    }
+                }),
+            );
+            let key = fresh_key();
+            let slow = spawn_request(&app, "/payments?delay_ms=1000", &key);
+            // Well past the lock TTL, while the handler still runs.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let duplicate = send(
+                &app,
+                request("POST", "/payments?delay_ms=1000", Some(&key), "{}"),
+            )
+            .await;
+            let first = slow.await.unwrap();
+            assert_eq!(first.status, StatusCode::CREATED);
+            if renew {
+                assert_eq!(
+                    duplicate.status,
+                    StatusCode::CONFLICT,
+                    "{}: the renewed claim still holds the key: {}",
+                    backend.name,
+                    duplicate.body
+                );
+                assert_eq!(handlers.payments(), 1, "{}", backend.name);
+                let replay = send(
+                    &app,
+                    request("POST", "/payments?delay_ms=1000", Some(&key), "{}"),
+                )
+                .await;
+                assert!(
+                    replay.replayed(),
+                    "{}: the slow response was recorded",
+                    backend.name
+                );
+            } else {
+                assert_eq!(
+                    handlers.payments(),
+                    2,
+                    "{}: without renewal the expired claim lets the duplicate run",
+                    backend.name
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_renewal_period_not_shorter_than_the_lock_ttl_is_rejected() {
+    let store: Arc<dyn IdempotencyStore> = Arc::new(perfkit_idempotency::MemoryStore::new());
+    for every in [
+        Duration::ZERO,
+        Duration::from_secs(60),
+        Duration::from_secs(61),
+    ] {
+        let built = perfkit_idempotency::IdempotencyLayer::builder(Arc::clone(&store))
+            .unscoped()
+            .renew_claims(every)
+            .build();
+        assert!(
+            matches!(
+                built,
+                Err(perfkit_idempotency::ConfigError::RenewalPeriod { .. })
+            ),
+            "{every:?}: {:?}",
+            built.err()
+        );
+    }
+}

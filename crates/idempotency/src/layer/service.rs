@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::protected;
 use crate::record::RecordPolicy;
+use crate::renewal::Renewals;
 use crate::store::IdempotencyStore;
 use crate::store::StoreFuture;
 
@@ -49,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) bloom: Option<SeenFilter>,
     /// Skips the store while it is known to be failing; `None`: disabled.
     pub(crate) breaker: Option<Breaker>,
+    /// Extends claims in flight; `None`: off.
+    pub(crate) renewals: Option<Renewals>,
     pub(crate) metrics: Metrics,
     pub(crate) name: String,
 }

@@ -204,6 +204,23 @@ impl IdempotencyStore for MemoryStore {
         let released = self.release_now(key, token);
         Box::pin(async move { Ok(released) })
     }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        lock_ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        let now = Instant::now();
+        let renewed = self.inner.entries.get_mut(key).is_some_and(|mut slot| {
+            let held = slot.held_by(token, now);
+            if held {
+                slot.expires_at = now + lock_ttl;
+            }
+            held
+        });
+        Box::pin(async move { Ok(renewed) })
+    }
 }
 
 impl std::fmt::Debug for MemoryStore {

@@ -49,6 +49,15 @@ end
 return 0
 ";
 
+/// Extends the claim if and only if the caller still holds it.
+const RENEW: &str = r"
+if redis.call('HGET', KEYS[1], 's') == 'p' and redis.call('HGET', KEYS[1], 't') == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// Claims and recorded responses in Redis: every instance that shares the
 /// Redis sees the same claims, so exactly-once execution holds across
 /// instances and restarts.
@@ -76,6 +85,7 @@ struct Scripts {
     claim: Script,
     complete: Script,
     release: Script,
+    renew: Script,
 }
 
 impl RedisStore<ConnectionManager> {
@@ -119,6 +129,7 @@ where
                 claim: Script::new(CLAIM),
                 complete: Script::new(COMPLETE),
                 release: Script::new(RELEASE),
+                renew: Script::new(RENEW),
             }),
         }
     }
@@ -302,6 +313,27 @@ where
                 })
                 .await?;
             Ok(released == 1)
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        lock_ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut invocation = self.scripts.renew.key(self.redis_key(key));
+            invocation
+                .arg(token.as_bytes().as_slice())
+                .arg(millis(lock_ttl));
+            let renewed: i64 = self
+                .run(|mut connection| {
+                    let invocation = &invocation;
+                    async move { invocation.invoke_async(&mut connection).await }
+                })
+                .await?;
+            Ok(renewed == 1)
         })
     }
 }
