@@ -24,15 +24,26 @@
 //! - **Stores:** [`MemoryStore`] (embedded default, one process) and
 //!   [`RedisStore`] (shared; one Redis hash per key, Cluster-safe). Store
 //!   unreachable: `503` with `Retry-After` ([fail-closed](FailMode::Closed),
-//!   default) or [pass-through](FailMode::Open).
+//!   default) or [pass-through](FailMode::Open), in microseconds once the
+//!   store's circuit breaker has opened.
+//! - **Only requests that ran are recorded:** validation, authentication and
+//!   rate-limit answers (400, 401, 403, 408, 413, 415, 422, 429) and
+//!   responses marked [`NotExecuted`] release the key, so a corrected retry
+//!   runs ([`RecordPolicy`]). The media type is part of the [`Fingerprint`].
+//! - **Crash after commit:** the handler finds its [`StoreKey`] in the
+//!   request's extensions, to make its own write unique by scope and key
+//!   (the one gap no layer can close; see the README).
+//! - **Slow handlers:** [claim renewal](IdempotencyLayerBuilder::renew_claims)
+//!   keeps a claim alive past the lock TTL (off by default).
 //! - **Observability:** spans `idempotency.claim`, `idempotency.record`,
 //!   `idempotency.replay`; counters `perfkit_idempotency_requests_total{outcome}`
 //!   (`new`, `replayed`, `conflict`, `mismatch`, `rejected`,
 //!   `store_unavailable`, `passed_through`),
 //!   `perfkit_idempotency_bloom_skipped_reads_total`,
 //!   `perfkit_idempotency_store_errors_total{op}`,
-//!   `perfkit_idempotency_released_total`, `perfkit_idempotency_lost_claims_total`;
-//!   Bloom gauges.
+//!   `perfkit_idempotency_released_total`, `perfkit_idempotency_lost_claims_total`,
+//!   `perfkit_idempotency_renewals_total`, `perfkit_idempotency_store_skipped_total`;
+//!   gauges `perfkit_idempotency_store_breaker_open` and the Bloom filter's.
 //!
 //! ```
 //! use std::convert::Infallible;
