@@ -132,6 +132,7 @@ async fn theirs() -> (Router, HeaderValue) {
 fn payment(key: u64, cookie: Option<&HeaderValue>) -> Request<Body> {
     let mut request = Request::post("/payments")
         .header("x-tenant", "acme")
+        .header("content-type", "application/json")
         .header("idempotency-key", HeaderValue::from(key))
         .body(Body::from(r#"{"amount":100,"currency":"eur"}"#))
         .expect("request");

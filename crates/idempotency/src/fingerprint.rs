@@ -33,35 +33,23 @@ impl Fingerprint {
     #[must_use]
     pub fn of(parts: &Parts, headers: &[HeaderName], body: &[u8]) -> Self {
         let mut digest = Sha256::new();
-        let mut part = |bytes: &[u8]| {
-            digest.update((bytes.len() as u64).to_le_bytes());
-            digest.update(bytes);
-        };
-        part(parts.method.as_str().as_bytes());
-        part(parts.uri.path().as_bytes());
-        part(parts.uri.query().unwrap_or_default().as_bytes());
+        part(&mut digest, parts.method.as_str().as_bytes());
+        part(&mut digest, parts.uri.path().as_bytes());
+        part(&mut digest, parts.uri.query().unwrap_or_default().as_bytes());
         match parts.headers.get(CONTENT_TYPE) {
-            None => part(b"\x00absent"),
-            Some(value) => {
-                let normalized: Vec<u8> = value
-                    .as_bytes()
-                    .iter()
-                    .filter(|byte| !matches!(byte, b' ' | b'\t'))
-                    .map(u8::to_ascii_lowercase)
-                    .collect();
-                part(&normalized);
-            }
+            None => part(&mut digest, b"\x00absent"),
+            Some(value) => media_type_part(&mut digest, value.as_bytes()),
         }
         for name in headers {
-            part(name.as_str().as_bytes());
+            part(&mut digest, name.as_str().as_bytes());
             // The count first: an absent header (0) differs from an empty one (1).
             let values = parts.headers.get_all(name);
-            part(&(values.iter().count() as u64).to_le_bytes());
+            part(&mut digest, &(values.iter().count() as u64).to_le_bytes());
             for value in values {
-                part(value.as_bytes());
+                part(&mut digest, value.as_bytes());
             }
         }
-        part(body);
+        part(&mut digest, body);
         Self(digest.finalize().into())
     }
 
@@ -76,6 +64,32 @@ impl Fingerprint {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+}
+
+/// One length-prefixed part of the digest.
+fn part(digest: &mut Sha256, bytes: &[u8]) {
+    digest.update((bytes.len() as u64).to_le_bytes());
+    digest.update(bytes);
+}
+
+/// The media type as a part: lowercased, spaces and tabs dropped, fed
+/// through a stack buffer (no allocation).
+fn media_type_part(digest: &mut Sha256, value: &[u8]) {
+    let kept = |byte: &&u8| !matches!(byte, b' ' | b'\t');
+    digest.update((value.iter().filter(kept).count() as u64).to_le_bytes());
+    let mut buffer = [0_u8; 64];
+    let mut filled = 0;
+    for byte in value.iter().filter(kept) {
+        if filled == buffer.len() {
+            digest.update(buffer);
+            filled = 0;
+        }
+        if let Some(slot) = buffer.get_mut(filled) {
+            *slot = byte.to_ascii_lowercase();
+        }
+        filled += 1;
+    }
+    digest.update(buffer.get(..filled).unwrap_or_default());
 }
 
 impl fmt::Debug for Fingerprint {
@@ -141,6 +155,16 @@ mod tests {
         assert_eq!(
             with_media_type(Some("Application/JSON ; Charset=UTF-8")),
             with_media_type(Some("application/json;charset=utf-8"))
+        );
+        let long = "x".repeat(150);
+        assert_eq!(
+            with_media_type(Some(&format!("Application/Vnd.Long ; Profile={long}"))),
+            with_media_type(Some(&format!("application/vnd.long;profile={long}"))),
+            "past the 64-byte buffer too"
+        );
+        assert_ne!(
+            with_media_type(Some(&format!("application/vnd.long;profile={long}"))),
+            with_media_type(Some(&format!("application/vnd.long;profile={long}y")))
         );
     }
 
