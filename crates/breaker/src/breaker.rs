@@ -12,8 +12,13 @@
 //! A report from a call allowed before the breaker opened (a slow call)
 //! never reopens a breaker that is already open, and a success from one
 //! closes it: the dependency answered.
+//!
+//! The healthy case (closed, no failure counted) is one atomic load per
+//! `allow` and per successful `record`, no lock: `healthy` mirrors whether
+//! `state` is `Closed { failures: 0 }` and is written under the lock.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,6 +29,11 @@ pub struct Breaker {
     threshold: u32,
     cool_down: Duration,
     state: Mutex<State>,
+    /// Whether `state` is `Closed { failures: 0 }`, the common case: then
+    /// `allow` and a successful `record` take no lock. Written under the
+    /// lock; a stale read lets one call through as a call allowed just
+    /// before the breaker opened would be, or takes the locked path.
+    healthy: AtomicBool,
 }
 
 /// Where a [`Breaker`] is.
@@ -62,12 +72,20 @@ impl Breaker {
             threshold: failures.get(),
             cool_down,
             state: Mutex::new(State::Closed { failures: 0 }),
+            healthy: AtomicBool::new(true),
         }
     }
 
     /// A permit for one call now, or `None` while the breaker refuses calls
     /// (open, or half-open with its probe out).
     pub fn allow(&self) -> Option<Permit<'_>> {
+        if self.healthy.load(Ordering::Acquire) {
+            return Some(Permit {
+                breaker: self,
+                probe: false,
+                reported: false,
+            });
+        }
         let mut state = self.lock();
         let probe = match *state {
             State::Closed { .. } => false,
@@ -103,7 +121,17 @@ impl Breaker {
     }
 
     fn record(&self, success: bool) -> Option<Transition> {
+        if success && self.healthy.load(Ordering::Acquire) {
+            return None;
+        }
         let mut state = self.lock();
+        let transition = self.apply(&mut state, success);
+        self.healthy
+            .store(*state == State::Closed { failures: 0 }, Ordering::Release);
+        transition
+    }
+
+    fn apply(&self, state: &mut State, success: bool) -> Option<Transition> {
         match (*state, success) {
             (State::Closed { failures }, true) => {
                 if failures > 0 {
@@ -250,6 +278,33 @@ mod tests {
         assert_eq!(breaker.allow().and_then(|call| call.record(true)), None);
         assert_eq!(fail(&breaker), None, "the count restarted");
         assert!(!breaker.is_open());
+    }
+
+    #[test]
+    fn the_lock_free_healthy_flag_always_ends_in_step_with_the_state() {
+        for round in 0..50_u32 {
+            let breaker = breaker(3, Duration::from_micros(50));
+            std::thread::scope(|scope| {
+                for thread in 0..4_u32 {
+                    let breaker = &breaker;
+                    scope.spawn(move || {
+                        for i in 0..2_000_u32 {
+                            if let Some(call) = breaker.allow() {
+                                // Failures in bursts, so the breaker opens and closes.
+                                let fails = (i / 7 + thread + round) % 3 == 0;
+                                let _ = call.record(!fails);
+                            }
+                        }
+                    });
+                }
+            });
+            let state = breaker.state();
+            assert_eq!(
+                breaker.healthy.load(Ordering::Acquire),
+                state == State::Closed { failures: 0 },
+                "round {round}: {state:?}"
+            );
+        }
     }
 
     #[test]

@@ -35,7 +35,10 @@ impl Fingerprint {
         let mut digest = Sha256::new();
         part(&mut digest, parts.method.as_str().as_bytes());
         part(&mut digest, parts.uri.path().as_bytes());
-        part(&mut digest, parts.uri.query().unwrap_or_default().as_bytes());
+        part(
+            &mut digest,
+            parts.uri.query().unwrap_or_default().as_bytes(),
+        );
         match parts.headers.get(CONTENT_TYPE) {
             None => part(&mut digest, b"\x00absent"),
             Some(value) => media_type_part(&mut digest, value.as_bytes()),

@@ -60,8 +60,6 @@ where
     };
     let fingerprint = Fingerprint::of(&parts, &config.fingerprint_headers, &body);
     let mut request = Request::from_parts(parts, ReqBody::from(body));
-    // The handler sees its key and scope (to make its own writes unique by them).
-    request.extensions_mut().insert(key.clone());
     // Armed before the claim is sent: if this future is dropped while the claim is
     // in flight, the claim may have been taken, and the drop releases it (a
     // compare-and-set on the token, harmless if it was not).
@@ -86,6 +84,8 @@ where
             span.record("idempotency.outcome", "acquired");
             config.metrics.new.increment(1);
             guard.renewal = Renewals::hold(&config, &guard.key, &guard.token);
+            // The handler sees its key and scope (to make its own writes unique by them).
+            request.extensions_mut().insert(guard.key.clone());
         }
         Ok(Claim::Existing(existing)) => {
             guard.settled = true;
@@ -117,6 +117,7 @@ where
                     .into_response())
                 }
                 FailMode::Open => {
+                    request.extensions_mut().insert(guard.key.clone());
                     if skipped {
                         tracing::debug!(idempotency.layer = %config.name, "idempotency store failing (circuit open): running the request unprotected (fail-open)");
                     } else {
