@@ -23,7 +23,9 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 /// - [`claim`](Self::claim) is atomic: of any number of concurrent claims of
 ///   one key, across processes, exactly one returns [`Claim::Acquired`]; the
 ///   others return what the store holds. A claim expires after its lock TTL
-///   unless completed, and the key can then be claimed again.
+///   unless completed, and the key can then be claimed again. A claim sent
+///   again under the token that holds the key is acquired again (a store
+///   may repeat a claim whose reply was lost).
 /// - [`complete`](Self::complete), [`release`](Self::release) and
 ///   [`renew`](Self::renew) are compare-and-set on the claim's [`ClaimToken`]: they change nothing
 ///   (and return `false`) unless that exact claim still holds the key, so a

@@ -885,3 +885,31 @@ async fn a_renewal_period_not_shorter_than_the_lock_ttl_is_rejected() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_claim_repeated_under_its_own_token_is_acquired_again() {
+    for backend in backends().await {
+        let store = &backend.store;
+        let key = StoreKey::new(
+            Some("acme"),
+            &perfkit_idempotency::IdempotencyKey::new("repeat").unwrap(),
+        );
+        let (token, other) = (ClaimToken::new(), ClaimToken::new());
+        let fingerprint = Fingerprint::from_bytes([7; 32]);
+        let lock = Duration::from_secs(60);
+        for attempt in 0..2 {
+            let claim = store.claim(&key, &token, &fingerprint, lock).await.unwrap();
+            assert!(
+                matches!(claim, Claim::Acquired),
+                "{}: attempt {attempt}",
+                backend.name
+            );
+        }
+        let held = store.claim(&key, &other, &fingerprint, lock).await.unwrap();
+        assert!(
+            matches!(held, Claim::Existing(Existing::InProgress { .. })),
+            "{}: another token finds it held",
+            backend.name
+        );
+    }
+}

@@ -247,8 +247,8 @@ async fn one_hash_per_key_under_the_prefix_expiring_with_the_key_ttl() {
     fields.sort();
     assert_eq!(
         fields,
-        ["f", "r", "s"],
-        "the owner token is dropped on completion"
+        ["f", "r", "s", "t"],
+        "state, fingerprint, record, and the owner token (a retried completion is recognised)"
     );
 }
 
@@ -382,5 +382,43 @@ async fn a_probe_whose_request_goes_away_does_not_leave_the_store_skipped() {
         answer,
         [StatusCode::CREATED],
         "a later probe closed the breaker"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_first_used_on_a_runtime_that_shut_down_serves_the_next_runtime() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let store: Arc<dyn IdempotencyStore> = Arc::new(
+        RedisStore::open(redis.url())
+            .unwrap()
+            .prefix(redis.prefix()),
+    );
+    let handlers = Handlers::default();
+    let app = app(&handlers, layer(&store, |b| b));
+    let first = app.clone();
+    // The connection opens, and its driver task runs, on a runtime that then shuts down.
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let answer = runtime.block_on(send(
+            &first,
+            request("POST", "/payments", Some(&fresh_key()), "{}"),
+        ));
+        assert_eq!(answer.status, StatusCode::CREATED);
+    })
+    .join()
+    .unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            send(&app, request("POST", "/payments", Some(&fresh_key()), "{}"))
+                .await
+                .status,
+        );
+    }
+    assert!(
+        statuses.iter().all(|status| *status == StatusCode::CREATED),
+        "the first request on this runtime reconnects instead of failing: {statuses:?}"
     );
 }

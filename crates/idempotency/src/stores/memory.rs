@@ -128,6 +128,8 @@ impl MemoryStore {
                 held.insert(fresh);
                 Claim::Acquired
             }
+            // The same claim again (a retry of a claim whose reply was lost).
+            Entry::Occupied(held) if held.get().held_by(token, now) => Claim::Acquired,
             Entry::Occupied(held) => Claim::Existing(held.get().existing()),
             Entry::Vacant(vacant) => {
                 vacant.insert(fresh);

@@ -18,7 +18,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(250);
 const DEFAULT_PREFIX: &str = "perfkit:idem:";
 
 /// Claims the key if nobody holds it, else returns what is held. One script,
-/// so that no other client can come between the check and the claim.
+/// so that no other client can come between the check and the claim. A
+/// claim retried under the token that holds the key is acquired again, so a
+/// claim whose reply was lost can be sent twice.
 const CLAIM: &str = r"
 local state = redis.call('HGET', KEYS[1], 's')
 if not state then
@@ -26,15 +28,26 @@ if not state then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
   return 1
 end
+if state == 'p' and redis.call('HGET', KEYS[1], 't') == ARGV[1] then
+  return 1
+end
 return {state, redis.call('HGET', KEYS[1], 'f'), redis.call('HGET', KEYS[1], 'r')}
 ";
 
-/// Records the response if and only if the caller's claim still holds the key.
+/// Records the response if and only if the caller's claim still holds the
+/// key; the token stays, so a completion retried after a lost reply is
+/// recognised as done.
 const COMPLETE: &str = r"
-if redis.call('HGET', KEYS[1], 's') == 'p' and redis.call('HGET', KEYS[1], 't') == ARGV[1] then
+local state = redis.call('HGET', KEYS[1], 's')
+if redis.call('HGET', KEYS[1], 't') ~= ARGV[1] then
+  return 0
+end
+if state == 'p' then
   redis.call('HSET', KEYS[1], 's', 'c', 'r', ARGV[2])
-  redis.call('HDEL', KEYS[1], 't')
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if state == 'c' then
   return 1
 end
 return 0
@@ -64,7 +77,8 @@ return 0
 ///
 /// Each idempotency key is **one** Redis hash, `<prefix><scope and key>`
 /// (fields `s` state, `t` owner token, `f` fingerprint, `r` recorded
-/// response), so every operation touches one key and one hash slot: the
+/// response; the token stays after completion, so a retried completion is
+/// recognised), so every operation touches one key and one hash slot: the
 /// store works unchanged on a Redis Cluster connection (any
 /// [`ConnectionLike`] + `Clone`). Claims, completions and releases are Lua
 /// scripts (one atomic step each, `EVALSHA`); a lookup is one `HMGET`.
@@ -154,10 +168,11 @@ where
     }
 
     /// Runs `op` on a clone of the connection, bounded by the timeout. A
-    /// refused connection means the command never left: it runs once more,
-    /// on the connection's fresh reconnect attempt (redis-rs hands out the
-    /// error of its last failed reconnect first, so after Redis comes back
-    /// the first call would otherwise fail on a server that answers).
+    /// refused or dropped connection runs it once more, on the connection's
+    /// fresh reconnect: redis-rs hands out the error of its last failed
+    /// reconnect first (after Redis comes back), and a connection whose
+    /// driver task died with its runtime fails the first call made from
+    /// another runtime.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: Fn(C) -> Fut,
@@ -165,7 +180,13 @@ where
     {
         let attempts = async {
             match op(self.connection.clone()).await {
-                Err(error) if error.is_connection_refusal() => op(self.connection.clone()).await,
+                // Never sent, or the connection went away around it: every
+                // operation is safe to repeat (a claim or completion under
+                // the same token is recognised; a release or renewal repeats
+                // as a no-op).
+                Err(error) if error.is_connection_refusal() || error.is_connection_dropped() => {
+                    op(self.connection.clone()).await
+                }
                 outcome => outcome,
             }
         };
