@@ -46,6 +46,32 @@ impl LazyConnection {
             .map_err(TierError::backend)
     }
 
+    /// Runs `op` on the connection. An error that says the command did not
+    /// reach a live connection runs it once more, on the connection's fresh
+    /// reconnect: a refused or timed-out connect (redis-rs hands out the
+    /// error of its last failed reconnect before starting a new one, so
+    /// after Redis comes back the first call would fail on a server that
+    /// answers), or a dropped connection (one whose driver task died with
+    /// the runtime that opened it fails the first call made from another
+    /// runtime). Callers only send commands that are safe to repeat.
+    pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, TierError>
+    where
+        F: Fn(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let connection = self.get().await?;
+        match op(connection.clone()).await {
+            Err(error)
+                if error.is_connection_refusal()
+                    || error.is_timeout()
+                    || error.is_connection_dropped() =>
+            {
+                op(connection).await.map_err(TierError::backend)
+            }
+            outcome => outcome.map_err(TierError::backend),
+        }
+    }
+
     /// The client, for connections of another kind (pub/sub).
     pub(crate) fn client(&self) -> &redis::Client {
         &self.client

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_core::Stream;
-use redis::aio::{ConnectionManager, PubSubStream};
+use redis::aio::PubSubStream;
 use tokio::sync::mpsc;
 
 use crate::bus::{BusEvent, BusFuture, InvalidationBus, Message, SUBSCRIPTION_BUFFER};
@@ -55,10 +55,6 @@ impl RedisBus {
     #[must_use]
     pub fn channel(&self) -> &str {
         &self.channel
-    }
-
-    async fn publisher(&self) -> Result<ConnectionManager, TierError> {
-        self.publisher.get().await
     }
 }
 
@@ -116,13 +112,19 @@ impl InvalidationBus for RedisBus {
     fn publish<'a>(&'a self, message: &'a Message) -> BusFuture<'a> {
         Box::pin(async move {
             let payload = message.encode()?;
-            let mut connection = self.publisher().await?;
-            redis::cmd("PUBLISH")
-                .arg(&self.channel)
-                .arg(payload)
-                .exec_async(&mut connection)
+            // A repeated PUBLISH only repeats an invalidation.
+            self.publisher
+                .run(|mut connection| {
+                    let payload = &payload;
+                    async move {
+                        redis::cmd("PUBLISH")
+                            .arg(&self.channel)
+                            .arg(payload)
+                            .exec_async(&mut connection)
+                            .await
+                    }
+                })
                 .await
-                .map_err(TierError::backend)
         })
     }
 

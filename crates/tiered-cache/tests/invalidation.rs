@@ -634,6 +634,12 @@ async fn a_cache_used_after_the_runtime_that_built_it_is_gone_never_serves_what_
         a.get("k2").await.as_deref().map(String::as_str),
         Some("new")
     );
+    assert_eq!(
+        a.stats().tiers[1].errors,
+        0,
+        "Redis calls made from this runtime succeed, the first one included: {:?}",
+        a.stats()
+    );
 }
 
 /// A TCP proxy whose link the test can black-hole: bytes stop flowing both

@@ -338,23 +338,16 @@ where
         &self.prefix
     }
 
-    /// Runs `op` on the connection. An error that says the command never
-    /// left (the connection could not be made: refused, or timed out while
-    /// connecting) runs it once more: redis-rs hands out the error of its
-    /// last failed reconnect before starting a new one, so after Redis comes
-    /// back the first call would otherwise fail on a server that answers.
+    /// Runs `op` on the connection, once more if it did not reach a live
+    /// one (see [`LazyConnection::run`]): every command this tier sends is
+    /// safe to repeat (a repeated fill finds its own write and reports a
+    /// refusal, which only skips the faster tiers).
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, TierError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let connection = self.connection.get().await?;
-        match op(connection.clone()).await {
-            Err(error) if error.is_connection_refusal() || error.is_timeout() => {
-                op(connection).await.map_err(TierError::backend)
-            }
-            outcome => outcome.map_err(TierError::backend),
-        }
+        self.connection.run(op).await
     }
 
     fn key(&self, key: &str) -> String {
