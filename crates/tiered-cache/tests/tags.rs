@@ -89,7 +89,7 @@ async fn invalidate_tag_removes_tagged_entries_from_every_tier_and_nothing_else(
         orders_ttl > 0 && orders_ttl <= 60_000,
         "a tag set lives as long as its members: {orders_ttl}"
     );
-    // (The first instance's own L1 copies go with cross-instance invalidation, issue #5.)
+    // (The first instance's own L1 copies go with cross-instance invalidation.)
 }
 
 #[tokio::test]
