@@ -44,6 +44,7 @@
 //! drop(probe); // its caller went away: counts as failed
 //! assert!(breaker.allow().is_none(), "open for another cool-down, not stuck half-open");
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;
 

@@ -66,6 +66,7 @@
 //!   `perfkit_dedup_panics_total` and `perfkit_dedup_abandoned_total`, labelled
 //!   `group`. Install the `metrics` recorder before building groups.
 //! - [`Group::in_flight`]: keys with work in flight.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod error;

@@ -104,6 +104,7 @@
 //!   `perfkit_cache_l1_flushes_total` (`reason`), `perfkit_cache_bus_reconnects_total`,
 //!   `perfkit_cache_bus_up` (gauge), `perfkit_cache_invalidation_delay_seconds`.
 //! - [`Cache::stats`]: the same counters, with the hit ratio per tier.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod builder;
 mod bus;
