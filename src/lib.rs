@@ -6,7 +6,8 @@
 //!
 //! | feature       | module                 | crate                  |
 //! |---------------|------------------------|------------------------|
-//! | `cache`       | `perfkit::cache`       | `perfkit-tiered-cache` |
+//! | `cache`       | `perfkit::cache`       | `perfkit-tiered-cache` (Redis tier and bus, JSON codec) |
+//! | `cache-memory`| `perfkit::cache`       | `perfkit-tiered-cache`, in-process only: no `redis`, no `serde_json` |
 //! | `idempotency` | `perfkit::idempotency` | `perfkit-idempotency`  |
 //! | `dedup`       | `perfkit::dedup`       | `perfkit-dedup`        |
 //! | `batcher`     | `perfkit::batcher`     | `perfkit-llm-batcher`  |
@@ -26,8 +27,9 @@
 //! modules here are the very same crates.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-/// Tiered cache: in-process L1, Redis L2 and any tier you plug in (feature `cache`).
-#[cfg(feature = "cache")]
+/// Tiered cache: in-process L1, Redis L2 and any tier you plug in (feature
+/// `cache`; `cache-memory` for the in-process parts alone).
+#[cfg(feature = "cache-memory")]
 pub use perfkit_tiered_cache as cache;
 
 /// `Idempotency-Key` tower layer (feature `idempotency`).
