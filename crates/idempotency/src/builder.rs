@@ -286,7 +286,8 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// Names the layer in metrics (`layer` label) and spans. Default: `"http"`.
+    /// Names the layer in metrics (`layer` label) and spans; `build` rejects
+    /// an empty name. Default: `"http"`.
     pub fn name(mut self, name: &str) -> Self {
         name.clone_into(&mut self.name);
         self
@@ -300,6 +301,9 @@ impl IdempotencyLayerBuilder {
     /// TTL, or the Bloom filter parameters are out of range.
     pub fn build(self) -> Result<IdempotencyLayer, ConfigError> {
         let scope = self.scope.ok_or(ConfigError::NoScope)?;
+        if self.name.trim().is_empty() {
+            return Err(ConfigError::EmptyName);
+        }
         if self.methods.is_empty() {
             return Err(ConfigError::NoMethods);
         }

@@ -13,6 +13,9 @@ pub enum ConfigError {
          or `.unscoped()` if every client may replay every other client's responses by key"
     )]
     NoScope,
+    /// The layer's name is empty; it labels metrics and spans.
+    #[error("the layer's name is empty; it labels metrics and spans, e.g. \"payments\"")]
+    EmptyName,
     /// No method is protected.
     #[error("no HTTP method is protected; pass at least one to `.methods(..)`")]
     NoMethods,

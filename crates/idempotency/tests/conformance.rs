@@ -913,3 +913,19 @@ async fn a_claim_repeated_under_its_own_token_is_acquired_again() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_empty_layer_name_is_rejected() {
+    let store: Arc<dyn IdempotencyStore> = Arc::new(perfkit_idempotency::MemoryStore::new());
+    for name in ["", "  "] {
+        let built = perfkit_idempotency::IdempotencyLayer::builder(Arc::clone(&store))
+            .unscoped()
+            .name(name)
+            .build();
+        assert!(
+            matches!(built, Err(perfkit_idempotency::ConfigError::EmptyName)),
+            "{name:?}: {:?}",
+            built.err()
+        );
+    }
+}

@@ -83,9 +83,6 @@ impl TierError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A cache needs at least one tier.
-    #[error("a cache needs at least one tier")]
-    NoTiers,
     /// Two tiers carry the same name, which metrics and stats could not tell apart.
     #[error("two tiers are named {0:?}; give each a distinct name")]
     DuplicateTierName(String),
