@@ -114,13 +114,17 @@ impl<V: Send + Sync + 'static> Level<V> {
                 self.metrics.errors.increment();
                 tracing::warn!(cache.tier = self.name(), cache.op = op, %error, "tier call failed; treated as a miss");
             }
-            Err(error) => {
-                self.metrics.value_errors.increment();
-                tracing::warn!(cache.tier = self.name(), cache.op = op, %error, "value skipped; treated as a miss");
-            }
+            Err(error) => self.value_skipped(op, error),
             Ok(_) => {}
         }
         result
+    }
+
+    /// Counts and logs a value the tier could not take or read: a miss for
+    /// that key, never a failure of the tier.
+    fn value_skipped(&self, op: &'static str, error: &TierError) {
+        self.metrics.value_errors.increment();
+        tracing::warn!(cache.tier = self.name(), cache.op = op, %error, "value skipped; treated as a miss");
     }
 
     /// A lookup: in-process tiers answer at once, others through the guard.
@@ -141,8 +145,7 @@ impl<V: Send + Sync + 'static> Level<V> {
         match self.guarded("get", self.tier.lookup(key)).await {
             Ok((found, version)) => {
                 if let Some(error) = version.unreadable_value() {
-                    self.metrics.value_errors.increment();
-                    tracing::warn!(cache.tier = self.name(), cache.op = "get", %error, "value skipped; treated as a miss");
+                    self.value_skipped("get", error);
                 }
                 (found, Some(version))
             }

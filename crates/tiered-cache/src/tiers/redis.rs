@@ -392,20 +392,22 @@ where
     /// since a lookup can only refuse fills (absent ≠ what was seen), never
     /// let one through.
     async fn move_epoch(&self, connection: &mut ConnectionManager) -> redis::RedisResult<()> {
-        let epoch = self.epoch_key();
-        redis::pipe()
-            .atomic()
-            .incr(&epoch, 1)
-            .ignore()
-            .pexpire(&epoch, self.epoch_ttl_ms())
-            .ignore()
-            .exec_async(connection)
-            .await
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.add_epoch_move(&mut pipe);
+        pipe.exec_async(connection).await
     }
 
-    /// How long the epoch lives after it moves, in milliseconds.
-    fn epoch_ttl_ms(&self) -> i64 {
-        i64::try_from(millis(self.tombstone_ttl).saturating_mul(2)).unwrap_or(i64::MAX)
+    /// Adds the epoch's move to `pipe`: `INCR`, then the epoch lives twice
+    /// the tombstone TTL.
+    fn add_epoch_move(&self, pipe: &mut redis::Pipeline) {
+        let epoch = self.epoch_key();
+        let ttl_ms =
+            i64::try_from(millis(self.tombstone_ttl).saturating_mul(2)).unwrap_or(i64::MAX);
+        pipe.incr(&epoch, 1)
+            .ignore()
+            .pexpire(&epoch, ttl_ms)
+            .ignore();
     }
 
     /// A write's bytes as stored, and its TTL in milliseconds (Redis
@@ -471,23 +473,13 @@ where
         if self.plain {
             // No tombstones among foreign readers: move the epoch instead,
             // which refuses every fill in flight (of any key).
-            let (key, epoch) = (self.key(key), self.epoch_key());
-            let epoch_ms = self.epoch_ttl_ms();
+            let mut pipe = redis::pipe();
+            pipe.atomic().del(self.key(key)).ignore();
+            self.add_epoch_move(&mut pipe);
             return self
                 .run(|mut connection| {
-                    let (key, epoch) = (&key, &epoch);
-                    async move {
-                        redis::pipe()
-                            .atomic()
-                            .del(key)
-                            .ignore()
-                            .incr(epoch, 1)
-                            .ignore()
-                            .pexpire(epoch, epoch_ms)
-                            .ignore()
-                            .exec_async(&mut connection)
-                            .await
-                    }
+                    let pipe = &pipe;
+                    async move { pipe.exec_async(&mut connection).await }
                 })
                 .await;
         }
