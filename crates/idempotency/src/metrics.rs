@@ -7,6 +7,8 @@
 
 use metrics::{Counter, Gauge, counter, gauge};
 
+use crate::error::StoreError;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
     /// Requests that claimed their key and ran the handler.
@@ -41,6 +43,14 @@ pub(crate) struct Metrics {
     pub(crate) bloom_fp_rate: Gauge,
     /// Bytes held by the Bloom filter.
     pub(crate) bloom_bytes: Gauge,
+}
+
+/// Counts a store call that failed on `counter`; a call the circuit
+/// breaker skipped was never made, and is counted as skipped instead.
+pub(crate) fn count_failed(counter: &Counter, error: &StoreError) {
+    if !matches!(error, StoreError::CircuitOpen) {
+        counter.increment(1);
+    }
 }
 
 #[derive(Debug, Clone)]

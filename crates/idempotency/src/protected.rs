@@ -16,6 +16,7 @@ use crate::error::StoreError;
 use crate::fingerprint::Fingerprint;
 use crate::key::StoreKey;
 use crate::layer::Config;
+use crate::metrics::count_failed;
 use crate::problem::Problem;
 use crate::record::{Existing, NotExecuted, RecordedResponse};
 use crate::renewal::{Held, Renewals};
@@ -162,9 +163,7 @@ async fn claim(
             Ok(Some(existing)) => return Ok(Claim::Existing(existing)),
             Ok(None) => {}
             Err(error) => {
-                if error.is_outage() {
-                    config.metrics.store_errors.lookup.increment(1);
-                }
+                count_failed(&config.metrics.store_errors.lookup, &error);
                 return Err(ClaimFailure::NothingClaimed(error));
             }
         }
@@ -361,7 +360,7 @@ impl ClaimGuard {
                         return;
                     }
                     Err(error) => {
-                        config.metrics.store_errors.complete.increment(1);
+                        count_failed(&config.metrics.store_errors.complete, &error);
                         tracing::warn!(key = ?self.key, attempt, %error, "recording the response failed");
                         if attempt < RECORD_ATTEMPTS {
                             tokio::time::sleep(backoff).await;
@@ -400,7 +399,7 @@ async fn release(config: &Config, key: &StoreKey, token: &ClaimToken, why: &'sta
         }
         Ok(false) => tracing::debug!(?key, why, "nothing to release: the claim was not held"),
         Err(error) => {
-            config.metrics.store_errors.release.increment(1);
+            count_failed(&config.metrics.store_errors.release, &error);
             tracing::warn!(?key, why, %error, "releasing the claim failed: retries get 409 until the lock TTL passes");
         }
     }

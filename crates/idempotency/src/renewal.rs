@@ -28,6 +28,7 @@ use dashmap::DashMap;
 
 use crate::key::StoreKey;
 use crate::layer::Config;
+use crate::metrics::count_failed;
 use crate::store::ClaimToken;
 
 /// The claims in flight of one layer, and the task that renews them.
@@ -146,9 +147,7 @@ async fn renew_loop(config: Weak<Config>, every: Duration) {
                     );
                 }
                 Err(error) => {
-                    if error.is_outage() {
-                        config.metrics.store_errors.renew.increment(1);
-                    }
+                    count_failed(&config.metrics.store_errors.renew, &error);
                     tracing::warn!(?key, %error, "renewing a claim failed; it is tried again next period");
                 }
             }
