@@ -187,4 +187,60 @@ mod tests {
             fingerprint("POST", "/a?", None, b"bc")
         );
     }
+
+    /// The digest of the length-prefixed parts hashed in one piece: what a
+    /// stored fingerprint was computed as, whatever the buffering.
+    fn reference(parts: &[&[u8]]) -> Fingerprint {
+        let mut input = Vec::new();
+        for part in parts {
+            input.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            input.extend_from_slice(part);
+        }
+        Fingerprint(Sha256::digest(&input).into())
+    }
+
+    #[test]
+    fn the_digest_is_the_length_prefixed_parts_whatever_their_sizes() {
+        for (path, account, media_type, body) in [
+            ("/pay", "a", "application/json", 2),
+            ("/pay", "a", "Application/JSON; Charset=UTF-8", 0),
+            (&*format!("/{}", "p".repeat(300)), "a", "text/plain", 63),
+            (
+                "/pay",
+                &*"x".repeat(120),
+                &*format!("text/{}", "X ".repeat(100)),
+                64,
+            ),
+            ("/pay", "", "application/json", 5_000),
+        ] {
+            let body = vec![7_u8; body];
+            let (parts, ()) = Request::post(format!("{path}?q=1"))
+                .header("content-type", media_type)
+                .header("x-account", account)
+                .body(())
+                .unwrap()
+                .into_parts();
+            let normal: Vec<u8> = media_type
+                .bytes()
+                .filter(|byte| !matches!(byte, b' ' | b'\t'))
+                .map(|byte| byte.to_ascii_lowercase())
+                .collect();
+            let expected = reference(&[
+                b"POST",
+                path.as_bytes(),
+                b"q=1",
+                &normal,
+                b"x-account",
+                &1_u64.to_le_bytes(),
+                account.as_bytes(),
+                &body,
+            ]);
+            let headers = [HeaderName::from_static("x-account")];
+            assert_eq!(
+                Fingerprint::of(&parts, &headers, &body),
+                expected,
+                "{path} {media_type}"
+            );
+        }
+    }
 }

@@ -273,11 +273,16 @@ impl StoreKey {
                 key_start: 2,
             };
         };
-        let digits = scope.len().to_string();
+        let mut buffer = [0_u8; 20];
+        let digits = decimal(scope.len(), &mut buffer);
         let scope_start = digits.len() + 1;
         let scope_end = scope_start + scope.len();
+        let mut encoded = String::with_capacity(scope_end + 1 + key.len());
+        for part in [digits, ":", scope, ":", key] {
+            encoded.push_str(part);
+        }
         Self {
-            encoded: Arc::from([&digits, ":", scope, ":", key].concat()),
+            encoded: Arc::from(encoded),
             scope: Some((scope_start, scope_end)),
             key_start: scope_end + 1,
         }
@@ -303,6 +308,24 @@ impl StoreKey {
     pub fn encoded(&self) -> &str {
         &self.encoded
     }
+}
+
+/// `n` in decimal, written into `buffer` (no formatter, no allocation: this
+/// runs on every protected request).
+fn decimal(mut n: usize, buffer: &mut [u8; 20]) -> &str {
+    let mut start = buffer.len();
+    for slot in buffer.iter_mut().rev() {
+        // Below 10: the cast keeps it exactly.
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (n % 10) as u8;
+        *slot = b'0' + digit;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(buffer.get(start..).unwrap_or_default()).unwrap_or_default()
 }
 
 impl fmt::Debug for StoreKey {
@@ -391,5 +414,23 @@ mod tests {
         assert_eq!((a.scope(), a.key()), (Some("a:b"), "c"));
         assert_eq!((b.scope(), b.key()), (Some("a"), "b:c"));
         assert_eq!((unscoped.scope(), unscoped.key()), (None, "c"));
+    }
+
+    #[test]
+    fn the_encoding_spells_the_scope_length_in_decimal() {
+        let key = IdempotencyKey::new("k").unwrap();
+        for (scope, encoded) in [
+            (String::new(), "0::k".to_owned()),
+            ("x".repeat(9), format!("9:{}:k", "x".repeat(9))),
+            ("x".repeat(10), format!("10:{}:k", "x".repeat(10))),
+            ("x".repeat(1234), format!("1234:{}:k", "x".repeat(1234))),
+        ] {
+            let store_key = StoreKey::new(Some(&scope), &key);
+            assert_eq!(store_key.encoded(), encoded);
+            assert_eq!(
+                (store_key.scope(), store_key.key()),
+                (Some(scope.as_str()), "k")
+            );
+        }
     }
 }

@@ -60,7 +60,6 @@ where
         }
     };
     let fingerprint = Fingerprint::of(&parts, &config.fingerprint_headers, &body);
-    let mut request = Request::from_parts(parts, ReqBody::from(body));
     // Armed before the claim is sent: if this future is dropped while the claim is
     // in flight, the claim may have been taken, and the drop releases it (a
     // compare-and-set on the token, harmless if it was not).
@@ -71,7 +70,7 @@ where
         settled: false,
         renewal: None,
     };
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "idempotency.claim",
         idempotency.layer = %config.name,
         idempotency.outcome = field::Empty,
@@ -85,8 +84,6 @@ where
             span.record("idempotency.outcome", "acquired");
             config.metrics.new.increment(1);
             guard.renewal = Renewals::hold(&config, &guard.key, &guard.token);
-            // The handler sees its key and scope (to make its own writes unique by them).
-            request.extensions_mut().insert(guard.key.clone());
         }
         Ok(Claim::Existing(existing)) => {
             guard.settled = true;
@@ -118,7 +115,7 @@ where
                     .into_response())
                 }
                 FailMode::Open => {
-                    request.extensions_mut().insert(guard.key.clone());
+                    let request = handler_request(parts, body, &guard.key);
                     if skipped {
                         tracing::debug!(idempotency.layer = %config.name, "idempotency store failing (circuit open): running the request unprotected (fail-open)");
                     } else {
@@ -133,7 +130,20 @@ where
 
     // Runs in the caller's task; if the caller goes away, `ResponseFuture`
     // detaches this future onto the runtime (per `OnDisconnect`).
+    let request = handler_request(parts, body, &guard.key);
     execute(guard, inner, request).await
+}
+
+/// The request the handler gets: the buffered body, and its key and scope
+/// in the extensions (to make its own writes unique by them). Built only for
+/// requests that run, so a replay never converts the body.
+fn handler_request<B: From<Bytes>>(
+    mut parts: http::request::Parts,
+    body: Bytes,
+    key: &StoreKey,
+) -> Request<B> {
+    parts.extensions.insert(key.clone());
+    Request::from_parts(parts, B::from(body))
 }
 
 /// Why no claim outcome came back.
@@ -217,7 +227,7 @@ fn answer<B: From<Bytes>>(
             .into_response()
         }
         Existing::Completed { response, .. } => {
-            let _span = tracing::info_span!("idempotency.replay", idempotency.layer = %config.name, http.response.status_code = response.status().as_u16()).entered();
+            let _span = tracing::debug_span!("idempotency.replay", idempotency.layer = %config.name, http.response.status_code = response.status().as_u16()).entered();
             config.metrics.replayed.increment(1);
             let mut replay = Response::new(B::from(response.body().clone()));
             *replay.status_mut() = response.status();
@@ -341,7 +351,7 @@ impl ClaimGuard {
         self.settled = true;
         drop(self.renewal.take());
         let config = &self.config;
-        let span = tracing::info_span!("idempotency.record", idempotency.layer = %config.name, http.response.status_code = record.status().as_u16());
+        let span = tracing::debug_span!("idempotency.record", idempotency.layer = %config.name, http.response.status_code = record.status().as_u16());
         async {
             let mut backoff = Duration::from_millis(20);
             for attempt in 1..=RECORD_ATTEMPTS {
@@ -387,7 +397,7 @@ impl ClaimGuard {
 }
 
 async fn release(config: &Config, key: &StoreKey, token: &ClaimToken, why: &'static str) {
-    let span = tracing::info_span!("idempotency.record", idempotency.layer = %config.name, idempotency.released = why);
+    let span = tracing::debug_span!("idempotency.record", idempotency.layer = %config.name, idempotency.released = why);
     match config
         .store_call(|store| store.release(key, token))
         .instrument(span)
