@@ -50,7 +50,7 @@ where
     T: Clone + Send + 'static,
     E: Send + Sync + 'static,
 {
-    /// Names the group in metrics (`group` label) and spans (`dedup.group`).
+    /// Names the group in metrics (`name` label) and spans (`dedup.name`).
     /// Default: `"default"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();

@@ -46,15 +46,16 @@ impl<E> Clone for Error<E> {
     }
 }
 
-/// A [`GroupBuilder`](crate::GroupBuilder) setting that cannot work.
+/// A [`GroupBuilder`](crate::GroupBuilder) or `DedupLayerBuilder` setting
+/// that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
     /// The shard count must be a power of two greater than one.
     #[error("shards must be a power of two greater than 1, got {0}")]
     Shards(usize),
-    /// The group name labels metrics and spans, so it cannot be empty.
-    #[error("the group name must not be empty")]
+    /// The name labels metrics and spans, so it cannot be empty or blank.
+    #[error("the name must not be empty or blank")]
     EmptyName,
 }
 

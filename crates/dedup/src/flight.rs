@@ -253,7 +253,7 @@ where
                     return;
                 }
                 tracing::warn!(
-                    dedup.group = group.name(),
+                    dedup.name = group.name(),
                     "every waiter left and there is no tokio runtime to finish the work on; cancelling it"
                 );
             }

@@ -241,7 +241,7 @@ where
     fn new_flight(&self, key: K) -> Arc<Flight<K, T, E>> {
         let span = tracing::debug_span!(
             "dedup.run",
-            dedup.group = &*self.inner.name,
+            dedup.name = &*self.inner.name,
             dedup.shared = tracing::field::Empty,
         );
         Flight::new(key, span)

@@ -61,10 +61,10 @@
 //! ## Observability
 //!
 //! - Span `dedup.run` (level `DEBUG`) around every poll of the work, one per
-//!   execution, with `dedup.group` and `dedup.shared`.
+//!   execution, with `dedup.name` and `dedup.shared`.
 //! - Counters `perfkit_dedup_executions_total`, `perfkit_dedup_coalesced_total`,
 //!   `perfkit_dedup_panics_total` and `perfkit_dedup_abandoned_total`, labelled
-//!   `group`. Install the `metrics` recorder before building groups.
+//!   `name` (the group's name). Install the `metrics` recorder before building groups.
 //! - [`Group::in_flight`]: keys with work in flight.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -81,5 +81,5 @@ pub use crate::error::{ConfigError, Error};
 pub use crate::group::{Call, Group, Outcome};
 #[cfg(feature = "tower")]
 pub use crate::layer::{
-    Dedup, DedupBody, DedupLayer, DefaultKeyFn, RequestHead, RequestKey, ResponseFuture,
+    Dedup, DedupBody, DedupLayer, DedupLayerBuilder, DefaultKeyFn, RequestKey, ResponseFuture,
 };

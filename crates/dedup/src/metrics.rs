@@ -1,6 +1,6 @@
 //! Counters, registered once per group so the hot path only increments.
 //!
-//! Names follow `perfkit_dedup_<what>_<unit>`, labelled `group`. Handles are
+//! Names follow `perfkit_dedup_<what>_<unit>`, labelled `name`. Handles are
 //! taken from the `metrics` recorder installed when the group is built: install
 //! the exporter before building groups.
 
@@ -22,10 +22,10 @@ impl Metrics {
     pub(crate) fn new(group: &str) -> Self {
         let group = group.to_owned();
         Self {
-            executions: counter!("perfkit_dedup_executions_total", "group" => group.clone()),
-            coalesced: counter!("perfkit_dedup_coalesced_total", "group" => group.clone()),
-            panics: counter!("perfkit_dedup_panics_total", "group" => group.clone()),
-            abandoned: counter!("perfkit_dedup_abandoned_total", "group" => group),
+            executions: counter!("perfkit_dedup_executions_total", "name" => group.clone()),
+            coalesced: counter!("perfkit_dedup_coalesced_total", "name" => group.clone()),
+            panics: counter!("perfkit_dedup_panics_total", "name" => group.clone()),
+            abandoned: counter!("perfkit_dedup_abandoned_total", "name" => group),
         }
     }
 }

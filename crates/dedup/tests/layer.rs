@@ -195,7 +195,10 @@ async fn over_limit_body_is_passed_through_and_others_call_the_inner_service() {
     let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
     let (backend, open) = Backend::new(vec![chunk; 32]); // 2 MiB in 32 chunks, size unknown up front
     let requests = (0..20).map(|_| request(Method::GET, "/export")).collect();
-    let layer = DedupLayer::new().max_body_bytes(100 * 1024);
+    let layer = DedupLayer::builder()
+        .max_body_bytes(100 * 1024)
+        .build()
+        .unwrap();
     let responses = send_all(layer, &backend, &open, requests).await;
 
     assert_eq!(backend.calls(), 20, "the large response was not shared");
@@ -221,13 +224,25 @@ async fn inner_panic_gives_every_waiter_a_500() {
             .iter()
             .all(|(status, _, _)| *status == StatusCode::INTERNAL_SERVER_ERROR)
     );
+    // The same RFC 9457 problem the idempotency layer answers a panic with.
+    for (_, _, body) in &responses {
+        let body = std::str::from_utf8(body).unwrap();
+        assert!(
+            body.starts_with(r#"{"type":"urn:perfkit:dedup:handler-failed","#)
+                && body.contains(r#""status":500"#),
+            "{body}"
+        );
+    }
 }
 
 #[tokio::test]
 async fn custom_key_function_decides_what_is_coalesced() {
-    let layer = DedupLayer::new().key(|head: &perfkit_dedup::RequestHead<'_>| {
-        (head.method == Method::GET).then(|| head.uri.path().to_owned()) // ignore the query
-    });
+    let layer = DedupLayer::builder()
+        .key(|head: &http::request::Parts| {
+            (head.method == Method::GET).then(|| head.uri.path().to_owned()) // ignore the query
+        })
+        .build()
+        .unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let service = ServiceBuilder::new().layer(layer).service_fn({
         let calls = calls.clone();
@@ -251,4 +266,15 @@ async fn custom_key_function_decides_what_is_coalesced() {
     assert_eq!(a.unwrap().status(), StatusCode::OK);
     assert_eq!(b.unwrap().status(), StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "same path, one call");
+}
+
+#[test]
+fn a_blank_name_is_refused() {
+    for name in ["", "  "] {
+        assert!(matches!(
+            DedupLayer::builder().name(name).build(),
+            Err(perfkit_dedup::ConfigError::EmptyName)
+        ));
+    }
+    assert!(DedupLayer::builder().name("reports").build().is_ok());
 }

@@ -31,7 +31,7 @@ async fn counters_report_executions_coalescing_panics_and_abandonment() {
             })
         })
         .collect();
-    while counters.get("perfkit_dedup_coalesced_total{group=prices}") < 19 {
+    while counters.get("perfkit_dedup_coalesced_total{name=prices}") < 19 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     open.send_replace(true);
@@ -39,18 +39,18 @@ async fn counters_report_executions_coalescing_panics_and_abandonment() {
         assert_eq!(caller.await.unwrap().result.unwrap(), 1);
     }
     assert_eq!(
-        counters.get("perfkit_dedup_executions_total{group=prices}"),
+        counters.get("perfkit_dedup_executions_total{name=prices}"),
         1
     );
     assert_eq!(
-        counters.get("perfkit_dedup_coalesced_total{group=prices}"),
+        counters.get("perfkit_dedup_coalesced_total{name=prices}"),
         19
     );
 
     // A panic.
     let outcome = group.run(2, || async { panic!("boom") }).await;
     assert!(matches!(outcome.result, Err(Error::Panicked(_))));
-    assert_eq!(counters.get("perfkit_dedup_panics_total{group=prices}"), 1);
+    assert_eq!(counters.get("perfkit_dedup_panics_total{name=prices}"), 1);
 
     // An abandoned flight.
     let abandoned = tokio::time::timeout(
@@ -60,11 +60,11 @@ async fn counters_report_executions_coalescing_panics_and_abandonment() {
     .await;
     assert!(abandoned.is_err());
     assert_eq!(
-        counters.get("perfkit_dedup_abandoned_total{group=prices}"),
+        counters.get("perfkit_dedup_abandoned_total{name=prices}"),
         1
     );
     assert_eq!(
-        counters.get("perfkit_dedup_executions_total{group=prices}"),
+        counters.get("perfkit_dedup_executions_total{name=prices}"),
         3
     );
 }

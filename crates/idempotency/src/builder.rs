@@ -286,7 +286,7 @@ impl IdempotencyLayerBuilder {
         self
     }
 
-    /// Names the layer in metrics (`layer` label) and spans; `build` rejects
+    /// Names the layer in metrics (`name` label) and spans (`idempotency.name`); `build` rejects
     /// an empty name. Default: `"http"`.
     pub fn name(mut self, name: &str) -> Self {
         name.clone_into(&mut self.name);

@@ -35,7 +35,7 @@
 //!   (the one gap no layer can close; see the README).
 //! - **Slow handlers:** [claim renewal](IdempotencyLayerBuilder::renew_claims)
 //!   keeps a claim alive past the lock TTL (off by default).
-//! - **Observability:** spans `idempotency.claim`, `idempotency.record`,
+//! - **Observability:** spans (`DEBUG`) `idempotency.claim`, `idempotency.record`,
 //!   `idempotency.replay`; counters `perfkit_idempotency_requests_total{outcome}`
 //!   (`new`, `replayed`, `conflict`, `mismatch`, `rejected`,
 //!   `store_unavailable`, `passed_through`),

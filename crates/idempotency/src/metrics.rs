@@ -1,6 +1,6 @@
 //! Counters and gauges, registered once per layer so the hot path only increments.
 //!
-//! Names follow `perfkit_idempotency_<what>_<unit>`, labelled `layer` (the
+//! Names follow `perfkit_idempotency_<what>_<unit>`, labelled `name` (the
 //! layer's [name](crate::IdempotencyLayerBuilder::name)). Handles are taken
 //! from the `metrics` recorder installed when the layer is built: install the
 //! exporter first.
@@ -64,8 +64,8 @@ pub(crate) struct StoreErrors {
 
 impl Metrics {
     pub(crate) fn new(layer: &str) -> Self {
-        let requests = |outcome: &'static str| counter!("perfkit_idempotency_requests_total", "layer" => layer.to_owned(), "outcome" => outcome);
-        let store_errors = |op: &'static str| counter!("perfkit_idempotency_store_errors_total", "layer" => layer.to_owned(), "op" => op);
+        let requests = |outcome: &'static str| counter!("perfkit_idempotency_requests_total", "name" => layer.to_owned(), "outcome" => outcome);
+        let store_errors = |op: &'static str| counter!("perfkit_idempotency_store_errors_total", "name" => layer.to_owned(), "op" => op);
         Self {
             new: requests("new"),
             replayed: requests("replayed"),
@@ -74,7 +74,7 @@ impl Metrics {
             rejected: requests("rejected"),
             store_unavailable: requests("store_unavailable"),
             passed_through: requests("passed_through"),
-            bloom_skipped_reads: counter!("perfkit_idempotency_bloom_skipped_reads_total", "layer" => layer.to_owned()),
+            bloom_skipped_reads: counter!("perfkit_idempotency_bloom_skipped_reads_total", "name" => layer.to_owned()),
             store_errors: StoreErrors {
                 lookup: store_errors("lookup"),
                 claim: store_errors("claim"),
@@ -82,13 +82,13 @@ impl Metrics {
                 release: store_errors("release"),
                 renew: store_errors("renew"),
             },
-            released: counter!("perfkit_idempotency_released_total", "layer" => layer.to_owned()),
-            lost_claims: counter!("perfkit_idempotency_lost_claims_total", "layer" => layer.to_owned()),
-            renewals: counter!("perfkit_idempotency_renewals_total", "layer" => layer.to_owned()),
-            store_skipped: counter!("perfkit_idempotency_store_skipped_total", "layer" => layer.to_owned()),
-            store_breaker_open: gauge!("perfkit_idempotency_store_breaker_open", "layer" => layer.to_owned()),
-            bloom_fp_rate: gauge!("perfkit_idempotency_bloom_fp_ratio", "layer" => layer.to_owned()),
-            bloom_bytes: gauge!("perfkit_idempotency_bloom_bytes", "layer" => layer.to_owned()),
+            released: counter!("perfkit_idempotency_released_total", "name" => layer.to_owned()),
+            lost_claims: counter!("perfkit_idempotency_lost_claims_total", "name" => layer.to_owned()),
+            renewals: counter!("perfkit_idempotency_renewals_total", "name" => layer.to_owned()),
+            store_skipped: counter!("perfkit_idempotency_store_skipped_total", "name" => layer.to_owned()),
+            store_breaker_open: gauge!("perfkit_idempotency_store_breaker_open", "name" => layer.to_owned()),
+            bloom_fp_rate: gauge!("perfkit_idempotency_bloom_fp_ratio", "name" => layer.to_owned()),
+            bloom_bytes: gauge!("perfkit_idempotency_bloom_bytes", "name" => layer.to_owned()),
         }
     }
 }

@@ -72,7 +72,7 @@ where
     };
     let span = tracing::debug_span!(
         "idempotency.claim",
-        idempotency.layer = %config.name,
+        idempotency.name = %config.name,
         idempotency.outcome = field::Empty,
         idempotency.bloom_skipped = field::Empty,
     );
@@ -105,9 +105,9 @@ where
             return match config.fail_mode {
                 FailMode::Closed => {
                     if skipped {
-                        tracing::debug!(idempotency.layer = %config.name, "idempotency store failing (circuit open): answering 503 (fail-closed)");
+                        tracing::debug!(idempotency.name = %config.name, "idempotency store failing (circuit open): answering 503 (fail-closed)");
                     } else {
-                        tracing::error!(idempotency.layer = %config.name, %error, "idempotency store unavailable: answering 503 (fail-closed)");
+                        tracing::error!(idempotency.name = %config.name, %error, "idempotency store unavailable: answering 503 (fail-closed)");
                     }
                     Ok(Problem::StoreUnavailable {
                         retry_after: config.retry_after,
@@ -117,9 +117,9 @@ where
                 FailMode::Open => {
                     let request = handler_request(parts, body, &guard.key);
                     if skipped {
-                        tracing::debug!(idempotency.layer = %config.name, "idempotency store failing (circuit open): running the request unprotected (fail-open)");
+                        tracing::debug!(idempotency.name = %config.name, "idempotency store failing (circuit open): running the request unprotected (fail-open)");
                     } else {
-                        tracing::error!(idempotency.layer = %config.name, %error, "idempotency store unavailable: running the request unprotected (fail-open)");
+                        tracing::error!(idempotency.name = %config.name, %error, "idempotency store unavailable: running the request unprotected (fail-open)");
                     }
                     config.metrics.passed_through.increment(1);
                     inner.call(request).await
@@ -227,7 +227,7 @@ fn answer<B: From<Bytes>>(
             .into_response()
         }
         Existing::Completed { response, .. } => {
-            let _span = tracing::debug_span!("idempotency.replay", idempotency.layer = %config.name, http.response.status_code = response.status().as_u16()).entered();
+            let _span = tracing::debug_span!("idempotency.replay", idempotency.name = %config.name, http.response.status_code = response.status().as_u16()).entered();
             config.metrics.replayed.increment(1);
             let mut replay = Response::new(B::from(response.body().clone()));
             *replay.status_mut() = response.status();
@@ -271,7 +271,7 @@ where
     // Read whole: it reaches the client in any case, and is recorded when within the limit.
     let Ok(body) = read_body(body, usize::MAX).await.inspect_err(|failure| {
         if let ReadFailure::Body(error) = failure {
-            tracing::error!(idempotency.layer = %config.name, %error, "the idempotent handler's response body failed");
+            tracing::error!(idempotency.name = %config.name, %error, "the idempotent handler's response body failed");
         }
     }) else {
         guard.release("response body failed").await;
@@ -280,7 +280,7 @@ where
     let recorded = (body.len() <= config.max_recorded_body_bytes).then(|| body.clone());
     if recorded.is_none() {
         tracing::warn!(
-            idempotency.layer = %config.name,
+            idempotency.name = %config.name,
             bytes = body.len(),
             limit = config.max_recorded_body_bytes,
             "response over the recording limit: recorded without its body, retries get 409"
@@ -351,7 +351,7 @@ impl ClaimGuard {
         self.settled = true;
         drop(self.renewal.take());
         let config = &self.config;
-        let span = tracing::debug_span!("idempotency.record", idempotency.layer = %config.name, http.response.status_code = record.status().as_u16());
+        let span = tracing::debug_span!("idempotency.record", idempotency.name = %config.name, http.response.status_code = record.status().as_u16());
         async {
             let mut backoff = Duration::from_millis(20);
             for attempt in 1..=RECORD_ATTEMPTS {
@@ -397,7 +397,7 @@ impl ClaimGuard {
 }
 
 async fn release(config: &Config, key: &StoreKey, token: &ClaimToken, why: &'static str) {
-    let span = tracing::debug_span!("idempotency.record", idempotency.layer = %config.name, idempotency.released = why);
+    let span = tracing::debug_span!("idempotency.record", idempotency.name = %config.name, idempotency.released = why);
     match config
         .store_call(|store| store.release(key, token))
         .instrument(span)

@@ -21,7 +21,7 @@ async fn counters_report_each_outcome_and_the_reads_the_bloom_filter_skipped() {
     let app = app(&handlers, layer);
     let count = |outcome: &str| {
         counters.get(&format!(
-            "perfkit_idempotency_requests_total{{layer=payments,outcome={outcome}}}"
+            "perfkit_idempotency_requests_total{{name=payments,outcome={outcome}}}"
         ))
     };
 
@@ -67,15 +67,15 @@ async fn counters_report_each_outcome_and_the_reads_the_bloom_filter_skipped() {
     assert_eq!(count("conflict"), 0);
     // Two first attempts went straight to the claim; the retries were read first.
     assert_eq!(
-        counters.get("perfkit_idempotency_bloom_skipped_reads_total{layer=payments}"),
+        counters.get("perfkit_idempotency_bloom_skipped_reads_total{name=payments}"),
         2
     );
     assert_eq!(
-        counters.get("perfkit_idempotency_released_total{layer=payments}"),
+        counters.get("perfkit_idempotency_released_total{name=payments}"),
         1
     );
     assert_eq!(
-        counters.get("perfkit_idempotency_lost_claims_total{layer=payments}"),
+        counters.get("perfkit_idempotency_lost_claims_total{name=payments}"),
         0
     );
 }

@@ -70,9 +70,9 @@ pub(crate) struct BusMetrics {
 
 impl BusMetrics {
     fn new(cache: &str) -> Self {
-        let labels = [("cache", cache.to_owned())];
+        let labels = [("name", cache.to_owned())];
         let flushed = |reason: &str| {
-            let labels = [("cache", cache.to_owned()), ("reason", reason.to_owned())];
+            let labels = [("name", cache.to_owned()), ("reason", reason.to_owned())];
             Local::new(counter!("perfkit_cache_l1_flushes_total", &labels))
         };
         Self {

@@ -86,7 +86,7 @@
 //!
 //! - Span `cache.get` (`DEBUG`) on every lookup that goes past L1, with
 //!   `cache.hit`, `cache.tier` and, for loads, `cache.loaded`.
-//! - Metrics labelled `cache` and `tier`: `perfkit_cache_hits_total`,
+//! - Metrics labelled `name` (the cache's) and `tier`: `perfkit_cache_hits_total`,
 //!   `perfkit_cache_misses_total`, `perfkit_cache_promotions_total`,
 //!   `perfkit_cache_tier_errors_total`, `perfkit_cache_value_errors_total`
 //!   (undecodable, unencodable or oversized values: misses that never open

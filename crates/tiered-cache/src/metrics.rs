@@ -1,6 +1,6 @@
 //! Metric handles, registered once per tier so the hot path only increments.
 //!
-//! Names follow `perfkit_cache_<what>_<unit>`, labelled `cache` (the cache's
+//! Names follow `perfkit_cache_<what>_<unit>`, labelled `name` (the cache's
 //! name) and `tier`. Handles come from the `metrics` recorder installed when
 //! the cache is built: install the exporter first.
 
@@ -86,7 +86,7 @@ impl Local {
 
 impl TierMetrics {
     pub(crate) fn new(cache: &str, tier: &str) -> Self {
-        let labels = [("cache", cache.to_owned()), ("tier", tier.to_owned())];
+        let labels = [("name", cache.to_owned()), ("tier", tier.to_owned())];
         Self {
             hits: Local::new(counter!("perfkit_cache_hits_total", &labels)),
             misses: Local::new(counter!("perfkit_cache_misses_total", &labels)),
@@ -116,7 +116,7 @@ pub(crate) struct CacheMetrics {
 
 impl CacheMetrics {
     pub(crate) fn new(cache: &str) -> Self {
-        let labels = [("cache", cache.to_owned())];
+        let labels = [("name", cache.to_owned())];
         Self {
             loads: Local::new(counter!("perfkit_cache_loads_total", &labels)),
             refreshes: Local::new(counter!("perfkit_cache_refreshes_total", &labels)),

@@ -4,34 +4,8 @@ use http::header::{
     ACCEPT, ACCEPT_ENCODING, ACCEPT_LANGUAGE, AUTHORIZATION, COOKIE, HeaderName, IF_MATCH,
     IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE,
 };
-use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri};
-
-/// The parts of a request a key function may look at (everything but the body).
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct RequestHead<'a> {
-    /// The request method.
-    pub method: &'a Method,
-    /// The request URI, with its query.
-    pub uri: &'a Uri,
-    /// The request headers.
-    pub headers: &'a HeaderMap,
-    /// Extensions set by earlier layers (an authenticated principal, say).
-    pub extensions: &'a Extensions,
-}
-
-impl<'a> RequestHead<'a> {
-    /// The head of `request`.
-    #[must_use]
-    pub fn of<B>(request: &'a Request<B>) -> Self {
-        Self {
-            method: request.method(),
-            uri: request.uri(),
-            headers: request.headers(),
-            extensions: request.extensions(),
-        }
-    }
-}
+use http::request::Parts;
+use http::{HeaderValue, Method, Uri};
 
 /// Request headers that can change a response, and are therefore part of the
 /// default key.
@@ -64,14 +38,14 @@ impl RequestKey {
     /// The default key function: a key for `GET` and `HEAD`, `None` (pass
     /// through) for every other method.
     #[must_use]
-    pub fn for_safe_methods(head: &RequestHead<'_>) -> Option<Self> {
-        (*head.method == Method::GET || *head.method == Method::HEAD).then(|| Self::of(head))
+    pub fn for_safe_methods(head: &Parts) -> Option<Self> {
+        (head.method == Method::GET || head.method == Method::HEAD).then(|| Self::of(head))
     }
 
     /// The key of any request, whatever its method: for custom key functions
     /// that widen the default.
     #[must_use]
-    pub fn of(head: &RequestHead<'_>) -> Self {
+    pub fn of(head: &Parts) -> Self {
         let varying = VARYING_HEADERS
             .iter()
             .flat_map(|name| {

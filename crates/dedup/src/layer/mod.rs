@@ -11,14 +11,15 @@
 //! the request headers that can change a response: `Authorization` and
 //! `Cookie` (so one user's response is never handed to another), `Accept*`
 //! (content negotiation), `Range` and the conditional `If-*` headers. A custom
-//! key function can widen or narrow that, see [`DedupLayer::key`].
+//! key function can widen or narrow that, see [`DedupLayerBuilder::key`].
 //!
 //! Sharing needs the whole body in memory. A response whose body grows past
-//! [`DedupLayer::max_body_bytes`] (default 1 MiB), or an error from the inner
+//! [`DedupLayerBuilder::max_body_bytes`] (default 1 MiB), or an error from the inner
 //! service, is not shared: it goes to the request that was sent, streamed
 //! (already read chunks first), and each of the other waiting requests is
 //! then sent to the inner service on its own. If the inner service panics, every waiting
-//! request gets a `500 Internal Server Error`.
+//! request gets a `500 Internal Server Error` with an RFC 9457 `application/problem+json`
+//! body (type `urn:perfkit:dedup:handler-failed`), as the idempotency layer answers.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -36,7 +37,7 @@
 //! }
 //!
 //! let service = ServiceBuilder::new()
-//!     .layer(DedupLayer::new().max_body_bytes(4 * 1024 * 1024))
+//!     .layer(DedupLayer::builder().max_body_bytes(4 * 1024 * 1024).build()?)
 //!     .service_fn(handler);
 //!
 //! let request = Request::get("/reports/7").body(Full::default())?;
@@ -52,9 +53,11 @@
 //! and apply it to every connection.
 
 mod body;
+mod builder;
 mod key;
 mod service;
 
 pub use self::body::DedupBody;
-pub use self::key::{RequestHead, RequestKey};
+pub use self::builder::DedupLayerBuilder;
+pub use self::key::RequestKey;
 pub use self::service::{Dedup, DedupLayer, DefaultKeyFn, ResponseFuture};

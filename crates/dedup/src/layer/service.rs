@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::request::Parts;
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -20,41 +21,40 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::body::DedupBody;
-use super::key::{RequestHead, RequestKey};
+use super::builder::DedupLayerBuilder;
+use super::key::RequestKey;
 use crate::builder::GroupBuilder;
 use crate::error::Error;
 use crate::group::Group;
 
-/// Default for [`DedupLayer::max_body_bytes`]: 1 MiB.
-const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-const DEFAULT_NAME: &str = "http";
-
 /// The default key function type: [`RequestKey::for_safe_methods`].
-pub type DefaultKeyFn = fn(&RequestHead<'_>) -> Option<RequestKey>;
+pub type DefaultKeyFn = fn(&Parts) -> Option<RequestKey>;
 
 /// Coalesces identical in-flight requests; see the [module docs](crate::layer).
 ///
 /// `K` is the key type and `F` the key function (`GET`/`HEAD` by method, URI
 /// and varying headers by default). Clones share one coalescing scope.
+/// [`DedupLayer::new`] for the defaults, [`DedupLayer::builder`] to change
+/// them.
 #[derive(Clone)]
 pub struct DedupLayer<K = RequestKey, F = DefaultKeyFn> {
-    group: Group<K, SharedResponse, Infallible>,
-    key: F,
-    max_body_bytes: usize,
-    name: Arc<str>,
+    pub(super) group: Group<K, SharedResponse, Infallible>,
+    pub(super) key: F,
+    pub(super) max_body_bytes: usize,
+    pub(super) name: Arc<str>,
 }
 
 impl DedupLayer {
     /// Coalesces `GET` and `HEAD` requests by [`RequestKey`], sharing bodies
-    /// up to 1 MiB, in the metrics group `"http"`.
+    /// up to 1 MiB, named `"http"` in metrics and spans.
     #[must_use]
     pub fn new() -> Self {
-        Self {
-            group: http_group(DEFAULT_NAME),
-            key: RequestKey::for_safe_methods,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            name: Arc::from(DEFAULT_NAME),
-        }
+        Self::from_builder(DedupLayerBuilder::new())
+    }
+
+    /// A builder starting from the defaults of [`DedupLayer::new`].
+    pub fn builder() -> DedupLayerBuilder {
+        DedupLayerBuilder::new()
     }
 }
 
@@ -64,64 +64,17 @@ impl Default for DedupLayer {
     }
 }
 
-fn http_group<K>(name: &str) -> Group<K, SharedResponse, Infallible>
-where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
-{
-    Group::from_builder(GroupBuilder::default().name(name))
-}
-
 impl<K, F> DedupLayer<K, F>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
-    /// Replaces the key function: requests for which it returns the same
-    /// `Some(key)` share a response, `None` passes a request through. Start
-    /// from [`RequestKey::of`] to keep the default's safety (credentials and
-    /// content negotiation in the key).
-    ///
-    /// ```
-    /// use perfkit_dedup::{DedupLayer, RequestHead, RequestKey};
-    ///
-    /// // Also coalesce the idempotent, read-only `POST /search` of this API.
-    /// let layer = DedupLayer::new().key(|head: &RequestHead<'_>| {
-    ///     (head.method == http::Method::GET || head.uri.path() == "/search").then(|| RequestKey::of(head))
-    /// });
-    /// ```
-    ///
-    /// A request body is never part of the key: only coalesce a method with a
-    /// body when the URI alone identifies the result.
-    pub fn key<K2, F2>(self, key: F2) -> DedupLayer<K2, F2>
-    where
-        K2: Hash + Eq + Clone + Send + Sync + 'static,
-        F2: Fn(&RequestHead<'_>) -> Option<K2>,
-    {
-        DedupLayer {
-            group: http_group(&self.name),
-            key,
-            max_body_bytes: self.max_body_bytes,
-            name: self.name,
+    pub(super) fn from_builder(builder: DedupLayerBuilder<K, F>) -> Self {
+        Self {
+            group: Group::from_builder(GroupBuilder::default().name(&*builder.name)),
+            key: builder.key,
+            max_body_bytes: builder.max_body_bytes,
+            name: builder.name,
         }
-    }
-
-    /// The largest response body that is buffered and shared. A larger one
-    /// goes, streamed, to the request that was sent; each of the others is
-    /// then sent to the inner service on its own. Default: 1 MiB. `0` shares only empty bodies.
-    #[must_use]
-    pub fn max_body_bytes(mut self, limit: usize) -> Self {
-        self.max_body_bytes = limit;
-        self
-    }
-
-    /// Names the layer in metrics (`group` label) and spans. Default: `"http"`;
-    /// a blank name keeps the current one.
-    #[must_use]
-    pub fn name(mut self, name: &str) -> Self {
-        if !name.trim().is_empty() {
-            self.name = Arc::from(name);
-            self.group = http_group(name);
-        }
-        self
     }
 }
 
@@ -134,7 +87,7 @@ impl<S, K: Clone, F: Clone> Layer<S> for DedupLayer<K, F> {
             group: self.group.clone(),
             key: self.key.clone(),
             max_body_bytes: self.max_body_bytes,
-            unshared: counter!("perfkit_dedup_http_unshared_total", "group" => self.name.to_string()),
+            unshared: counter!("perfkit_dedup_http_unshared_total", "name" => self.name.to_string()),
         }
     }
 }
@@ -184,7 +137,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Send + 'static,
     K: Hash + Eq + Clone + Send + Sync + 'static,
-    F: Fn(&RequestHead<'_>) -> Option<K>,
+    F: Fn(&Parts) -> Option<K>,
 {
     type Response = Response<DedupBody<ResBody>>;
     type Error = S::Error;
@@ -195,7 +148,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let Some(key) = (self.key)(&RequestHead::of(&request)) else {
+        let (parts, body) = request.into_parts();
+        let key = (self.key)(&parts);
+        let request = Request::from_parts(parts, body);
+        let Some(key) = key else {
             return ResponseFuture {
                 kind: Kind::Passthrough {
                     future: self.inner.call(request),
@@ -283,18 +239,25 @@ where
     }
 }
 
+/// The answer to every request that waited on a panicked call: an RFC 9457
+/// problem, as the idempotency layer gives.
+const PANIC_PROBLEM: &str = concat!(
+    r#"{"type":"urn:perfkit:dedup:handler-failed","title":"The request failed","#,
+    r#""status":500,"detail":"the server failed while processing the request"}"#
+);
+
 fn panic_response<B: Body>(message: &str) -> Response<DedupBody<B>> {
     tracing::error!(
         dedup.error = message,
         "the coalesced inner service panicked"
     );
-    let body = Bytes::from_static(b"internal server error\n");
+    let body = Bytes::from_static(PANIC_PROBLEM.as_bytes());
     let mut response = Response::new(DedupBody::full(body.clone(), None));
     *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("application/problem+json"),
     );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     response

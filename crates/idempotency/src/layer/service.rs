@@ -111,11 +111,11 @@ impl Config {
         match permit.record(!failed) {
             Some(Transition::Opened) => {
                 self.metrics.store_breaker_open.set(1.0);
-                tracing::warn!(idempotency.layer = %self.name, "idempotency store failing: skipping it for the breaker's cool-down");
+                tracing::warn!(idempotency.name = %self.name, "idempotency store failing: skipping it for the breaker's cool-down");
             }
             Some(Transition::Closed) => {
                 self.metrics.store_breaker_open.set(0.0);
-                tracing::info!(idempotency.layer = %self.name, "idempotency store answers again");
+                tracing::info!(idempotency.name = %self.name, "idempotency store answers again");
             }
             None => {}
         }
