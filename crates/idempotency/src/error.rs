@@ -91,3 +91,31 @@ impl StoreError {
         matches!(self, Self::Timeout(_) | Self::Backend(_))
     }
 }
+
+/// Bytes that are not a recorded response, or a response that cannot be
+/// encoded ([`RecordedResponse`](crate::RecordedResponse)'s `encode` and
+/// `decode`). Its source, when there is one, is the serialization format's
+/// own error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct RecordError {
+    what: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl RecordError {
+    pub(crate) fn format(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            what: format!("not a recorded response: {error}"),
+            source: Some(Box::new(error)),
+        }
+    }
+
+    pub(crate) fn invalid(what: &'static str) -> Self {
+        Self {
+            what: format!("not a recorded response: {what}"),
+            source: None,
+        }
+    }
+}

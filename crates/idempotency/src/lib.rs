@@ -103,7 +103,7 @@ pub use builder::{
     DEFAULT_KEY_TTL, DEFAULT_LOCK_TTL, DEFAULT_MAX_BODY_BYTES, FailMode, IdempotencyLayerBuilder,
     OnDisconnect,
 };
-pub use error::{ConfigError, StoreError};
+pub use error::{ConfigError, RecordError, StoreError};
 pub use fingerprint::Fingerprint;
 pub use key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, MAX_KEY_LEN, StoreKey};
 pub use layer::{Idempotency, IdempotencyLayer, ResponseFuture};

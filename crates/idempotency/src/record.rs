@@ -7,6 +7,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::error::RecordError;
 use crate::fingerprint::Fingerprint;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection, never a response.
@@ -103,7 +104,7 @@ impl RecordedResponse {
     /// # Errors
     /// Never in practice (every field is plain data); a failure is reported
     /// instead of a panic.
-    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
         let headers = self
             .headers
             .iter()
@@ -115,6 +116,7 @@ impl RecordedResponse {
             body: &self.body,
             body_dropped: self.body_dropped,
         })
+        .map_err(RecordError::format)
     }
 
     /// Reads what [`encode`](Self::encode) wrote.
@@ -122,16 +124,16 @@ impl RecordedResponse {
     /// # Errors
     /// When the bytes are not a recorded response (corrupt or foreign data
     /// under the store's prefix).
-    pub fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
-        let wire: Wire<'_> = postcard::from_bytes(bytes)?;
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        let wire: Wire<'_> = postcard::from_bytes(bytes).map_err(RecordError::format)?;
         let status = StatusCode::from_u16(wire.status)
-            .map_err(|_| postcard::Error::DeserializeBadEncoding)?;
+            .map_err(|_| RecordError::invalid("the status is not an HTTP status"))?;
         let mut headers = HeaderMap::with_capacity(wire.headers.len());
         for (name, value) in wire.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| postcard::Error::DeserializeBadEncoding)?;
+                .map_err(|_| RecordError::invalid("a header name is not valid"))?;
             let value = HeaderValue::from_bytes(value)
-                .map_err(|_| postcard::Error::DeserializeBadEncoding)?;
+                .map_err(|_| RecordError::invalid("a header value is not valid"))?;
             headers.append(name, value);
         }
         Ok(Self {

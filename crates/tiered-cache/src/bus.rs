@@ -70,7 +70,7 @@ impl Message {
     ///
     /// [`TierError::Codec`] if it cannot be encoded.
     pub fn encode(&self) -> Result<Vec<u8>, TierError> {
-        postcard::to_allocvec(self).map_err(|e| TierError::Codec(e.to_string()))
+        postcard::to_allocvec(self).map_err(TierError::codec)
     }
 
     /// Reads a message in its wire form.
@@ -79,7 +79,7 @@ impl Message {
     ///
     /// [`TierError::Codec`] for bytes that are not a message.
     pub fn decode(bytes: &[u8]) -> Result<Self, TierError> {
-        postcard::from_bytes(bytes).map_err(|e| TierError::Codec(e.to_string()))
+        postcard::from_bytes(bytes).map_err(TierError::codec)
     }
 }
 

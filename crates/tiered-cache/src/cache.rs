@@ -249,7 +249,7 @@ where
     /// behind and share a new lookup. A tier that panics panics the `get`
     /// that ran the lookup; the callers waiting on it look again.
     pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        let mut first_missed = match self.inner.ask_first(|tier| tier.get_value_now(key)) {
+        let mut first_missed = match self.inner.ask_first(|tier| tier.get_value_now(key).known()) {
             Ok(found) => return found,
             Err(asked) => asked,
         };
@@ -386,7 +386,7 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Erased<V>> + Send + 'static,
     {
-        if let Ok(Some(entry)) = self.inner.ask_first(|tier| tier.get_now(key)) {
+        if let Ok(Some(entry)) = self.inner.ask_first(|tier| tier.get_now(key).known()) {
             self.inner.refresh_if_late(key, &entry, loader, options);
             return Ok(Some(entry.value));
         }
@@ -709,7 +709,7 @@ where
             // Strict mode with the invalidation bus down: skip the first tier.
             start = 1;
         } else if let Some(first) = self.levels.first()
-            && let Some(found) = first.tier.get_now(key)
+            && let Some(found) = first.tier.get_now(key).known()
         {
             if let Some(entry) = found {
                 span.record("cache.hit", true);

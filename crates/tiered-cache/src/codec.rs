@@ -39,12 +39,12 @@ where
 {
     fn encode(&self, value: &V, out: &mut Vec<u8>) -> Result<(), TierError> {
         let buffer = std::mem::take(out);
-        *out = postcard::to_extend(value, buffer).map_err(|e| TierError::Codec(e.to_string()))?;
+        *out = postcard::to_extend(value, buffer).map_err(TierError::codec)?;
         Ok(())
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V, TierError> {
-        postcard::from_bytes(bytes).map_err(|e| TierError::Codec(e.to_string()))
+        postcard::from_bytes(bytes).map_err(TierError::codec)
     }
 }
 
@@ -59,10 +59,25 @@ where
     V: Serialize + DeserializeOwned,
 {
     fn encode(&self, value: &V, out: &mut Vec<u8>) -> Result<(), TierError> {
-        serde_json::to_writer(out, value).map_err(|e| TierError::Codec(e.to_string()))
+        serde_json::to_writer(out, value).map_err(TierError::codec)
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<V, TierError> {
-        serde_json::from_slice(bytes).map_err(|e| TierError::Codec(e.to_string()))
+        serde_json::from_slice(bytes).map_err(TierError::codec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_decoding_failure_keeps_the_codec_error_as_its_source() {
+        let error = Codec::<String>::decode(&Postcard, &[0xFF, 0xFF, 0xFF]).unwrap_err();
+        assert!(error.is_value_error());
+        let source = error.source().expect("the codec's own error");
+        assert!(source.downcast_ref::<postcard::Error>().is_some(), "{source:?}");
     }
 }

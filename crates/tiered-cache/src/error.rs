@@ -49,7 +49,7 @@ pub enum TierError {
     /// cache treats the key as a miss and never counts it against the tier
     /// (its circuit breaker).
     #[error("codec: {0}")]
-    Codec(String),
+    Codec(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
     /// An encoded value is larger than the tier accepts; it was not sent.
     /// About that value only, like [`TierError::Codec`].
     #[error("the encoded value is {size} bytes, over the tier's limit of {max}")]
@@ -68,6 +68,11 @@ impl TierError {
     /// Wraps any backend error.
     pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(error))
+    }
+
+    /// Wraps a codec's error (kept as the [source](std::error::Error::source)).
+    pub fn codec(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Codec(Box::new(error))
     }
 
     /// Whether the error is about one value ([`TierError::Codec`],

@@ -130,7 +130,7 @@ impl<V: Send + Sync + 'static> Level<V> {
     /// A lookup: in-process tiers answer at once, others through the guard.
     /// Failures are misses.
     pub(crate) async fn get(&self, key: &str) -> Option<Entry<V>> {
-        if let Some(found) = self.tier.get_now(key) {
+        if let Some(found) = self.tier.get_now(key).known() {
             return found;
         }
         self.guarded("get", self.tier.get(key)).await.ok().flatten()
@@ -139,7 +139,7 @@ impl<V: Send + Sync + 'static> Level<V> {
     /// A lookup that may be followed by a fill: the version is `None` when
     /// the tier failed (nothing may be filled there then).
     pub(crate) async fn lookup(&self, key: &str) -> (Option<Entry<V>>, Option<Version>) {
-        if let Some(found) = self.tier.get_now(key) {
+        if let Some(found) = self.tier.get_now(key).known() {
             return (found, Some(Version::unversioned()));
         }
         match self.guarded("get", self.tier.lookup(key)).await {

@@ -136,7 +136,7 @@ pub use crate::error::{ConfigError, Error, LoadError, TierError};
 #[cfg(feature = "redis")]
 pub use crate::redis_bus::{RedisBus, RedisBusBuilder};
 pub use crate::stats::{Stats, TierStats};
-pub use crate::tier::{Entry, MAX_TTL, Tier, TierFuture, Version, Write};
+pub use crate::tier::{Entry, MAX_TTL, Now, Tier, TierFuture, Version, Write};
 pub use crate::tiers::memory::{MemoryTier, MemoryTierBuilder};
 #[cfg(feature = "redis")]
 pub use crate::tiers::redis::{RedisTier, RedisTierBuilder};

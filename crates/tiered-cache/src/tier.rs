@@ -193,6 +193,42 @@ pub struct Write<'a, V> {
     pub tags: &'a [String],
 }
 
+/// A lookup a tier answers without awaiting ([`Tier::get_now`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Now<T> {
+    /// The key is in the tier.
+    Hit(T),
+    /// The key is not in the tier.
+    Miss,
+    /// The tier cannot tell without awaiting: the cache calls [`Tier::get`].
+    Ask,
+}
+
+impl<T> Now<T> {
+    /// [`Now::Hit`] for `Some`, [`Now::Miss`] for `None`.
+    pub fn found(value: Option<T>) -> Self {
+        value.map_or(Self::Miss, Self::Hit)
+    }
+
+    /// The hit's value mapped by `f`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Now<U> {
+        match self {
+            Self::Hit(value) => Now::Hit(f(value)),
+            Self::Miss => Now::Miss,
+            Self::Ask => Now::Ask,
+        }
+    }
+
+    /// `None` for [`Now::Ask`], else whether (and what) the tier found.
+    pub(crate) fn known(self) -> Option<Option<T>> {
+        match self {
+            Self::Hit(value) => Some(Some(value)),
+            Self::Miss => Some(None),
+            Self::Ask => None,
+        }
+    }
+}
+
 /// One level of a [`Cache`](crate::Cache): an in-process map, Redis, or
 /// anything you plug in.
 ///
@@ -250,20 +286,19 @@ pub trait Tier<V>: Send + Sync + 'static {
     }
 
     /// Answers a lookup without awaiting, when the tier can (an in-process
-    /// map): `Some(Some(entry))` for a hit, `Some(None)` for a miss, `None`
-    /// for "ask [`Tier::get`]". This is what keeps a warm L1 hit free of
-    /// allocations. Default: `None`.
-    fn get_now(&self, key: &str) -> Option<Option<Entry<V>>> {
+    /// map): [`Now::Hit`], [`Now::Miss`], or [`Now::Ask`] for "ask
+    /// [`Tier::get`]". This is what keeps a warm L1 hit free of allocations.
+    /// Default: [`Now::Ask`].
+    fn get_now(&self, key: &str) -> Now<Entry<V>> {
         let _ = key;
-        None
+        Now::Ask
     }
 
     /// [`Tier::get_now`] for a caller that needs only the value (a plain
     /// [`Cache::get`](crate::Cache::get)): an in-process tier can skip
     /// building the entry's expiry. Default: derived from [`Tier::get_now`].
-    fn get_value_now(&self, key: &str) -> Option<Option<Arc<V>>> {
-        self.get_now(key)
-            .map(|found| found.map(|entry| entry.value))
+    fn get_value_now(&self, key: &str) -> Now<Arc<V>> {
+        self.get_now(key).map(|entry| entry.value)
     }
 
     /// Stores a value without awaiting, when the tier can (an in-process

@@ -10,7 +10,7 @@ use moka::sync::Cache as Moka;
 
 use crate::error::ConfigError;
 use crate::glob::Glob;
-use crate::tier::{Entry, Tier, TierFuture, Write, capped_ttl, ttl_setting_error};
+use crate::tier::{Entry, Now, Tier, TierFuture, Write, capped_ttl, ttl_setting_error};
 
 /// The in-process tier (usually L1): values are held as `Arc<V>`, never
 /// serialized. Backed by [moka](https://docs.rs/moka)'s concurrent map with
@@ -322,19 +322,19 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
         self.map.get(key).map(Self::entry)
     }
 
-    fn get_now(&self, key: &str) -> Option<Option<Entry<V>>> {
-        Some(self.lookup(key))
+    fn get_now(&self, key: &str) -> Now<Entry<V>> {
+        Now::found(self.lookup(key))
     }
 
-    fn get_value_now(&self, key: &str) -> Option<Option<Arc<V>>> {
+    fn get_value_now(&self, key: &str) -> Now<Arc<V>> {
         let Some(slot) = self.map.get(key) else {
-            return Some(None);
+            return Now::Miss;
         };
         // Kept past its TTL as a stale fallback: not a hit.
         if self.stale_grace.is_some() && slot.expires_at.is_some_and(|at| at <= Instant::now()) {
-            return Some(None);
+            return Now::Miss;
         }
-        Some(Some(slot.value))
+        Now::Hit(slot.value)
     }
 
     fn set_now(&self, write: &Write<'_, V>) -> bool {

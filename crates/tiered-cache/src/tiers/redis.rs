@@ -866,7 +866,7 @@ mod envelope {
         bytes.extend_from_slice(&expires.to_be_bytes());
         bytes.extend_from_slice(&ttl_ms.unwrap_or(0).to_be_bytes());
         let too_many =
-            || TierError::Codec("more than 65,535 tags, or a tag over 64 KiB".to_owned());
+            || TierError::Codec("more than 65,535 tags, or a tag over 64 KiB".into());
         bytes.extend_from_slice(
             &u16::try_from(tags.len())
                 .map_err(|_| too_many())?
@@ -893,7 +893,7 @@ mod envelope {
 
     /// Reads a stored value's header; `None` for a tombstone.
     pub(super) fn open(bytes: &[u8]) -> Result<Option<Stored<'_>>, TierError> {
-        let foreign = || TierError::Codec("not a perfkit cache value (no header)".to_owned());
+        let foreign = || TierError::Codec("not a perfkit cache value (no header)".into());
         if bytes.get(..3) == Some(&MAGIC[..]) && bytes.get(3) == Some(&TOMBSTONE) {
             return Ok(None);
         }
