@@ -51,3 +51,8 @@ pub use perfkit_query_audit as audit;
 /// Gauges for sqlx and deadpool connection pools (feature `pool`).
 #[cfg(feature = "pool")]
 pub use perfkit_pool_monitor as pool;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -49,3 +49,8 @@
 mod breaker;
 
 pub use crate::breaker::{Breaker, Permit, State, Transition};
+
+/// The README's examples, compiled (and run, unless marked `no_run`) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -24,6 +24,18 @@ pub enum AbandonPolicy {
 type Types<K, T, E> = PhantomData<fn() -> (K, T, E)>;
 
 /// Builds a [`Group`]: `Group::builder().name("prices").build()`.
+///
+/// ```
+/// use perfkit_dedup::{AbandonPolicy, Group};
+///
+/// // Writes must not stop half-way when every caller times out: finish them.
+/// let writes: Group<u64, (), std::io::Error> = Group::builder()
+///     .name("profile-writes")
+///     .abandon_policy(AbandonPolicy::RunToCompletion)
+///     .shards(64)
+///     .build()?;
+/// # Ok::<(), perfkit_dedup::ConfigError>(())
+/// ```
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct GroupBuilder<K, T, E> {

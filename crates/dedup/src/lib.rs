@@ -83,3 +83,8 @@ pub use crate::group::{Call, Group, Outcome};
 pub use crate::layer::{
     Dedup, DedupBody, DedupLayer, DedupLayerBuilder, DefaultKeyFn, RequestKey, ResponseFuture,
 };
+
+/// The README's examples, compiled (and run, unless marked `no_run`) as doctests.
+#[cfg(all(doctest, feature = "tower"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-/// A layer configuration that cannot work, reported by
-/// [`IdempotencyLayerBuilder::build`](crate::IdempotencyLayerBuilder::build).
+/// A configuration that cannot work, reported by
+/// [`IdempotencyLayerBuilder::build`](crate::IdempotencyLayerBuilder::build)
+/// or a store builder's `build`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -42,6 +43,12 @@ pub enum ConfigError {
         /// The configured lock TTL.
         lock_ttl: Duration,
     },
+    /// The Redis URL could not be parsed.
+    #[error("the Redis URL is not valid: {0}")]
+    RedisUrl(String),
+    /// The store's timeout is zero: every call would time out.
+    #[error("the store timeout is zero; every call would time out (e.g. 250 ms)")]
+    ZeroStoreTimeout,
     /// The circuit breaker's cool-down is zero.
     #[error("the circuit breaker's cool-down is zero; give the store time to recover, e.g. 5 s")]
     ZeroCoolDown,

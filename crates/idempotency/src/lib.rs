@@ -113,4 +113,9 @@ pub use record::{Existing, NotExecuted, RecordPolicy, RecordedResponse};
 pub use store::{Claim, ClaimToken, IdempotencyStore, StoreFuture};
 pub use stores::memory::MemoryStore;
 #[cfg(feature = "redis")]
-pub use stores::redis::RedisStore;
+pub use stores::redis::{RedisStore, RedisStoreBuilder};
+
+/// The README's examples, compiled (and run, unless marked `no_run`) as doctests.
+#[cfg(all(doctest, feature = "redis"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -32,6 +32,60 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>>
 ///   handler that outlived its lock can never overwrite another request's record.
 /// - [`lookup`](Self::lookup) only reads.
 /// - Every operation returns within a bounded time (the store's timeout).
+///
+/// A store of your own: here, one that counts claims and keeps everything
+/// else of a [`MemoryStore`](crate::MemoryStore).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::time::Duration;
+///
+/// use perfkit_idempotency::{
+///     Claim, ClaimToken, Existing, Fingerprint, IdempotencyLayer, IdempotencyStore,
+///     MemoryStore, RecordedResponse, StoreFuture, StoreKey,
+/// };
+///
+/// #[derive(Default)]
+/// struct CountingStore {
+///     inner: MemoryStore,
+///     claims: AtomicU64,
+/// }
+///
+/// impl IdempotencyStore for CountingStore {
+///     fn lookup<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Existing>> {
+///         self.inner.lookup(key)
+///     }
+///
+///     fn claim<'a>(
+///         &'a self,
+///         key: &'a StoreKey,
+///         token: &'a ClaimToken,
+///         fingerprint: &'a Fingerprint,
+///         lock_ttl: Duration,
+///     ) -> StoreFuture<'a, Claim> {
+///         self.claims.fetch_add(1, Ordering::Relaxed);
+///         self.inner.claim(key, token, fingerprint, lock_ttl)
+///     }
+///
+///     fn complete<'a>(
+///         &'a self,
+///         key: &'a StoreKey,
+///         token: &'a ClaimToken,
+///         response: &'a Arc<RecordedResponse>,
+///         key_ttl: Duration,
+///     ) -> StoreFuture<'a, bool> {
+///         self.inner.complete(key, token, response, key_ttl)
+///     }
+///
+///     fn release<'a>(&'a self, key: &'a StoreKey, token: &'a ClaimToken) -> StoreFuture<'a, bool> {
+///         self.inner.release(key, token)
+///     }
+/// }
+///
+/// let layer = IdempotencyLayer::builder(CountingStore::default()).unscoped().build()?;
+/// # Ok::<(), perfkit_idempotency::ConfigError>(())
+/// ```
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// What the store holds for `key`, if anything.
     fn lookup<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Existing>>;

@@ -124,9 +124,10 @@ fn crash_after_commit(backend: &Backend, options: PgConnectOptions, key: &str, u
     // is shared: the claim it leaves behind is what a crash leaves).
     let store: Arc<dyn IdempotencyStore> = match &backend.redis {
         Some(redis) => Arc::new(
-            RedisStore::open(redis.url())
-                .unwrap()
-                .prefix(redis.prefix()),
+            RedisStore::builder(redis.url())
+                .prefix(redis.prefix())
+                .build()
+                .unwrap(),
         ),
         None => Arc::clone(&backend.store),
     };

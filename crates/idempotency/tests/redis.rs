@@ -11,15 +11,18 @@ use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use common::{Handlers, app, fresh_key, layer, request, send, spawn_request};
-use perfkit_idempotency::{FailMode, IdempotencyStore, RedisStore};
+use perfkit_idempotency::{
+    FailMode, IdempotencyKey, IdempotencyLayer, IdempotencyStore, RedisStore, StoreKey,
+};
 use perfkit_test_support::RedisServer;
 
 fn store_on(url: &str) -> Arc<dyn IdempotencyStore> {
     Arc::new(
-        RedisStore::open(url)
-            .unwrap()
+        RedisStore::builder(url)
             .prefix("perfkit-test:idem:")
-            .timeout(Duration::from_millis(100)),
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap(),
     )
 }
 
@@ -211,9 +214,10 @@ async fn one_hash_per_key_under_the_prefix_expiring_with_the_key_ttl() {
         return;
     };
     let store: Arc<dyn IdempotencyStore> = Arc::new(
-        RedisStore::open(redis.url())
-            .unwrap()
-            .prefix(redis.prefix()),
+        RedisStore::builder(redis.url())
+            .prefix(redis.prefix())
+            .build()
+            .unwrap(),
     );
     let handlers = Handlers::default();
     let app = app(
@@ -391,9 +395,10 @@ async fn a_store_first_used_on_a_runtime_that_shut_down_serves_the_next_runtime(
         return;
     };
     let store: Arc<dyn IdempotencyStore> = Arc::new(
-        RedisStore::open(redis.url())
-            .unwrap()
-            .prefix(redis.prefix()),
+        RedisStore::builder(redis.url())
+            .prefix(redis.prefix())
+            .build()
+            .unwrap(),
     );
     let handlers = Handlers::default();
     let app = app(&handlers, layer(&store, |b| b));
@@ -421,4 +426,38 @@ async fn a_store_first_used_on_a_runtime_that_shut_down_serves_the_next_runtime(
         statuses.iter().all(|status| *status == StatusCode::CREATED),
         "the first request on this runtime reconnects instead of failing: {statuses:?}"
     );
+}
+
+/// Built in a plain `fn`: no runtime and no reachable Redis are needed, and
+/// a bad URL is a configuration error, not a store error or a panic.
+#[test]
+fn a_store_from_a_url_builds_without_a_runtime() {
+    let store = RedisStore::builder("redis://127.0.0.1:1/0")
+        .build()
+        .unwrap();
+    assert!(IdempotencyLayer::builder(store).unscoped().build().is_ok());
+    assert!(matches!(
+        RedisStore::builder("http://not-redis").build(),
+        Err(perfkit_idempotency::ConfigError::RedisUrl(_))
+    ));
+    assert!(matches!(
+        RedisStore::builder("redis://127.0.0.1:1/0")
+            .timeout(Duration::ZERO)
+            .build(),
+        Err(perfkit_idempotency::ConfigError::ZeroStoreTimeout)
+    ));
+}
+
+/// A connection the application already has is used as it is.
+#[tokio::test]
+async fn a_store_runs_on_a_connection_the_application_has() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let store = RedisStore::builder_with_connection(redis.connection())
+        .prefix(redis.prefix())
+        .build()
+        .unwrap();
+    let key = StoreKey::new(None, &IdempotencyKey::new("k").unwrap());
+    assert!(store.lookup(&key).await.unwrap().is_none());
 }

@@ -56,3 +56,8 @@ pub use crate::requirement::{Decision, Requirement, Unavailable};
 pub use crate::service::{
     DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, REQUIRE_SERVICES_VAR, Service, database_url, redis_url,
 };
+
+/// The README's examples, compiled (and run, unless marked `no_run`) as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

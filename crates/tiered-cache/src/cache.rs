@@ -164,6 +164,14 @@ impl SetOptions {
 
     /// Tags the entry: [`Cache::invalidate_tag`] removes every entry written
     /// with the tag, from every tier.
+    ///
+    /// ```
+    /// use perfkit_tiered_cache::SetOptions;
+    ///
+    /// // Dropped together by `cache.invalidate_tag("org:1")` or `("plan:pro")`.
+    /// let options = SetOptions::default().tags(["org:1", "plan:pro"]);
+    /// # let _ = options;
+    /// ```
     pub fn tags<I, T>(mut self, tags: I) -> Self
     where
         I: IntoIterator<Item = T>,
@@ -203,6 +211,16 @@ impl LoadOptions {
     /// Tags the loaded value as [`SetOptions::tags`] does, so that
     /// [`Cache::invalidate_tag`] removes it, from every tier, and a tag
     /// invalidation that races the load keeps it from being stored.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use perfkit_tiered_cache::LoadOptions;
+    ///
+    /// // Tagged, and bounded: callers wait at most 2 s for this load.
+    /// let options = LoadOptions::default().tags(["org:1"]).timeout(Duration::from_secs(2));
+    /// # let _ = options;
+    /// ```
     pub fn tags<I, T>(mut self, tags: I) -> Self
     where
         I: IntoIterator<Item = T>,
@@ -428,6 +446,26 @@ where
 
     /// Loads every key of `keys` that no tier has, at most `concurrency` at
     /// a time, with `loader(key)`; keys already cached are left as they are.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::num::NonZeroUsize;
+    ///
+    /// use perfkit_tiered_cache::{Cache, MemoryTier};
+    ///
+    /// let cache: Cache<String> = Cache::builder().tier(MemoryTier::with_max_entries(1_000)).build()?;
+    /// cache.set("user:1", "cached".to_owned()).await;
+    /// // Before taking traffic: load the hot keys, four at a time; user:1 is left alone.
+    /// let keys = (1..=10).map(|id| format!("user:{id}"));
+    /// let concurrency = NonZeroUsize::new(4).unwrap_or(NonZeroUsize::MIN);
+    /// let report = cache
+    ///     .warm(keys, concurrency, |key| async move { Ok::<_, std::io::Error>(format!("loaded {key}")) })
+    ///     .await;
+    /// assert_eq!((report.cached, report.failed), (10, 0));
+    /// assert_eq!(cache.get("user:1").await.as_deref().map(String::as_str), Some("cached"));
+    /// # Ok(()) }
+    /// ```
     pub async fn warm<I, F, Fut, E>(
         &self,
         keys: I,
@@ -502,6 +540,18 @@ where
     /// invalidation bus) to drop it from their first tier. A load of `key` in
     /// flight is detached: the next `get_or_load` loads afresh instead of
     /// joining it, and the detached load does not write L1.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use perfkit_tiered_cache::{Cache, MemoryTier};
+    ///
+    /// let cache: Cache<String> = Cache::builder().tier(MemoryTier::with_max_entries(1_000)).build()?;
+    /// cache.set("agent:42", "Ada".to_owned()).await;
+    /// cache.invalidate("agent:42").await; // after the row changed: the next read loads it again
+    /// assert!(cache.get("agent:42").await.is_none());
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate(&self, key: &str) {
         self.inner.loads.forget(key);
         self.inner.lookups.forget(key);
@@ -524,6 +574,21 @@ where
     /// the first tier matches locally. Loads and promotions of any key that
     /// began earlier will not refill the first tier. Returns how many
     /// entries the tiers removed (a key held by two tiers counts twice).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use perfkit_tiered_cache::{Cache, MemoryTier};
+    ///
+    /// let cache: Cache<String> = Cache::builder().tier(MemoryTier::with_max_entries(1_000)).build()?;
+    /// for key in ["agent:1", "agent:2", "team:1"] {
+    ///     cache.set(key, key.to_owned()).await;
+    /// }
+    /// cache.invalidate_pattern("agent:*").await; // Redis glob syntax
+    /// assert!(cache.get("agent:1").await.is_none() && cache.get("agent:2").await.is_none());
+    /// assert!(cache.get("team:1").await.is_some());
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_pattern(&self, pattern: &str) -> u64 {
         let mut removed = 0;
         for level in self.inner.levels.iter().skip(1).rev() {
@@ -541,6 +606,25 @@ where
     /// keys from the tiers that hold untagged promoted copies. Returns how
     /// many distinct keys were removed. Loads and promotions of those keys
     /// that began earlier will not refill L1.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use perfkit_tiered_cache::{Cache, LoadOptions, MemoryTier, SetOptions};
+    ///
+    /// let cache: Cache<String> = Cache::builder().tier(MemoryTier::with_max_entries(1_000)).build()?;
+    /// cache.set_with("team:7", "Core".to_owned(), SetOptions::default().tags(["org:1"])).await;
+    /// let member = cache
+    ///     .get_or_load_with("member:3", LoadOptions::default().tags(["org:1"]), || async {
+    ///         Ok::<_, std::io::Error>("Grace".to_owned())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(*member, "Grace");
+    /// // The organisation changed: drop everything tagged with it, wherever it is cached.
+    /// cache.invalidate_tag("org:1").await;
+    /// assert!(cache.get("team:7").await.is_none() && cache.get("member:3").await.is_none());
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> usize {
         let levels = &self.inner.levels;
         // Slowest first, so a concurrent miss cannot promote a copy the slower tier still had.
@@ -573,6 +657,18 @@ where
 
     /// Removes every entry from every tier (remote tiers: every key under
     /// their prefix), then tells other instances to empty their first tier.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use perfkit_tiered_cache::{Cache, MemoryTier};
+    ///
+    /// let cache: Cache<String> = Cache::builder().tier(MemoryTier::with_max_entries(1_000)).build()?;
+    /// cache.set("a", "1".to_owned()).await;
+    /// cache.clear().await; // every tier, under this cache's prefix only
+    /// assert!(cache.get("a").await.is_none());
+    /// # Ok(()) }
+    /// ```
     pub async fn clear(&self) {
         for level in self.inner.levels.iter().skip(1).rev() {
             level.clear().await;

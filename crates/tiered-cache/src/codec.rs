@@ -49,6 +49,22 @@ where
 }
 
 /// JSON, for values other languages read and write under the same keys.
+///
+/// ```no_run
+/// # fn main() -> Result<(), perfkit_tiered_cache::ConfigError> {
+/// use perfkit_tiered_cache::{Cache, Json, RedisTier};
+///
+/// // Values readable (and writable) by services in other languages under the
+/// // same keys: plain JSON, no perfkit header.
+/// let shared = RedisTier::builder("redis://127.0.0.1:6379")
+///     .prefix("shared:prices:")
+///     .codec(Json)
+///     .plain_values()
+///     .build()?;
+/// let prices: Cache<serde_json::Value> = Cache::builder().name("prices").tier(shared).build()?;
+/// # let _ = prices;
+/// # Ok(()) }
+/// ```
 #[cfg(feature = "json")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json;
@@ -78,6 +94,9 @@ mod tests {
         let error = Codec::<String>::decode(&Postcard, &[0xFF, 0xFF, 0xFF]).unwrap_err();
         assert!(error.is_value_error());
         let source = error.source().expect("the codec's own error");
-        assert!(source.downcast_ref::<postcard::Error>().is_some(), "{source:?}");
+        assert!(
+            source.downcast_ref::<postcard::Error>().is_some(),
+            "{source:?}"
+        );
     }
 }

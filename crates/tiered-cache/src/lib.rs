@@ -115,8 +115,6 @@ mod generations;
 mod glob;
 mod invalidation;
 mod jitter;
-#[cfg(feature = "redis")]
-mod lazy_connection;
 mod level;
 mod lookups;
 mod metrics;
@@ -140,3 +138,8 @@ pub use crate::tier::{Entry, MAX_TTL, Now, Tier, TierFuture, Version, Write};
 pub use crate::tiers::memory::{MemoryTier, MemoryTierBuilder};
 #[cfg(feature = "redis")]
 pub use crate::tiers::redis::{RedisTier, RedisTierBuilder};
+
+/// The README's examples, compiled (and run, unless marked `no_run`) as doctests.
+#[cfg(all(doctest, feature = "redis", feature = "json"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -7,9 +7,10 @@ use futures_core::Stream;
 use redis::aio::PubSubStream;
 use tokio::sync::mpsc;
 
+use perfkit_redis::{LazyConnection, run_once_more};
+
 use crate::bus::{BusEvent, BusFuture, InvalidationBus, Message, SUBSCRIPTION_BUFFER};
 use crate::error::{ConfigError, TierError};
-use crate::lazy_connection::LazyConnection;
 
 /// An [`InvalidationBus`] over Redis pub/sub: one `PUBLISH` per
 /// invalidation, one subscriber connection per cache instance.
@@ -23,6 +24,23 @@ use crate::lazy_connection::LazyConnection;
 /// ([`BusEvent::Up`]): pub/sub keeps no backlog, so the cache flushes its
 /// first tier on both, never trusting what it may have missed. Publishing
 /// uses an auto-reconnecting multiplexed connection, opened on first use.
+///
+/// ```no_run
+/// # fn main() -> Result<(), perfkit_tiered_cache::ConfigError> {
+/// use perfkit_tiered_cache::{Cache, MemoryTier, RedisBus, RedisTier};
+///
+/// let url = "redis://127.0.0.1:6379";
+/// // Each instance of the service builds the same cache; an invalidation on one
+/// // drops the key from the others' L1.
+/// let cache: Cache<Vec<u8>> = Cache::builder()
+///     .name("agents")
+///     .tier(MemoryTier::with_max_entries(10_000))
+///     .tier(RedisTier::builder(url).prefix("svc:agents:").build()?)
+///     .invalidation_bus(RedisBus::builder(url).channel("svc:agents:invalidations").build()?)
+///     .build()?;
+/// # let _ = cache;
+/// # Ok(()) }
+/// ```
 pub struct RedisBus {
     channel: String,
     publisher: LazyConnection,
@@ -30,21 +48,35 @@ pub struct RedisBus {
     health_check: Duration,
 }
 
-/// Configures a [`RedisBus`].
+/// Configures a [`RedisBus`]: [`RedisBus::builder`] from a URL,
+/// [`RedisBus::builder_with_client`] from a client you have.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisBusBuilder {
-    url: String,
+    client: Result<redis::Client, String>,
     channel: String,
     connect_timeout: Duration,
     health_check: Duration,
 }
 
 impl RedisBus {
-    /// Configures a bus on the Redis at `url`.
+    /// Configures a bus on the Redis at `url` (a bad URL is reported by
+    /// `build`; neither needs a runtime or a reachable Redis).
     pub fn builder(url: &str) -> RedisBusBuilder {
+        Self::builder_from(redis::Client::open(url).map_err(|error| error.to_string()))
+    }
+
+    /// Configures a bus through a redis-rs client you already have. A bus
+    /// takes a client rather than a connection: subscribing needs a
+    /// connection of its own (pub/sub), which it opens again after every
+    /// loss; publishes go through a multiplexed connection opened on first use.
+    pub fn builder_with_client(client: redis::Client) -> RedisBusBuilder {
+        Self::builder_from(Ok(client))
+    }
+
+    fn builder_from(client: Result<redis::Client, String>) -> RedisBusBuilder {
         RedisBusBuilder {
-            url: url.to_owned(),
+            client,
             channel: "perfkit:cache:invalidations".to_owned(),
             connect_timeout: Duration::from_millis(250),
             health_check: Duration::from_secs(1),
@@ -98,7 +130,8 @@ impl RedisBusBuilder {
         if self.health_check.is_zero() {
             return Err(ConfigError::ZeroDuration("health_check"));
         }
-        let publisher = LazyConnection::new(&self.url, self.connect_timeout)?;
+        let client = self.client.map_err(ConfigError::RedisUrl)?;
+        let publisher = LazyConnection::from_client(client, self.connect_timeout);
         Ok(RedisBus {
             channel: self.channel,
             publisher,
@@ -113,18 +146,18 @@ impl InvalidationBus for RedisBus {
         Box::pin(async move {
             let payload = message.encode()?;
             // A repeated PUBLISH only repeats an invalidation.
-            self.publisher
-                .run(|mut connection| {
-                    let payload = &payload;
-                    async move {
-                        redis::cmd("PUBLISH")
-                            .arg(&self.channel)
-                            .arg(payload)
-                            .exec_async(&mut connection)
-                            .await
-                    }
-                })
-                .await
+            run_once_more(&self.publisher, |mut connection| {
+                let payload = &payload;
+                async move {
+                    redis::cmd("PUBLISH")
+                        .arg(&self.channel)
+                        .arg(payload)
+                        .exec_async(&mut connection)
+                        .await
+                }
+            })
+            .await
+            .map_err(TierError::backend)
         })
     }
 

@@ -656,3 +656,63 @@ async fn plain_values_are_promoted_with_the_ttl_redis_has_left() {
         "a value another program wrote without TTL"
     );
 }
+
+/// A tier and a bus from a URL are built in a plain `fn` (no runtime, no
+/// reachable Redis); a bad URL is a configuration error.
+#[test]
+fn redis_parts_from_a_url_build_without_a_runtime() {
+    let tier: RedisTier<String> = RedisTier::builder("redis://127.0.0.1:1/0").build().unwrap();
+    let bus = perfkit_tiered_cache::RedisBus::builder("redis://127.0.0.1:1/0")
+        .build()
+        .unwrap();
+    drop((tier, bus));
+    assert!(matches!(
+        RedisTier::builder("http://not-redis").build::<String>(),
+        Err(perfkit_tiered_cache::ConfigError::RedisUrl(_))
+    ));
+    assert!(matches!(
+        perfkit_tiered_cache::RedisBus::builder("http://not-redis").build(),
+        Err(perfkit_tiered_cache::ConfigError::RedisUrl(_))
+    ));
+}
+
+/// A connection (and a client for the bus) the application already has is
+/// used as it is: values written through it are read back through a tier
+/// built from a URL, and invalidations reach another instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_and_a_bus_run_on_a_connection_and_client_the_application_has() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let given = RedisTier::builder_with_connection(redis.connection())
+        .prefix(redis.prefix())
+        .build()
+        .unwrap();
+    let channel = redis.key("bus");
+    fn instance(tier: impl Tier<String>, client: &redis::Client, channel: &str) -> Cache<String> {
+        let bus = perfkit_tiered_cache::RedisBus::builder_with_client(client.clone())
+            .channel(channel)
+            .build()
+            .unwrap();
+        let builder = Cache::<String>::builder().name("given").tier(l1());
+        builder.tier(tier).invalidation_bus(bus).build().unwrap()
+    }
+    let a = instance(given, redis.client(), &channel);
+    let b = instance(l2(&redis), redis.client(), &channel);
+    a.set("k", "v".to_owned()).await;
+    assert_eq!(b.get("k").await.as_deref().map(String::as_str), Some("v"));
+    assert_eq!(a.get("k").await.as_deref().map(String::as_str), Some("v"));
+    // B's invalidation reaches A's L1 over the bus A built from its client
+    // (repeated until A's subscription is up: pub/sub keeps no backlog).
+    within("A drops its copy", async {
+        loop {
+            b.remove("k").await;
+            if a.get("k").await.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(a.stats().invalidations_received >= 1);
+}

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use perfkit_redis::{LazyConnection, run_once_more};
+use redis::aio::ConnectionLike;
 use redis::{Script, Value};
 
-use crate::error::StoreError;
+use crate::error::{ConfigError, StoreError};
 use crate::fingerprint::Fingerprint;
 use crate::key::StoreKey;
 use crate::record::{Existing, RecordedResponse};
@@ -84,11 +85,22 @@ return 0
 /// scripts (one atomic step each, `EVALSHA`); a lookup is one `HMGET`.
 /// Round trips: a new key costs two (claim, record), a replay or a conflict one.
 ///
-/// Every call is bounded by [`timeout`](Self::timeout) (default 250 ms): a
+/// Every call is bounded by [`timeout`](RedisStoreBuilder::timeout) (default 250 ms): a
 /// Redis that is down or slow never hangs a request; the layer answers it
 /// per its [fail mode](crate::FailMode).
+///
+/// ```no_run
+/// use perfkit_idempotency::{IdempotencyLayer, RedisStore};
+///
+/// // From a URL: no runtime and no reachable Redis needed to build it.
+/// let store = RedisStore::builder("redis://127.0.0.1:6379")
+///     .prefix("payments:idem:")
+///     .build()?;
+/// let layer = IdempotencyLayer::builder(store).unscoped().build()?;
+/// # Ok::<(), perfkit_idempotency::ConfigError>(())
+/// ```
 #[derive(Clone)]
-pub struct RedisStore<C = ConnectionManager> {
+pub struct RedisStore<C = LazyConnection> {
     connection: C,
     prefix: Arc<str>,
     timeout: Duration,
@@ -102,27 +114,98 @@ struct Scripts {
     renew: Script,
 }
 
-impl RedisStore<ConnectionManager> {
-    /// A store on the Redis at `url` (`redis://host:port/db`), through a
-    /// multiplexed, auto-reconnecting [`ConnectionManager`] that connects on
-    /// first use: an application starts while Redis is down, and its
-    /// idempotent routes answer per the fail mode until Redis is back.
+/// Makes the store's connection at `build`, given the timeout.
+type Connect<C> = Box<dyn FnOnce(Duration) -> Result<C, ConfigError> + Send + Sync>;
+
+/// Configures a [`RedisStore`]: [`RedisStore::builder`] from a URL,
+/// [`RedisStore::builder_with_connection`] from a connection you have.
+#[must_use]
+pub struct RedisStoreBuilder<C = LazyConnection> {
+    connect: Connect<C>,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// Configures a store on the Redis at `url` (`redis://host:port/db`),
+    /// through a [`LazyConnection`] (multiplexed, auto-reconnecting, opened
+    /// on first use): building needs no runtime and no reachable Redis, so an
+    /// application starts while Redis is down and its idempotent routes
+    /// answer per the fail mode until Redis is back. A bad URL is reported by
+    /// `build`.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        let url = url.to_owned();
+        RedisStoreBuilder::new(Box::new(move |timeout| {
+            LazyConnection::open(&url, timeout)
+                .map_err(|error| ConfigError::RedisUrl(error.to_string()))
+        }))
+    }
+
+    /// Configures a store on an existing multiplexed connection that clones
+    /// cheaply: a redis-rs `ConnectionManager`, a `MultiplexedConnection`, or
+    /// redis-rs's async cluster connection (every operation touches one key,
+    /// so one slot).
+    pub fn builder_with_connection<C>(connection: C) -> RedisStoreBuilder<C>
+    where
+        C: ConnectionLike + Clone + Send + Sync + 'static,
+    {
+        RedisStoreBuilder::new(Box::new(move |_| Ok(connection)))
+    }
+}
+
+impl<C> RedisStoreBuilder<C> {
+    fn new(connect: Connect<C>) -> Self {
+        Self {
+            connect,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// Prefix of every key this store writes. Default: `"perfkit:idem:"`.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Bound on every call (one round trip, plus a reconnect if one is
+    /// needed; for a store built from a URL, also each connection attempt).
+    /// Default: 250 ms.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Builds the store; a connection made from a URL opens on first use.
     ///
     /// # Errors
-    /// [`StoreError::Backend`] when `url` is not a Redis URL.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
-        let client =
-            redis::Client::open(url).map_err(|error| StoreError::Backend(Box::new(error)))?;
-        // Our own timeout bounds every call; redis-rs's reconnects stay short so that
-        // a restarted Redis is picked up quickly.
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(DEFAULT_TIMEOUT))
-            .set_response_timeout(None)
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|error| StoreError::Backend(Box::new(error)))?;
-        Ok(Self::new(connection))
+    ///
+    /// [`ConfigError::RedisUrl`] for an unparsable URL,
+    /// [`ConfigError::ZeroStoreTimeout`] for a zero timeout.
+    pub fn build(self) -> Result<RedisStore<C>, ConfigError> {
+        if self.timeout.is_zero() {
+            return Err(ConfigError::ZeroStoreTimeout);
+        }
+        Ok(RedisStore {
+            connection: (self.connect)(self.timeout)?,
+            prefix: Arc::from(self.prefix),
+            timeout: self.timeout,
+            scripts: Arc::new(Scripts {
+                claim: Script::new(CLAIM),
+                complete: Script::new(COMPLETE),
+                release: Script::new(RELEASE),
+                renew: Script::new(RENEW),
+            }),
+        })
+    }
+}
+
+impl<C> std::fmt::Debug for RedisStoreBuilder<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,39 +213,6 @@ impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    /// A store on an existing multiplexed connection that clones cheaply: a
-    /// [`ConnectionManager`], a `MultiplexedConnection`, or redis-rs's async
-    /// cluster connection (every operation touches one key, so one slot).
-    #[must_use]
-    pub fn new(connection: C) -> Self {
-        Self {
-            connection,
-            prefix: Arc::from(DEFAULT_PREFIX),
-            timeout: DEFAULT_TIMEOUT,
-            scripts: Arc::new(Scripts {
-                claim: Script::new(CLAIM),
-                complete: Script::new(COMPLETE),
-                release: Script::new(RELEASE),
-                renew: Script::new(RENEW),
-            }),
-        }
-    }
-
-    /// Prefix of every key this store writes. Default: `"perfkit:idem:"`.
-    #[must_use]
-    pub fn prefix(mut self, prefix: &str) -> Self {
-        self.prefix = Arc::from(prefix);
-        self
-    }
-
-    /// Bound on every call (one round trip, plus a reconnect if one is
-    /// needed). Default: 250 ms.
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     fn redis_key(&self, key: &StoreKey) -> String {
         format!("{}{}", self.prefix, key.encoded())
     }
@@ -178,18 +228,10 @@ where
         F: Fn(C) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let attempts = async {
-            match op(self.connection.clone()).await {
-                // Never sent, or the connection went away around it: every
-                // operation is safe to repeat (a claim or completion under
-                // the same token is recognised; a release or renewal repeats
-                // as a no-op).
-                Err(error) if error.is_connection_refusal() || error.is_connection_dropped() => {
-                    op(self.connection.clone()).await
-                }
-                outcome => outcome,
-            }
-        };
+        // Never sent, or the connection went away around it: every operation
+        // is safe to repeat (a claim or completion under the same token is
+        // recognised; a release or renewal repeats as a no-op).
+        let attempts = run_once_more(&self.connection, op);
         match tokio::time::timeout(self.timeout, attempts).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StoreError::Backend(Box::new(error))),

@@ -109,9 +109,10 @@ pub async fn backends() -> Vec<Backend> {
         redis: None,
     }];
     if let Some(redis) = perfkit_test_support::redis().await {
-        let store = RedisStore::open(redis.url())
-            .unwrap()
-            .prefix(redis.prefix());
+        let store = RedisStore::builder(redis.url())
+            .prefix(redis.prefix())
+            .build()
+            .unwrap();
         backends.push(Backend {
             name: "redis",
             store: Arc::new(store),

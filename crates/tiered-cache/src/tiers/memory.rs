@@ -165,6 +165,21 @@ impl MemoryTierBuilder {
     /// # Errors
     ///
     /// As [`MemoryTierBuilder::build`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// use perfkit_tiered_cache::{Cache, MemoryTier};
+    ///
+    /// // At most 64 MiB of page bodies in L1, each weighed by its length.
+    /// let pages = MemoryTier::builder()
+    ///     .build_weighted(64 * 1024 * 1024, |_key: &str, page: &Arc<str>| {
+    ///         u32::try_from(page.len()).unwrap_or(u32::MAX)
+    ///     })?;
+    /// let cache: Cache<Arc<str>> = Cache::builder().name("pages").tier(pages).build()?;
+    /// # let _ = cache;
+    /// # Ok::<(), perfkit_tiered_cache::ConfigError>(())
+    /// ```
     pub fn build_weighted<V, W>(
         self,
         max_weight: u64,

@@ -6,11 +6,11 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use perfkit_redis::{LazyConnection, run_once_more};
+use redis::aio::ConnectionLike;
 
 use crate::codec::{Codec, Postcard};
 use crate::error::{ConfigError, TierError};
-use crate::lazy_connection::LazyConnection;
 use crate::tier::{
     Entry, MAX_TTL, Tier, TierFuture, Version, Write, capped_ttl, ttl_setting_error,
 };
@@ -142,10 +142,10 @@ return 1
 /// expires the key by its own clock).
 ///
 /// [`Json`]: crate::Json
-pub struct RedisTier<V, C = Postcard> {
+pub struct RedisTier<V, C = Postcard, R = LazyConnection> {
     name: String,
     prefix: String,
-    connection: LazyConnection,
+    connection: R,
     codec: C,
     max_ttl: Option<Duration>,
     plain: bool,
@@ -155,11 +155,14 @@ pub struct RedisTier<V, C = Postcard> {
     _values: PhantomData<fn() -> V>,
 }
 
-/// Configures a [`RedisTier`].
-#[derive(Debug, Clone)]
+/// Makes the tier's connection at `build`, given the connect timeout.
+type Connect<R> = Box<dyn FnOnce(Duration) -> Result<R, ConfigError> + Send + Sync>;
+
+/// Configures a [`RedisTier`]: [`RedisTier::builder`] from a URL,
+/// [`RedisTier::builder_with_connection`] from a connection you have.
 #[must_use]
-pub struct RedisTierBuilder<C = Postcard> {
-    url: String,
+pub struct RedisTierBuilder<C = Postcard, R = LazyConnection> {
+    connect: Connect<R>,
     name: String,
     prefix: String,
     codec: C,
@@ -170,10 +173,10 @@ pub struct RedisTierBuilder<C = Postcard> {
     max_value_size: NonZeroUsize,
 }
 
-impl RedisTierBuilder<Postcard> {
-    fn new(url: &str) -> Self {
+impl<R> RedisTierBuilder<Postcard, R> {
+    fn new(connect: Connect<R>) -> Self {
         Self {
-            url: url.to_owned(),
+            connect,
             name: "redis".to_owned(),
             prefix: "perfkit:cache:".to_owned(),
             codec: Postcard,
@@ -186,7 +189,19 @@ impl RedisTierBuilder<Postcard> {
     }
 }
 
-impl<C> RedisTierBuilder<C> {
+impl<C: std::fmt::Debug, R> std::fmt::Debug for RedisTierBuilder<C, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTierBuilder")
+            .field("name", &self.name)
+            .field("prefix", &self.prefix)
+            .field("codec", &self.codec)
+            .field("max_ttl", &self.max_ttl)
+            .field("plain", &self.plain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, R> RedisTierBuilder<C, R> {
     /// The tier's name in metrics and stats. Default: `"redis"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -207,8 +222,9 @@ impl<C> RedisTierBuilder<C> {
         self
     }
 
-    /// How long one connection attempt may take. Default: 250 ms. Calls are
-    /// bounded by the cache's tier timeout in any case.
+    /// How long one connection attempt may take, for a tier built from a
+    /// URL (a connection you pass keeps its own settings). Default: 250 ms.
+    /// Calls are bounded by the cache's tier timeout in any case.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -244,9 +260,9 @@ impl<C> RedisTierBuilder<C> {
     }
 
     /// Encodes values with `codec` instead of [`Postcard`].
-    pub fn codec<C2>(self, codec: C2) -> RedisTierBuilder<C2> {
+    pub fn codec<C2>(self, codec: C2) -> RedisTierBuilder<C2, R> {
         RedisTierBuilder {
-            url: self.url,
+            connect: self.connect,
             name: self.name,
             prefix: self.prefix,
             codec,
@@ -258,12 +274,12 @@ impl<C> RedisTierBuilder<C> {
         }
     }
 
-    /// Builds the tier; the connection opens on first use.
+    /// Builds the tier; a connection made from a URL opens on first use.
     ///
     /// # Errors
     ///
     /// [`ConfigError`] for an unparsable URL, an empty prefix or a zero duration.
-    pub fn build<V>(self) -> Result<RedisTier<V, C>, ConfigError>
+    pub fn build<V>(self) -> Result<RedisTier<V, C, R>, ConfigError>
     where
         C: Codec<V>,
         V: Send + Sync + 'static,
@@ -283,7 +299,7 @@ impl<C> RedisTierBuilder<C> {
         if self.tombstone_ttl.is_zero() {
             return Err(ConfigError::ZeroDuration("tombstone_ttl"));
         }
-        let connection = LazyConnection::new(&self.url, self.connect_timeout)?;
+        let connection = (self.connect)(self.connect_timeout)?;
         Ok(RedisTier {
             name: self.name,
             prefix: self.prefix,
@@ -321,16 +337,45 @@ impl redis::ToRedisArgs for FullKey<'_> {
 
 // Not generic: the value type is chosen by `RedisTierBuilder::build`.
 impl RedisTier<(), Postcard> {
-    /// Configures a tier on the Redis at `url` (`redis://host:port/db`).
+    /// Configures a tier on the Redis at `url` (`redis://host:port/db`),
+    /// through a [`LazyConnection`]: `build` needs no runtime and no
+    /// reachable Redis (a bad URL is reported by `build`).
     pub fn builder(url: &str) -> RedisTierBuilder<Postcard> {
-        RedisTierBuilder::new(url)
+        let url = url.to_owned();
+        RedisTierBuilder::new(Box::new(move |connect_timeout| {
+            LazyConnection::open(&url, connect_timeout)
+                .map_err(|error| ConfigError::RedisUrl(error.to_string()))
+        }))
+    }
+
+    /// Configures a tier on a connection you already have: a redis-rs
+    /// `ConnectionManager`, a `MultiplexedConnection`, or any
+    /// [`ConnectionLike`] that clones cheaply onto one shared connection.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use perfkit_tiered_cache::{Cache, RedisTier};
+    ///
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let connection = redis::aio::ConnectionManager::new(client).await?;
+    /// let cache: Cache<String> = Cache::builder()
+    ///     .tier(RedisTier::builder_with_connection(connection).prefix("svc:").build()?)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder_with_connection<R>(connection: R) -> RedisTierBuilder<Postcard, R>
+    where
+        R: ConnectionLike + Clone + Send + Sync + 'static,
+    {
+        RedisTierBuilder::new(Box::new(move |_| Ok(connection)))
     }
 }
 
-impl<V, C> RedisTier<V, C>
+impl<V, C, R> RedisTier<V, C, R>
 where
     V: Send + Sync + 'static,
     C: Codec<V>,
+    R: ConnectionLike + Clone + Send + Sync + 'static,
 {
     /// The key prefix.
     #[must_use]
@@ -339,15 +384,17 @@ where
     }
 
     /// Runs `op` on the connection, once more if it did not reach a live
-    /// one (see [`LazyConnection::run`]): every command this tier sends is
-    /// safe to repeat (a repeated fill finds its own write and reports a
-    /// refusal, which only skips the faster tiers).
+    /// one (see [`run_once_more`]): every command this tier sends is safe to
+    /// repeat (a repeated fill finds its own write and reports a refusal,
+    /// which only skips the faster tiers).
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, TierError>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(R) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        self.connection.run(op).await
+        run_once_more(&self.connection, op)
+            .await
+            .map_err(TierError::backend)
     }
 
     fn key(&self, key: &str) -> String {
@@ -391,7 +438,7 @@ where
     /// older than a tombstone never lands, so an epoch that has expired
     /// since a lookup can only refuse fills (absent ≠ what was seen), never
     /// let one through.
-    async fn move_epoch(&self, connection: &mut ConnectionManager) -> redis::RedisResult<()> {
+    async fn move_epoch(&self, connection: &mut R) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         pipe.atomic();
         self.add_epoch_move(&mut pipe);
@@ -518,10 +565,11 @@ where
     }
 }
 
-impl<V, C> Tier<V> for RedisTier<V, C>
+impl<V, C, R> Tier<V> for RedisTier<V, C, R>
 where
     V: Send + Sync + 'static,
     C: Codec<V>,
+    R: ConnectionLike + Clone + Send + Sync + 'static,
 {
     fn name(&self) -> &str {
         &self.name
@@ -782,7 +830,7 @@ where
 /// page, never the whole set at once. `seen` gets every page after it is
 /// unlinked. Keys are bytes: the tier's own keys are not UTF-8.
 async fn unlink_scanned(
-    connection: &mut ConnectionManager,
+    connection: &mut impl ConnectionLike,
     page: impl Fn(u64) -> redis::Cmd,
     select: impl Fn(&[u8]) -> bool,
     mut seen: impl FnMut(&[Vec<u8>]),
@@ -865,8 +913,7 @@ mod envelope {
         let expires = ttl_ms.map_or(0, |ms| unix_ms().saturating_add(ms));
         bytes.extend_from_slice(&expires.to_be_bytes());
         bytes.extend_from_slice(&ttl_ms.unwrap_or(0).to_be_bytes());
-        let too_many =
-            || TierError::Codec("more than 65,535 tags, or a tag over 64 KiB".into());
+        let too_many = || TierError::Codec("more than 65,535 tags, or a tag over 64 KiB".into());
         bytes.extend_from_slice(
             &u16::try_from(tags.len())
                 .map_err(|_| too_many())?
@@ -969,12 +1016,11 @@ pub(crate) fn escape_glob(prefix: &str) -> String {
     escaped
 }
 
-impl<V, C> std::fmt::Debug for RedisTier<V, C> {
+impl<V, C, R> std::fmt::Debug for RedisTier<V, C, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisTier")
             .field("name", &self.name)
             .field("prefix", &self.prefix)
-            .field("connected", &self.connection.is_open())
             .field("max_ttl", &self.max_ttl)
             .finish_non_exhaustive()
     }
