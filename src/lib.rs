@@ -25,6 +25,39 @@
 //!
 //! Each crate can equally be depended on alone (`perfkit-dedup = "0.1"`); the
 //! modules here are the very same crates.
+//!
+//! ## Metrics and spans
+//!
+//! Every crate reports through the `metrics` facade (install your exporter
+//! before building caches, layers and groups) and `tracing`. Every metric
+//! carries the instance's name as the label `name`; spans are `<crate>.<op>`
+//! at `DEBUG` with a `<crate>.name` field. The complete list:
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `perfkit_cache_hits_total`, `perfkit_cache_misses_total`, `perfkit_cache_promotions_total` | counter | `name`, `tier` |
+//! | `perfkit_cache_tier_errors_total`, `perfkit_cache_value_errors_total`, `perfkit_cache_tier_skipped_total` | counter | `name`, `tier` |
+//! | `perfkit_cache_breaker_open` | gauge | `name`, `tier` |
+//! | `perfkit_cache_loads_total`, `perfkit_cache_load_errors_total`, `perfkit_cache_load_timeouts_total` | counter | `name` |
+//! | `perfkit_cache_refreshes_total`, `perfkit_cache_negative_hits_total`, `perfkit_cache_stale_served_total`, `perfkit_cache_shared_lookups_total` | counter | `name` |
+//! | `perfkit_cache_load_duration_seconds` | histogram | `name` |
+//! | `perfkit_cache_invalidations_sent_total`, `perfkit_cache_invalidations_received_total` | counter | `name` |
+//! | `perfkit_cache_invalidation_publish_errors_total`, `perfkit_cache_invalidation_publish_skipped_total` | counter | `name` |
+//! | `perfkit_cache_publish_breaker_open`, `perfkit_cache_bus_up` | gauge | `name` |
+//! | `perfkit_cache_l1_flushes_total` | counter | `name`, `reason` (`bus_down`, `bus_up`, `bus_lagged`) |
+//! | `perfkit_cache_bus_reconnects_total` | counter | `name` |
+//! | `perfkit_cache_invalidation_delay_seconds` | histogram | `name` |
+//! | `perfkit_idempotency_requests_total` | counter | `name`, `outcome` (`new`, `replayed`, `conflict`, `mismatch`, `rejected`, `store_unavailable`, `passed_through`) |
+//! | `perfkit_idempotency_store_errors_total` | counter | `name`, `op` (`lookup`, `claim`, `complete`, `release`, `renew`) |
+//! | `perfkit_idempotency_store_skipped_total`, `perfkit_idempotency_bloom_skipped_reads_total` | counter | `name` |
+//! | `perfkit_idempotency_released_total`, `perfkit_idempotency_lost_claims_total`, `perfkit_idempotency_renewals_total` | counter | `name` |
+//! | `perfkit_idempotency_store_breaker_open`, `perfkit_idempotency_bloom_fp_ratio`, `perfkit_idempotency_bloom_bytes` | gauge | `name` |
+//! | `perfkit_dedup_executions_total`, `perfkit_dedup_coalesced_total`, `perfkit_dedup_panics_total`, `perfkit_dedup_abandoned_total` | counter | `name` |
+//! | `perfkit_dedup_http_unshared_total` | counter | `name` |
+//!
+//! Spans: `cache.get`, `idempotency.claim`, `idempotency.record`,
+//! `idempotency.replay`, `dedup.run`. Each crate's documentation says what
+//! each metric counts.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 /// Tiered cache: in-process L1, Redis L2 and any tier you plug in (feature
