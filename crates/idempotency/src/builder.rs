@@ -11,8 +11,9 @@ use http::request::Parts;
 use perfkit_breaker::Breaker;
 
 use crate::bloom::SeenFilter;
+use crate::config::{Config, FailMode, OnDisconnect, ScopeFn};
 use crate::error::ConfigError;
-use crate::layer::{Config, IdempotencyLayer};
+use crate::layer::IdempotencyLayer;
 use crate::metrics::Metrics;
 use crate::record::RecordPolicy;
 use crate::renewal::Renewals;
@@ -37,35 +38,14 @@ pub const DEFAULT_BLOOM_KEYS: usize = 100_000;
 /// Default for [`IdempotencyLayerBuilder::bloom`]: false-positive rate per generation.
 pub const DEFAULT_BLOOM_FP_RATE: f64 = 0.01;
 
-pub(crate) type ScopeFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// What the layer does with a request when its store is unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailMode {
-    /// Answer `503 Service Unavailable` with `Retry-After`, without running
-    /// the handler: a mutation never runs unprotected. The default.
-    #[default]
-    Closed,
-    /// Run the handler without protection (nothing is claimed or recorded): the
-    /// service stays up, and a retry during the outage may run twice.
-    Open,
-}
-
-/// What happens to a running handler when the client disconnects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum OnDisconnect {
-    /// The request runs in the caller's task; if the client goes away first,
-    /// it moves onto the runtime (a spawned task), runs to completion and is
-    /// recorded, so the client's retry gets the replay instead of running the
-    /// mutation a second time. The default.
-    #[default]
-    RunToCompletion,
-    /// The handler is dropped with the request (tower's usual behaviour) and
-    /// the claim is released, so a retry runs the handler again: choose this
-    /// only for handlers that are safe to cut anywhere (e.g. one transaction).
-    Cancel,
+impl IdempotencyLayer {
+    /// Starts a layer on `store` ([`MemoryStore`](crate::MemoryStore) for one
+    /// process, [`RedisStore`](crate::RedisStore) for several). The builder
+    /// requires a scope choice ([`scope`](IdempotencyLayerBuilder::scope) or
+    /// [`unscoped`](IdempotencyLayerBuilder::unscoped)); everything else has a default.
+    pub fn builder(store: impl IdempotencyStore) -> IdempotencyLayerBuilder {
+        IdempotencyLayerBuilder::new(Arc::new(store))
+    }
 }
 
 /// Builds an [`IdempotencyLayer`]; see [`IdempotencyLayer::builder`].

@@ -85,13 +85,13 @@
 
 mod bloom;
 mod builder;
+mod config;
 mod error;
 mod fingerprint;
 mod key;
 pub mod layer;
 mod metrics;
 mod problem;
-mod protected;
 mod record;
 mod renewal;
 mod store;
@@ -100,15 +100,14 @@ mod stores;
 pub use bloom::BloomStats;
 pub use builder::{
     DEFAULT_BLOOM_FP_RATE, DEFAULT_BLOOM_KEYS, DEFAULT_BREAKER_COOL_DOWN, DEFAULT_BREAKER_FAILURES,
-    DEFAULT_KEY_TTL, DEFAULT_LOCK_TTL, DEFAULT_MAX_BODY_BYTES, FailMode, IdempotencyLayerBuilder,
-    OnDisconnect,
+    DEFAULT_KEY_TTL, DEFAULT_LOCK_TTL, DEFAULT_MAX_BODY_BYTES, IdempotencyLayerBuilder,
 };
+pub use config::{FailMode, OnDisconnect};
 pub use error::{ConfigError, RecordError, StoreError};
 pub use fingerprint::Fingerprint;
 pub use key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, MAX_KEY_LEN, StoreKey};
-pub use layer::{Idempotency, IdempotencyLayer, ResponseFuture};
+pub use layer::{IDEMPOTENT_REPLAYED, Idempotency, IdempotencyLayer, ResponseFuture};
 pub use problem::Problem;
-pub use protected::IDEMPOTENT_REPLAYED;
 pub use record::{Existing, NotExecuted, RecordPolicy, RecordedResponse};
 pub use store::{Claim, ClaimToken, IdempotencyStore, StoreFuture};
 pub use stores::memory::MemoryStore;

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
+use crate::config::Config;
 use crate::key::StoreKey;
-use crate::layer::Config;
 use crate::metrics::count_failed;
 use crate::store::ClaimToken;
 

@@ -8,7 +8,8 @@ use perfkit_dedup::Group;
 use std::sync::Arc;
 
 use crate::bus::InvalidationBus;
-use crate::cache::{Cache, Inner};
+use crate::cache::Cache;
+use crate::engine::Inner;
 use crate::error::ConfigError;
 use crate::generations::Generations;
 use crate::invalidation::BusLink;

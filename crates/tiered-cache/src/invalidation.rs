@@ -10,7 +10,7 @@ use metrics::{Gauge, Histogram, counter, gauge, histogram};
 use tokio::sync::mpsc;
 
 use crate::bus::{BusEvent, InvalidationBus, Message, Target, unix_micros};
-use crate::cache::Inner;
+use crate::engine::Inner;
 use crate::metrics::Local;
 use perfkit_breaker::{Breaker, Transition};
 

@@ -110,6 +110,7 @@ mod builder;
 mod bus;
 mod cache;
 mod codec;
+mod engine;
 mod error;
 mod generations;
 mod glob;
@@ -118,6 +119,7 @@ mod jitter;
 mod level;
 mod lookups;
 mod metrics;
+mod options;
 #[cfg(feature = "redis")]
 mod redis_bus;
 mod stats;
@@ -126,11 +128,12 @@ mod tiers;
 
 pub use crate::builder::CacheBuilder;
 pub use crate::bus::{BusEvent, BusFuture, InvalidationBus, LocalBus, Message, Target};
-pub use crate::cache::{Cache, LoadOptions, SetOptions, WarmReport};
+pub use crate::cache::{Cache, WarmReport};
 #[cfg(feature = "json")]
 pub use crate::codec::Json;
 pub use crate::codec::{Codec, Postcard};
 pub use crate::error::{ConfigError, Error, LoadError, TierError};
+pub use crate::options::{LoadOptions, SetOptions};
 #[cfg(feature = "redis")]
 pub use crate::redis_bus::{RedisBus, RedisBusBuilder};
 pub use crate::stats::{Stats, TierStats};

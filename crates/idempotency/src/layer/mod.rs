@@ -39,7 +39,8 @@
 //! # }
 //! ```
 
+mod flow;
 mod service;
 
-pub(crate) use service::Config;
+pub use flow::IDEMPOTENT_REPLAYED;
 pub use service::{Idempotency, IdempotencyLayer, ResponseFuture};

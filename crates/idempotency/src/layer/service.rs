@@ -6,55 +6,19 @@ use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HeaderName;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use perfkit_breaker::{Breaker, Transition};
-
-use crate::bloom::{BloomStats, SeenFilter};
-use crate::builder::{FailMode, IdempotencyLayerBuilder, OnDisconnect, ScopeFn};
-use crate::error::StoreError;
+use super::flow;
+use crate::bloom::BloomStats;
+use crate::config::{Config, OnDisconnect};
 use crate::key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, StoreKey};
-use crate::metrics::Metrics;
 use crate::problem::Problem;
-use crate::protected;
-use crate::record::RecordPolicy;
-use crate::renewal::Renewals;
-use crate::store::IdempotencyStore;
-use crate::store::StoreFuture;
-
-/// Everything a layer's services share.
-pub(crate) struct Config {
-    pub(crate) store: Arc<dyn IdempotencyStore>,
-    /// `None`: unscoped (an explicit choice in the builder).
-    pub(crate) scope: Option<ScopeFn>,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) require_key: bool,
-    pub(crate) fingerprint_headers: Vec<HeaderName>,
-    pub(crate) max_body_bytes: usize,
-    pub(crate) max_recorded_body_bytes: usize,
-    pub(crate) key_ttl: Duration,
-    pub(crate) lock_ttl: Duration,
-    pub(crate) retry_after: Duration,
-    pub(crate) deny_headers: Vec<HeaderName>,
-    pub(crate) record_policy: RecordPolicy,
-    pub(crate) fail_mode: FailMode,
-    pub(crate) on_disconnect: OnDisconnect,
-    pub(crate) bloom: Option<SeenFilter>,
-    /// Skips the store while it is known to be failing; `None`: disabled.
-    pub(crate) breaker: Option<Breaker>,
-    /// Extends claims in flight; `None`: off.
-    pub(crate) renewals: Option<Renewals>,
-    pub(crate) metrics: Metrics,
-    pub(crate) name: String,
-}
 
 /// Applies `Idempotency-Key` handling to a service; see the [module docs](crate::layer).
 ///
@@ -66,14 +30,6 @@ pub struct IdempotencyLayer {
 }
 
 impl IdempotencyLayer {
-    /// Starts a layer on `store` ([`MemoryStore`](crate::MemoryStore) for one
-    /// process, [`RedisStore`](crate::RedisStore) for several). The builder
-    /// requires a scope choice ([`scope`](IdempotencyLayerBuilder::scope) or
-    /// [`unscoped`](IdempotencyLayerBuilder::unscoped)); everything else has a default.
-    pub fn builder(store: impl IdempotencyStore) -> IdempotencyLayerBuilder {
-        IdempotencyLayerBuilder::new(Arc::new(store))
-    }
-
     pub(crate) fn from_config(config: Config) -> Self {
         let layer = Self {
             config: Arc::new(config),
@@ -88,47 +44,6 @@ impl IdempotencyLayer {
     #[must_use]
     pub fn bloom_stats(&self) -> Option<BloomStats> {
         self.config.publish_bloom_stats()
-    }
-}
-
-impl Config {
-    /// One store call behind the circuit breaker: while the store is known
-    /// to be failing, refused at once ([`StoreError::CircuitOpen`]); a probe
-    /// dropped with this future counts as failed.
-    pub(crate) async fn store_call<'a, T>(
-        &'a self,
-        call: impl FnOnce(&'a dyn IdempotencyStore) -> StoreFuture<'a, T>,
-    ) -> Result<T, StoreError> {
-        let Some(breaker) = &self.breaker else {
-            return call(&*self.store).await;
-        };
-        let Some(permit) = breaker.allow() else {
-            self.metrics.store_skipped.increment(1);
-            return Err(StoreError::CircuitOpen);
-        };
-        let result = call(&*self.store).await;
-        let failed = result.as_ref().is_err_and(StoreError::is_outage);
-        match permit.record(!failed) {
-            Some(Transition::Opened) => {
-                self.metrics.store_breaker_open.set(1.0);
-                tracing::warn!(idempotency.name = %self.name, "idempotency store failing: skipping it for the breaker's cool-down");
-            }
-            Some(Transition::Closed) => {
-                self.metrics.store_breaker_open.set(0.0);
-                tracing::info!(idempotency.name = %self.name, "idempotency store answers again");
-            }
-            None => {}
-        }
-        result
-    }
-
-    /// Reads the Bloom filter's stats and sets the gauges from them.
-    pub(crate) fn publish_bloom_stats(&self) -> Option<BloomStats> {
-        let stats = self.bloom.as_ref()?.stats();
-        #[allow(clippy::cast_precision_loss)]
-        self.metrics.bloom_bytes.set(stats.bytes as f64);
-        self.metrics.bloom_fp_rate.set(stats.estimated_fp_rate);
-        Some(stats)
     }
 }
 
@@ -251,7 +166,7 @@ where
                 let inner = mem::replace(&mut self.inner, clone);
                 Kind::Protected {
                     future: Detachable {
-                        future: Some(Box::pin(protected::run(
+                        future: Some(Box::pin(flow::run(
                             Arc::clone(&self.config),
                             inner,
                             parts,

@@ -11,11 +11,10 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 use tracing::{Instrument, field};
 
-use crate::builder::FailMode;
+use crate::config::{Config, FailMode};
 use crate::error::StoreError;
 use crate::fingerprint::Fingerprint;
 use crate::key::StoreKey;
-use crate::layer::Config;
 use crate::metrics::count_failed;
 use crate::problem::Problem;
 use crate::record::{Existing, NotExecuted, RecordedResponse};

@@ -1,8 +1,15 @@
 //! The shared tier: Redis, through an auto-reconnecting multiplexed connection.
+//!
+//! One concern per file: the builder, the fill script, the value header
+//! (envelope), and the walks over the keyspace; the tier itself here.
+
+mod builder;
+mod envelope;
+mod scan;
+mod script;
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +17,13 @@ use perfkit_redis::{LazyConnection, run_once_more};
 use redis::aio::ConnectionLike;
 
 use crate::codec::{Codec, Postcard};
-use crate::error::{ConfigError, TierError};
-use crate::tier::{
-    Entry, MAX_TTL, Tier, TierFuture, Version, Write, capped_ttl, ttl_setting_error,
-};
+use crate::error::TierError;
+use crate::tier::{Entry, MAX_TTL, Tier, TierFuture, Version, Write, capped_ttl};
+
+pub use self::builder::RedisTierBuilder;
+pub(crate) use self::scan::escape_glob;
+use self::scan::{scan_page, unlink_scanned};
+use self::script::FILL;
 
 /// Keys deleted per command when clearing a prefix.
 const CLEAR_BATCH: usize = 500;
@@ -24,9 +34,6 @@ const CLEAR_BATCH: usize = 500;
 /// what a pattern invalidation removes.
 const INTERNAL: u8 = 0xFF;
 
-/// Default [`RedisTierBuilder::max_value_size`]: 1 MiB.
-const DEFAULT_MAX_VALUE_SIZE: usize = 1 << 20;
-
 /// What a lookup saw, for the fill that may follow.
 struct Seen {
     /// The bytes under the key (a tombstone, a foreign value), or nothing.
@@ -36,53 +43,16 @@ struct Seen {
     at: Instant,
 }
 
-/// The conditional fill: writes only if the key and the epoch are as the
-/// lookup saw them, tags indexed before the value is visible.
-///
-/// `KEYS`: the key, the epoch, then tag sets. `ARGV`: key seen (`1`/`0`),
-/// its bytes, epoch seen (`1`/`0`), its value, the new bytes, TTL in ms or `""`.
-static FILL: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local current = redis.call('GET', KEYS[1])
-if ARGV[1] == '1' then
-  if current ~= ARGV[2] then return 0 end
-elseif current then
-  return 0
-end
-local epoch = redis.call('GET', KEYS[2])
-if ARGV[3] == '1' then
-  if epoch ~= ARGV[4] then return 0 end
-elseif epoch then
-  return 0
-end
-for i = 3, #KEYS do
-  redis.call('SADD', KEYS[i], KEYS[1])
-  if ARGV[6] == '' then
-    redis.call('PERSIST', KEYS[i])
-  else
-    redis.call('PEXPIRE', KEYS[i], ARGV[6], 'NX')
-    redis.call('PEXPIRE', KEYS[i], ARGV[6], 'GT')
-  end
-end
-if ARGV[6] == '' then
-  redis.call('SET', KEYS[1], ARGV[5])
-else
-  redis.call('SET', KEYS[1], ARGV[5], 'PX', ARGV[6])
-end
-return 1
-",
-    )
-});
-
 /// A Redis tier (usually L2, shared by every instance of a service).
 ///
 /// Every key carries the tier's prefix. Values are encoded with a [`Codec`]
 /// ([`Postcard`] by default) behind a small header that records when the
 /// entry expires, so a lookup is one plain `GET` and promotion still keeps
-/// the TTL the entry has left (see [Value format](#value-format)). The connection is a redis-rs [`ConnectionManager`]
+/// the TTL the entry has left (see [Value format](#value-format)). From a
+/// URL ([`RedisTier::builder`]) the connection is a [`LazyConnection`]
 /// (multiplexed, reconnecting), opened on first use: a cache can be built
-/// while Redis is down. The cache wraps this tier in a timeout and a circuit
+/// while Redis is down, without a runtime; or it is one the service already
+/// has ([`RedisTier::builder_with_connection`]). The cache wraps this tier in a timeout and a circuit
 /// breaker, so a Redis outage costs callers a miss, never a reconnect wait.
 ///
 /// Tags: a value written with tags is listed in one Redis set per tag,
@@ -155,166 +125,6 @@ pub struct RedisTier<V, C = Postcard, R = LazyConnection> {
     _values: PhantomData<fn() -> V>,
 }
 
-/// Makes the tier's connection at `build`, given the connect timeout.
-type Connect<R> = Box<dyn FnOnce(Duration) -> Result<R, ConfigError> + Send + Sync>;
-
-/// Configures a [`RedisTier`]: [`RedisTier::builder`] from a URL,
-/// [`RedisTier::builder_with_connection`] from a connection you have.
-#[must_use]
-pub struct RedisTierBuilder<C = Postcard, R = LazyConnection> {
-    connect: Connect<R>,
-    name: String,
-    prefix: String,
-    codec: C,
-    max_ttl: Option<Duration>,
-    connect_timeout: Duration,
-    plain: bool,
-    tombstone_ttl: Duration,
-    max_value_size: NonZeroUsize,
-}
-
-impl<R> RedisTierBuilder<Postcard, R> {
-    fn new(connect: Connect<R>) -> Self {
-        Self {
-            connect,
-            name: "redis".to_owned(),
-            prefix: "perfkit:cache:".to_owned(),
-            codec: Postcard,
-            max_ttl: None,
-            connect_timeout: Duration::from_millis(250),
-            plain: false,
-            tombstone_ttl: Duration::from_secs(60),
-            max_value_size: NonZeroUsize::new(DEFAULT_MAX_VALUE_SIZE).unwrap_or(NonZeroUsize::MIN),
-        }
-    }
-}
-
-impl<C: std::fmt::Debug, R> std::fmt::Debug for RedisTierBuilder<C, R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisTierBuilder")
-            .field("name", &self.name)
-            .field("prefix", &self.prefix)
-            .field("codec", &self.codec)
-            .field("max_ttl", &self.max_ttl)
-            .field("plain", &self.plain)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<C, R> RedisTierBuilder<C, R> {
-    /// The tier's name in metrics and stats. Default: `"redis"`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Prepended to every key this tier writes. Default: `"perfkit:cache:"`.
-    /// Give each service (and each value type) its own.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Keeps no entry longer than `ttl` in Redis, whatever TTL it was written
-    /// with. Default: no cap.
-    pub fn max_ttl(mut self, ttl: Duration) -> Self {
-        self.max_ttl = Some(ttl);
-        self
-    }
-
-    /// How long one connection attempt may take, for a tier built from a
-    /// URL (a connection you pass keeps its own settings). Default: 250 ms.
-    /// Calls are bounded by the cache's tier timeout in any case.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// Stores each value as the codec's bytes alone, without the header
-    /// described in [`RedisTier`]'s value format, so that programs that
-    /// know nothing of perfkit can read and write the same keys (pair it with
-    /// the [`Json`](crate::Json) codec). A lookup is then `GET` and `PTTL`
-    /// pipelined in one round trip instead of one `GET`. Default: off.
-    pub fn plain_values(mut self) -> Self {
-        self.plain = true;
-        self
-    }
-
-    /// How long a removed key keeps a tombstone (a small marker in place of
-    /// the value, a miss for lookups) that refuses the fills of loads which
-    /// looked before the removal. A load that takes longer than this never
-    /// fills this tier. Default: 60 s.
-    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
-        self.tombstone_ttl = ttl;
-        self
-    }
-
-    /// The largest value, in encoded bytes (header included), this tier
-    /// stores. Larger values are never sent: one large value on the shared
-    /// connection would delay every other call behind it past its timeout.
-    /// A `set` of a larger value removes the key here instead; a load's
-    /// fill skips this tier. Default: 1 MiB.
-    pub fn max_value_size(mut self, bytes: NonZeroUsize) -> Self {
-        self.max_value_size = bytes;
-        self
-    }
-
-    /// Encodes values with `codec` instead of [`Postcard`].
-    pub fn codec<C2>(self, codec: C2) -> RedisTierBuilder<C2, R> {
-        RedisTierBuilder {
-            connect: self.connect,
-            name: self.name,
-            prefix: self.prefix,
-            codec,
-            max_ttl: self.max_ttl,
-            connect_timeout: self.connect_timeout,
-            plain: self.plain,
-            tombstone_ttl: self.tombstone_ttl,
-            max_value_size: self.max_value_size,
-        }
-    }
-
-    /// Builds the tier; a connection made from a URL opens on first use.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError`] for an unparsable URL, an empty prefix or a zero duration.
-    pub fn build<V>(self) -> Result<RedisTier<V, C, R>, ConfigError>
-    where
-        C: Codec<V>,
-        V: Send + Sync + 'static,
-    {
-        if self.prefix.is_empty() {
-            return Err(ConfigError::EmptyPrefix);
-        }
-        if let Some(error) = self
-            .max_ttl
-            .and_then(|ttl| ttl_setting_error("max_ttl", ttl))
-        {
-            return Err(error);
-        }
-        if self.connect_timeout.is_zero() {
-            return Err(ConfigError::ZeroDuration("connect_timeout"));
-        }
-        if self.tombstone_ttl.is_zero() {
-            return Err(ConfigError::ZeroDuration("tombstone_ttl"));
-        }
-        let connection = (self.connect)(self.connect_timeout)?;
-        Ok(RedisTier {
-            name: self.name,
-            prefix: self.prefix,
-            connection,
-            codec: self.codec,
-            max_ttl: self.max_ttl,
-            plain: self.plain,
-            tombstone_ttl: self.tombstone_ttl.min(MAX_TTL),
-            max_value_size: self.max_value_size.get(),
-            tombstones: envelope::Tombstones::new(),
-            _values: PhantomData,
-        })
-    }
-}
-
 /// A key under the tier's prefix, written into a command as one argument
 /// without being built as a `String` first (the hit path's `GET`).
 struct FullKey<'a> {
@@ -332,42 +142,6 @@ impl redis::ToRedisArgs for FullKey<'_> {
         // Writes into the command's own buffer, which cannot fail.
         let _ = arg.write_all(self.prefix.as_bytes());
         let _ = arg.write_all(self.key.as_bytes());
-    }
-}
-
-// Not generic: the value type is chosen by `RedisTierBuilder::build`.
-impl RedisTier<(), Postcard> {
-    /// Configures a tier on the Redis at `url` (`redis://host:port/db`),
-    /// through a [`LazyConnection`]: `build` needs no runtime and no
-    /// reachable Redis (a bad URL is reported by `build`).
-    pub fn builder(url: &str) -> RedisTierBuilder<Postcard> {
-        let url = url.to_owned();
-        RedisTierBuilder::new(Box::new(move |connect_timeout| {
-            LazyConnection::open(&url, connect_timeout)
-                .map_err(|error| ConfigError::RedisUrl(error.to_string()))
-        }))
-    }
-
-    /// Configures a tier on a connection you already have: a redis-rs
-    /// `ConnectionManager`, a `MultiplexedConnection`, or any
-    /// [`ConnectionLike`] that clones cheaply onto one shared connection.
-    ///
-    /// ```no_run
-    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// use perfkit_tiered_cache::{Cache, RedisTier};
-    ///
-    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
-    /// let connection = redis::aio::ConnectionManager::new(client).await?;
-    /// let cache: Cache<String> = Cache::builder()
-    ///     .tier(RedisTier::builder_with_connection(connection).prefix("svc:").build()?)
-    ///     .build()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn builder_with_connection<R>(connection: R) -> RedisTierBuilder<Postcard, R>
-    where
-        R: ConnectionLike + Clone + Send + Sync + 'static,
-    {
-        RedisTierBuilder::new(Box::new(move |_| Ok(connection)))
     }
 }
 
@@ -825,195 +599,9 @@ where
     }
 }
 
-/// Walks a cursor (`SCAN`, `SSCAN`) page by page and unlinks each page's
-/// keys that `select` accepts: bounded memory and one round trip pair per
-/// page, never the whole set at once. `seen` gets every page after it is
-/// unlinked. Keys are bytes: the tier's own keys are not UTF-8.
-async fn unlink_scanned(
-    connection: &mut impl ConnectionLike,
-    page: impl Fn(u64) -> redis::Cmd,
-    select: impl Fn(&[u8]) -> bool,
-    mut seen: impl FnMut(&[Vec<u8>]),
-) -> redis::RedisResult<()> {
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, mut keys): (u64, Vec<Vec<u8>>) = page(cursor).query_async(connection).await?;
-        keys.retain(|key| select(key));
-        if !keys.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&keys)
-                .exec_async(connection)
-                .await?;
-            seen(&keys);
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
-}
-
 /// A duration in whole milliseconds, saturating.
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The header in front of every value this tier stores (see
-/// [`RedisTier`]'s value format).
-mod envelope {
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-    use crate::error::TierError;
-
-    const MAGIC: [u8; 3] = [b'p', b'k', 1];
-    const VALUE: u8 = b'v';
-    const TOMBSTONE: u8 = b't';
-
-    /// Makes tombstones that no other write (of this or another instance)
-    /// can equal: a random seed and a counter.
-    pub(super) struct Tombstones {
-        seed: u64,
-        next: std::sync::atomic::AtomicU64,
-    }
-
-    impl Tombstones {
-        pub(super) fn new() -> Self {
-            use std::hash::{BuildHasher, Hasher};
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u128(unix_ms().into());
-            Self {
-                seed: hasher.finish(),
-                next: std::sync::atomic::AtomicU64::new(0),
-            }
-        }
-    }
-
-    /// A tombstone: the magic, `t`, then 16 unique bytes.
-    pub(super) fn tombstone(tombstones: &Tombstones) -> Vec<u8> {
-        let n = tombstones
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut bytes = Vec::with_capacity(20);
-        bytes.extend_from_slice(&MAGIC);
-        bytes.push(TOMBSTONE);
-        bytes.extend_from_slice(&tombstones.seed.to_be_bytes());
-        bytes.extend_from_slice(&n.to_be_bytes());
-        bytes
-    }
-    /// The fixed part: magic, kind, expiry, TTL, tag count.
-    const FIXED: usize = 22;
-
-    /// A value's header for a TTL of `ttl_ms` (`None`: no TTL) and `tags`,
-    /// with room for a small encoded value after it.
-    pub(super) fn header(ttl_ms: Option<u64>, tags: &[String]) -> Result<Vec<u8>, TierError> {
-        let tag_bytes: usize = tags.iter().map(|tag| 2 + tag.len()).sum();
-        let mut bytes = Vec::with_capacity(FIXED + tag_bytes + 64);
-        bytes.extend_from_slice(&MAGIC);
-        bytes.push(VALUE);
-        let expires = ttl_ms.map_or(0, |ms| unix_ms().saturating_add(ms));
-        bytes.extend_from_slice(&expires.to_be_bytes());
-        bytes.extend_from_slice(&ttl_ms.unwrap_or(0).to_be_bytes());
-        let too_many = || TierError::Codec("more than 65,535 tags, or a tag over 64 KiB".into());
-        bytes.extend_from_slice(
-            &u16::try_from(tags.len())
-                .map_err(|_| too_many())?
-                .to_be_bytes(),
-        );
-        for tag in tags {
-            bytes.extend_from_slice(
-                &u16::try_from(tag.len())
-                    .map_err(|_| too_many())?
-                    .to_be_bytes(),
-            );
-            bytes.extend_from_slice(tag.as_bytes());
-        }
-        Ok(bytes)
-    }
-
-    /// What a stored value says.
-    pub(super) struct Stored<'a> {
-        pub(super) expires_at: Option<Instant>,
-        pub(super) ttl: Option<Duration>,
-        pub(super) tags: Vec<String>,
-        pub(super) payload: &'a [u8],
-    }
-
-    /// Reads a stored value's header; `None` for a tombstone.
-    pub(super) fn open(bytes: &[u8]) -> Result<Option<Stored<'_>>, TierError> {
-        let foreign = || TierError::Codec("not a perfkit cache value (no header)".into());
-        if bytes.get(..3) == Some(&MAGIC[..]) && bytes.get(3) == Some(&TOMBSTONE) {
-            return Ok(None);
-        }
-        let (header, mut rest) = bytes.split_at_checked(FIXED).ok_or_else(foreign)?;
-        if header.get(..3) != Some(&MAGIC[..]) || header.get(3) != Some(&VALUE) {
-            return Err(foreign());
-        }
-        let field = |at: usize| {
-            header
-                .get(at..at + 8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, u64::from_be_bytes)
-        };
-        let (expires, ttl_ms) = (field(4), field(12));
-        let count = header
-            .get(20..22)
-            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-        let mut tags = Vec::new();
-        for _ in 0..count {
-            let (length, after) = rest.split_at_checked(2).ok_or_else(foreign)?;
-            let length = usize::from(u16::from_be_bytes([length[0], length[1]]));
-            let (tag, after) = after.split_at_checked(length).ok_or_else(foreign)?;
-            tags.push(String::from_utf8(tag.to_vec()).map_err(|_| foreign())?);
-            rest = after;
-        }
-        let (expires_at, ttl) = if expires == 0 {
-            (None, None)
-        } else {
-            // By this instance's clock, and never longer than the written TTL.
-            let left = expires.saturating_sub(unix_ms()).min(ttl_ms);
-            (
-                Instant::now().checked_add(Duration::from_millis(left)),
-                Some(Duration::from_millis(ttl_ms)),
-            )
-        };
-        Ok(Some(Stored {
-            expires_at,
-            ttl,
-            tags,
-            payload: rest,
-        }))
-    }
-
-    fn unix_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-            })
-    }
-}
-
-/// One page of `SCAN cursor MATCH pattern COUNT <batch>`.
-fn scan_page(cursor: u64, pattern: &str) -> redis::Cmd {
-    let mut page = redis::cmd("SCAN");
-    page.arg(cursor)
-        .arg("MATCH")
-        .arg(pattern)
-        .arg("COUNT")
-        .arg(CLEAR_BATCH);
-    page
-}
-
-/// Escapes Redis glob metacharacters so a prefix matches only itself.
-pub(crate) fn escape_glob(prefix: &str) -> String {
-    let mut escaped = String::with_capacity(prefix.len());
-    for c in prefix.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
 }
 
 impl<V, C, R> std::fmt::Debug for RedisTier<V, C, R> {

@@ -1,0 +1,56 @@
+//! Walking the keyspace (`SCAN`) and the tag sets (`SSCAN`) in bounded pages.
+
+use redis::aio::ConnectionLike;
+
+use super::CLEAR_BATCH;
+
+/// Walks a cursor (`SCAN`, `SSCAN`) page by page and unlinks each page's
+/// keys that `select` accepts: bounded memory and one round trip pair per
+/// page, never the whole set at once. `seen` gets every page after it is
+/// unlinked. Keys are bytes: the tier's own keys are not UTF-8.
+pub(super) async fn unlink_scanned(
+    connection: &mut impl ConnectionLike,
+    page: impl Fn(u64) -> redis::Cmd,
+    select: impl Fn(&[u8]) -> bool,
+    mut seen: impl FnMut(&[Vec<u8>]),
+) -> redis::RedisResult<()> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, mut keys): (u64, Vec<Vec<u8>>) = page(cursor).query_async(connection).await?;
+        keys.retain(|key| select(key));
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .exec_async(connection)
+                .await?;
+            seen(&keys);
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// One page of `SCAN cursor MATCH pattern COUNT <batch>`.
+pub(super) fn scan_page(cursor: u64, pattern: &str) -> redis::Cmd {
+    let mut page = redis::cmd("SCAN");
+    page.arg(cursor)
+        .arg("MATCH")
+        .arg(pattern)
+        .arg("COUNT")
+        .arg(CLEAR_BATCH);
+    page
+}
+
+/// Escapes Redis glob metacharacters so a prefix matches only itself.
+pub(crate) fn escape_glob(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
