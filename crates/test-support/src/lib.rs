@@ -1,7 +1,8 @@
 //! # perfkit-test-support
 //!
 //! The test harness every perfkit crate uses to talk to real services. It is
-//! `publish = false`: a dev-dependency of the workspace, never of a user.
+//! published only so that the perfkit crates' packaged test suites build: a
+//! dev-dependency of theirs, not a general-purpose testing library.
 //!
 //! - [`redis_url`] / [`database_url`]: `REDIS_URL` and `DATABASE_URL`, with the
 //!   workspace defaults (`redis://127.0.0.1:6379`,
@@ -39,6 +40,7 @@
 //!
 //! Skip messages are written straight to the process's standard error, so
 //! `cargo test` shows them even though it captures test output.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod concurrency;
 pub mod metrics;
