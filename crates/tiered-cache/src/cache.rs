@@ -375,10 +375,7 @@ where
     /// [`Cache::invalidate`] does. A TTL over [`MAX_TTL`](crate::MAX_TTL) is
     /// clamped to it.
     pub async fn set_with(&self, key: &str, value: V, options: SetOptions) {
-        let ttl = self
-            .inner
-            .jittered(options.ttl.unwrap_or(self.inner.default_ttl));
-        let Some(ttl) = storable_ttl(ttl) else {
+        let Some(ttl) = storable_ttl(self.inner.ttl_of(&options)) else {
             // Under 1 ms: nothing is cached, and no older value may outlive this write.
             self.invalidate(key).await;
             return;

@@ -9,7 +9,7 @@ use crate::jitter::Jitter;
 use crate::level::Level;
 use crate::lookups::Lookups;
 use crate::metrics::CacheMetrics;
-use crate::options::LoadOptions;
+use crate::options::{LoadOptions, SetOptions};
 use crate::tier::{Entry, MIN_TTL, Tier, Version, Write, storable_ttl};
 use perfkit_dedup::Group;
 use std::future::Future;
@@ -286,15 +286,14 @@ where
             Ok(Some(value)) => {
                 let value = Arc::new(value);
                 // A jittered TTL under 1 ms: the value is returned, not cached.
-                let ttl = self.jittered(options.ttl.unwrap_or(self.default_ttl));
-                let Some(ttl) = storable_ttl(ttl) else {
+                let Some(ttl) = storable_ttl(self.ttl_of(&options.store)) else {
                     return Ok(Some(value));
                 };
                 let write = Write {
                     key,
                     value: &value,
                     ttl,
-                    tags: &options.tags,
+                    tags: &options.store.tags,
                 };
                 for (index, level) in self.levels.iter().enumerate().rev() {
                     // Refused once the key was written or removed: stop filling.
@@ -386,7 +385,9 @@ where
         tracing::warn!(cache.name = &*self.name, timeout = ?limit, "load timed out; the next call loads afresh");
     }
 
-    pub(crate) fn jittered(&self, ttl: Option<Duration>) -> Option<Duration> {
+    /// The TTL a write with `options` gets: its own or the default, jittered.
+    pub(crate) fn ttl_of(&self, options: &SetOptions) -> Option<Duration> {
+        let ttl = options.ttl.unwrap_or(self.default_ttl);
         match (&self.jitter, ttl) {
             (Some(jitter), Some(ttl)) => Some(jitter.apply(ttl)),
             (_, ttl) => ttl,

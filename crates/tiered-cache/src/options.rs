@@ -53,8 +53,8 @@ impl SetOptions {
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct LoadOptions {
-    pub(crate) ttl: Option<Option<Duration>>,
-    pub(crate) tags: Vec<String>,
+    /// How the loaded value is stored: what a `set` with these options does.
+    pub(crate) store: SetOptions,
     pub(crate) timeout: Option<Duration>,
 }
 
@@ -62,13 +62,13 @@ impl LoadOptions {
     /// Store the loaded value for `ttl` (instead of the cache's default
     /// TTL); the rules of [`SetOptions::ttl`] apply.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(Some(ttl));
+        self.store = self.store.ttl(ttl);
         self
     }
 
     /// Store the loaded value without TTL.
     pub fn no_ttl(mut self) -> Self {
-        self.ttl = Some(None);
+        self.store = self.store.no_ttl();
         self
     }
 
@@ -90,7 +90,7 @@ impl LoadOptions {
         I: IntoIterator<Item = T>,
         T: Into<String>,
     {
-        self.tags.extend(tags.into_iter().map(Into::into));
+        self.store = self.store.tags(tags);
         self
     }
 
