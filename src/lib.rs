@@ -54,12 +54,15 @@
 //! | `perfkit_idempotency_store_breaker_open`, `perfkit_idempotency_bloom_fp_ratio`, `perfkit_idempotency_bloom_bytes` | gauge | `name` |
 //! | `perfkit_dedup_executions_total`, `perfkit_dedup_coalesced_total`, `perfkit_dedup_panics_total`, `perfkit_dedup_abandoned_total` | counter | `name` |
 //! | `perfkit_dedup_http_unshared_total` | counter | `name` |
+//! | `perfkit_batcher_queued` | gauge | `name` |
+//! | `perfkit_batcher_batches_total`, `perfkit_batcher_dropped_total`, `perfkit_batcher_rate_limited_total`, `perfkit_batcher_retries_total`, `perfkit_batcher_failed_batches_total` | counter | `name` |
+//! | `perfkit_batcher_batch_size`, `perfkit_batcher_batch_tokens`, `perfkit_batcher_linger_seconds` | histogram | `name` |
 //! | `perfkit_batcher_limiter_wait_seconds` | histogram | `name` |
 //! | `perfkit_batcher_limiter_requests_total`, `perfkit_batcher_limiter_tokens_total` | counter | `name` |
 //! | `perfkit_batcher_limiter_refunded_tokens_total`, `perfkit_batcher_limiter_charged_tokens_total` | counter | `name` |
 //!
 //! Spans: `cache.get`, `idempotency.claim`, `idempotency.record`,
-//! `idempotency.replay`, `dedup.run`. Each crate's documentation says what
+//! `idempotency.replay`, `dedup.run`, `batcher.dispatch`. Each crate's documentation says what
 //! each metric counts.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -2,17 +2,24 @@
 //!
 //! Batches LLM requests (size + linger), rate-limited by requests per minute and tokens per minute, with each result fanned back to its caller.
 //!
-//! **Status:** in progress. The [`RateLimiter`] (requests and tokens per
-//! minute at once, FIFO, reservations reconciled with reported usage) is
-//! usable; the batcher itself is not there yet. This crate is part of the
+//! **Status:** in progress. The [`Batcher`] (by model, closed on count,
+//! tokens or linger, results one-to-one, 429s retried) and the
+//! [`RateLimiter`] (requests and tokens per minute at once, FIFO,
+//! reservations reconciled with reported usage) are usable with a
+//! [`BatchExecutor`] of your own; the OpenAI-compatible executor is not
+//! there yet. This crate is part of the
 //! [perfkit](https://github.com/perfkit-rs/perfkit) family; use it alone or
 //! through the `perfkit` facade.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batcher;
 mod error;
+mod executor;
 mod limiter;
 
-pub use crate::error::{ConfigError, LimitError};
+pub use crate::batcher::{Batcher, BatcherBuilder, Pending};
+pub use crate::error::{ConfigError, Error, LimitError};
+pub use crate::executor::{BatchExecutor, ExecError, ExecFuture, Executed, estimate_tokens};
 pub use crate::limiter::{RateLimiter, RateLimiterBuilder, Reservation};
 
 /// The README's examples, compiled as doctests.

@@ -320,6 +320,12 @@ impl RateLimiter {
         )
     }
 
+    /// The token burst (the largest single reservation), if tokens are limited.
+    #[must_use]
+    pub fn token_burst(&self) -> Option<u32> {
+        self.shared.tokens.map(|quota| quota.burst)
+    }
+
     fn check_size(&self, tokens: u32) -> Result<(), LimitError> {
         match self.shared.tokens {
             Some(quota) if tokens > quota.burst => Err(LimitError::TooLarge {
