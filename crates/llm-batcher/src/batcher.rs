@@ -613,6 +613,11 @@ impl<E: BatchExecutor> Call<E> {
                     if let Some(reservation) = reservation {
                         reservation.reconcile(executed.tokens_used.unwrap_or(estimate));
                     }
+                    if let (Some(limiter), Some(remaining)) =
+                        (&self.settings.limiter, executed.remaining)
+                    {
+                        limiter.observe_remaining(remaining);
+                    }
                     batch.deliver(executed.results, &self.metrics);
                     return;
                 }

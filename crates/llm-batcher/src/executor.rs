@@ -77,6 +77,9 @@ pub struct Executed<R, E> {
     /// The tokens the provider reports for the call, if it does; the rate
     /// limiter is reconciled with it.
     pub tokens_used: Option<u32>,
+    /// What the provider's headers say is left; the rate limiter lowers its
+    /// budget to it ([`RateLimiter::observe_remaining`](crate::RateLimiter::observe_remaining)).
+    pub remaining: Option<crate::ProviderRemaining>,
 }
 
 impl<R, E> Executed<R, E> {
@@ -86,7 +89,15 @@ impl<R, E> Executed<R, E> {
         Self {
             results,
             tokens_used: None,
+            remaining: None,
         }
+    }
+
+    /// What the provider's headers say is left.
+    #[must_use]
+    pub fn with_remaining(mut self, remaining: crate::ProviderRemaining) -> Self {
+        self.remaining = Some(remaining);
+        self
     }
 
     /// The tokens the provider reports for the call.

@@ -20,7 +20,7 @@ mod limiter;
 pub use crate::batcher::{Batcher, BatcherBuilder, Pending};
 pub use crate::error::{ConfigError, Error, LimitError};
 pub use crate::executor::{BatchExecutor, ExecError, ExecFuture, Executed, estimate_tokens};
-pub use crate::limiter::{RateLimiter, RateLimiterBuilder, Reservation};
+pub use crate::limiter::{ProviderRemaining, RateLimiter, RateLimiterBuilder, Reservation};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

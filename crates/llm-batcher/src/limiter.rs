@@ -311,6 +311,37 @@ impl RateLimiter {
         }
     }
 
+    /// Lowers the local budget to what the provider says is left
+    /// (`x-ratelimit-remaining-requests` / `-tokens`, with
+    /// `x-ratelimit-reset-requests` / `-tokens`): when it reports less room
+    /// than this limiter would allow now (another client on the same key,
+    /// a lower limit than configured), admissions slow down to match; when
+    /// nothing is left, they wait for its reset. More room than the limiter
+    /// allows changes nothing: the configured limits still hold.
+    pub fn observe_remaining(&self, remaining: ProviderRemaining) {
+        let now = Instant::now();
+        let mut state = self.shared.state();
+        if let (Some(quota), Some(left)) = (self.shared.requests, remaining.requests) {
+            lower(&mut state.requests_tat, quota, left, now);
+        }
+        if let (Some(quota), Some(left)) = (self.shared.tokens, remaining.tokens) {
+            lower(&mut state.tokens_tat, quota, left, now);
+        }
+        let exhausted = [
+            (remaining.requests, remaining.requests_reset),
+            (remaining.tokens, remaining.tokens_reset),
+        ]
+        .into_iter()
+        .filter_map(|(left, reset)| (left == Some(0)).then_some(reset).flatten())
+        .max();
+        if let Some(reset) = exhausted {
+            let until = now + reset;
+            if state.paused_until.is_none_or(|current| current < until) {
+                state.paused_until = Some(until);
+            }
+        }
+    }
+
     /// The limits, as configured: `(requests per minute, tokens per minute)`.
     #[must_use]
     pub fn limits(&self) -> (Option<u32>, Option<u32>) {
@@ -374,6 +405,50 @@ impl RateLimiter {
             limiter: self.clone(),
             tokens,
         })
+    }
+}
+
+/// Moves `tat` so that at most `left` units are available now (GCRA: the
+/// room at `now` is `burst − (tat − now) / interval`).
+fn lower(tat: &mut Instant, quota: Quota, left: u32, now: Instant) {
+    let floor = now + quota.cost(quota.burst.saturating_sub(left));
+    if *tat < floor {
+        *tat = floor;
+    }
+}
+
+/// What a provider's rate-limit headers say is left, for
+/// [`RateLimiter::observe_remaining`]. `None` where the provider said nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProviderRemaining {
+    /// `x-ratelimit-remaining-requests`.
+    pub requests: Option<u32>,
+    /// `x-ratelimit-remaining-tokens`.
+    pub tokens: Option<u32>,
+    /// `x-ratelimit-reset-requests`: when the request budget is full again.
+    pub requests_reset: Option<Duration>,
+    /// `x-ratelimit-reset-tokens`: when the token budget is full again.
+    pub tokens_reset: Option<Duration>,
+}
+
+impl ProviderRemaining {
+    /// The remaining requests and tokens, without reset times.
+    #[must_use]
+    pub fn new(requests: Option<u32>, tokens: Option<u32>) -> Self {
+        Self {
+            requests,
+            tokens,
+            ..Self::default()
+        }
+    }
+
+    /// The reset times.
+    #[must_use]
+    pub fn with_resets(mut self, requests: Option<Duration>, tokens: Option<Duration>) -> Self {
+        self.requests_reset = requests;
+        self.tokens_reset = tokens;
+        self
     }
 }
 

@@ -329,3 +329,52 @@ fn impossible_settings_are_refused() {
         (Some(500), Some(200_000))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_providers_remaining_budget_lowers_ours_but_never_raises_it() {
+    use perfkit_llm_batcher::ProviderRemaining;
+
+    let limiter = RateLimiter::builder()
+        .requests_per_minute(nz(600))
+        .tokens_per_minute(nz(6_000))
+        .request_burst(nz(10))
+        .token_burst(nz(1_000))
+        .build()
+        .unwrap();
+    // More room than ours: nothing changes, the whole burst is there.
+    limiter.observe_remaining(ProviderRemaining::new(Some(10_000), Some(1_000_000)));
+    assert!(limiter.try_acquire(1_000).unwrap().is_some());
+
+    let limiter = RateLimiter::builder()
+        .tokens_per_minute(nz(6_000))
+        .token_burst(nz(1_000))
+        .build()
+        .unwrap();
+    // The provider has 100 tokens left for us (another client shares the key):
+    // 500 tokens wait for 400 tokens' time.
+    limiter.observe_remaining(ProviderRemaining::new(None, Some(100)));
+    assert!(limiter.try_acquire(101).unwrap().is_none());
+    let start = Instant::now();
+    let _ = limiter.acquire(500).await.unwrap();
+    let per_token = Duration::from_secs(60).as_nanos().div_ceil(5_001);
+    let expected = Duration::from_nanos(u64::try_from(per_token * 400).unwrap());
+    let waited = start.elapsed();
+    assert!(
+        waited >= expected && waited - expected < Duration::from_millis(2),
+        "{waited:?}"
+    );
+
+    // Nothing left: every admission waits for the reset.
+    let limiter = limiter_with_room();
+    let start = Instant::now();
+    limiter.observe_remaining(ProviderRemaining::new(Some(0), Some(5_000)).with_resets(
+        Some(Duration::from_secs(3)),
+        Some(Duration::from_millis(10)),
+    ));
+    let _ = limiter.acquire(1).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+}
+
+fn limiter_with_room() -> RateLimiter {
+    limiter(600, 60_000, 100, 10_000)
+}
