@@ -127,6 +127,8 @@ struct Settings {
     max_attempts: u32,
     backoff_base: Duration,
     backoff_cap: Duration,
+    /// US dollars per million tokens, by model.
+    prices: HashMap<String, f64>,
 }
 
 #[derive(Clone)]
@@ -172,6 +174,7 @@ pub struct BatcherBuilder<E: BatchExecutor> {
     max_attempts: u32,
     backoff_base: Duration,
     backoff_cap: Duration,
+    prices: HashMap<String, f64>,
     name: String,
 }
 
@@ -235,6 +238,15 @@ impl<E: BatchExecutor> BatcherBuilder<E> {
         self
     }
 
+    /// The price of `model`'s tokens, in US dollars per million: each call
+    /// adds its cost (from the usage the executor reports, else the
+    /// estimate) to `perfkit_batcher_cost_microdollars_total{model}`.
+    /// Default: no prices, no cost metric.
+    pub fn price_per_million_tokens(mut self, model: impl Into<String>, usd: f64) -> Self {
+        self.prices.insert(model.into(), usd);
+        self
+    }
+
     /// Names the batcher in metrics (`name` label) and spans
     /// (`batcher.name`). Default: `"default"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -260,6 +272,13 @@ impl<E: BatchExecutor> BatcherBuilder<E> {
         if self.max_attempts == 0 {
             return Err(ConfigError::Zero("max_attempts"));
         }
+        if let Some((model, _)) = self
+            .prices
+            .iter()
+            .find(|(_, usd)| !(usd.is_finite() && **usd >= 0.0))
+        {
+            return Err(ConfigError::Price(model.clone()));
+        }
         if self.linger.is_zero() {
             return Err(ConfigError::Zero("linger"));
         }
@@ -284,6 +303,7 @@ impl<E: BatchExecutor> BatcherBuilder<E> {
             max_attempts: self.max_attempts,
             backoff_base: self.backoff_base,
             backoff_cap: self.backoff_cap,
+            prices: self.prices,
         };
         let dispatcher = Dispatcher {
             executor: Arc::clone(&executor),
@@ -321,6 +341,7 @@ impl<E: BatchExecutor> Batcher<E> {
             max_attempts: 5,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
+            prices: HashMap::new(),
             name: "default".to_owned(),
         }
     }
@@ -618,6 +639,7 @@ impl<E: BatchExecutor> Call<E> {
                     {
                         limiter.observe_remaining(remaining);
                     }
+                    self.account(batch.len(), executed.tokens_used.unwrap_or(estimate));
                     batch.deliver(executed.results, &self.metrics);
                     return;
                 }
@@ -664,6 +686,24 @@ impl<E: BatchExecutor> Call<E> {
                     return;
                 }
             }
+        }
+    }
+
+    /// Usage per model: requests and tokens, and their cost where priced.
+    fn account(&self, requests: usize, tokens: u32) {
+        let labels = [
+            ("name", self.name.to_string()),
+            ("model", self.model.clone()),
+        ];
+        counter!("perfkit_batcher_model_requests_total", &labels)
+            .increment(u64::try_from(requests).unwrap_or(u64::MAX));
+        counter!("perfkit_batcher_model_tokens_total", &labels).increment(u64::from(tokens));
+        if let Some(usd) = self.settings.prices.get(&self.model) {
+            // Dollars per million tokens are micro-dollars per token.
+            let microdollars = (usd * f64::from(tokens)).round();
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            counter!("perfkit_batcher_cost_microdollars_total", &labels)
+                .increment(microdollars as u64);
         }
     }
 

@@ -35,6 +35,9 @@ pub enum ConfigError {
         /// The limiter's token burst.
         burst: u32,
     },
+    /// A price that is negative or not a number.
+    #[error("the price of {0:?} must be a finite number of dollars, zero or more")]
+    Price(String),
     /// `build` was called outside a tokio runtime: the batcher's task needs one.
     #[error("build the batcher inside a tokio runtime: its background task runs there")]
     NoRuntime,
