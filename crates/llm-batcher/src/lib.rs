@@ -15,11 +15,15 @@
 mod batcher;
 mod error;
 mod executor;
+#[cfg(feature = "tower")]
+mod layer;
 mod limiter;
 
 pub use crate::batcher::{Batcher, BatcherBuilder, Pending};
 pub use crate::error::{ConfigError, Error, LimitError};
 pub use crate::executor::{BatchExecutor, ExecError, ExecFuture, Executed, estimate_tokens};
+#[cfg(feature = "tower")]
+pub use crate::layer::{RateLimit, RateLimitError, RateLimitLayer};
 pub use crate::limiter::{ProviderRemaining, RateLimiter, RateLimiterBuilder, Reservation};
 
 /// The README's examples, compiled as doctests.
