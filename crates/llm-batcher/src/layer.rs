@@ -53,7 +53,8 @@ pub struct RateLimitLayer<Req, Res> {
 }
 
 impl<Req, Res> RateLimitLayer<Req, Res> {
-    /// Limits calls by `limiter`, each weighing `weigh(&request)` tokens.
+    /// Limits calls by `limiter`, each weighing `weigh(&request)` tokens;
+    /// the estimates stand.
     pub fn new(limiter: RateLimiter, weigh: impl Fn(&Req) -> u32 + Send + Sync + 'static) -> Self {
         Self {
             limiter,
@@ -62,15 +63,18 @@ impl<Req, Res> RateLimitLayer<Req, Res> {
         }
     }
 
-    /// Reconciles each call's estimate with the usage `usage` reads from its
-    /// response (`None`: the estimate stands). Without it, estimates stand.
-    #[must_use]
-    pub fn with_usage(
-        mut self,
+    /// As [`new`](Self::new), and reconciles each call's estimate with the
+    /// usage `usage` reads from its response (`None`: the estimate stands).
+    pub fn reconciled(
+        limiter: RateLimiter,
+        weigh: impl Fn(&Req) -> u32 + Send + Sync + 'static,
         usage: impl Fn(&Res) -> Option<u32> + Send + Sync + 'static,
     ) -> Self {
-        self.usage = Some(Arc::new(usage));
-        self
+        Self {
+            limiter,
+            weigh: Arc::new(weigh),
+            usage: Some(Arc::new(usage)),
+        }
     }
 }
 

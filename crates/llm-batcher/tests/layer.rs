@@ -23,7 +23,7 @@ fn service(
 ) -> impl tower::Service<u32, Response = u32, Error = RateLimitError<std::io::Error>, Future: Send> + Clone
 {
     let layer =
-        RateLimitLayer::new(limiter, |tokens: &u32| *tokens).with_usage(|used: &u32| Some(*used));
+        RateLimitLayer::reconciled(limiter, |tokens: &u32| *tokens, |used: &u32| Some(*used));
     ServiceBuilder::new()
         .layer(layer)
         .service_fn(|tokens: u32| async move { Ok::<_, std::io::Error>(tokens / 2) })
