@@ -84,14 +84,6 @@ fn current_thread() -> Runtime {
         .expect("runtime")
 }
 
-fn two_workers() -> Runtime {
-    Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// Keys never repeat within a process run, so every call is a cold key.
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
@@ -156,7 +148,7 @@ fn one_key_1000_callers(c: &mut Criterion) {
     group
         .sample_size(50)
         .measurement_time(Duration::from_secs(10));
-    let runtime = two_workers();
+    let runtime = perfkit_benches::two_workers();
     for (name, imp) in Impl::all() {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter_custom(|iters| {
@@ -183,7 +175,7 @@ fn distinct_keys_10000_callers(c: &mut Criterion) {
     group
         .sample_size(30)
         .measurement_time(Duration::from_secs(15));
-    let runtime = two_workers();
+    let runtime = perfkit_benches::two_workers();
     for (name, imp) in Impl::all() {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter_custom(|iters| {

@@ -27,17 +27,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use perfkit_tiered_cache::{Cache, MemoryTier, RedisBus};
-use tokio::runtime::{Builder, Runtime};
 
 const CHANNEL: &str = "perfkit-bench:invalidation";
-
-fn runtime() -> Runtime {
-    Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
@@ -82,7 +73,7 @@ fn instance(url: &str) -> Cache<String> {
 }
 
 fn propagation(c: &mut Criterion) {
-    let runtime = runtime();
+    let runtime = perfkit_benches::two_workers();
     let url = redis_url();
     let Ok(client) = redis::Client::open(url.as_str()) else {
         eprintln!("invalidation skipped: invalid REDIS_URL {url}");

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use perfkit_llm_batcher::{BatchExecutor, Batcher, ExecFuture, Executed};
-use tokio::runtime::{Builder, Runtime};
+use tokio::runtime::Runtime;
 
 const MAX: NonZeroU32 = NonZeroU32::MAX;
 
@@ -94,14 +94,6 @@ const TASKS: u64 = 64;
 const PER_TASK: u64 = 100;
 const BATCH: usize = 64;
 
-fn runtime() -> Runtime {
-    Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
 /// Runs `TASKS` tasks submitting `PER_TASK` items each through `submit`,
 /// `iterations` times; returns the time taken.
 fn drive<F, Fut>(runtime: &Runtime, iterations: u64, submit: F) -> Duration
@@ -135,7 +127,7 @@ where
 fn batcher_overhead(c: &mut Criterion) {
     let mut group = c.benchmark_group("llm_batcher/overhead_per_item");
     group.throughput(Throughput::Elements(TASKS * PER_TASK));
-    let rt = runtime();
+    let rt = perfkit_benches::two_workers();
 
     let ours = rt.block_on(async {
         Batcher::builder(Noop)

@@ -7,3 +7,19 @@
 //!
 //! Run them all with `cargo bench -p perfkit-benches`, or one with
 //! `cargo bench -p perfkit-benches --bench <name>`.
+
+/// The runtime every concurrent benchmark runs on: two worker threads (the
+/// build machine's cores), timers and I/O enabled.
+///
+/// # Panics
+///
+/// When the runtime cannot be built (a benchmark cannot run without it).
+#[must_use]
+#[allow(clippy::expect_used)]
+pub fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
