@@ -49,7 +49,7 @@ impl BatchExecutor for Noop {
     type Response = u64;
     type Error = std::io::Error;
 
-    fn model<'r>(&self, _request: &'r u64) -> &'r str {
+    fn model<'a>(&'a self, _request: &'a u64) -> &'a str {
         "m"
     }
 

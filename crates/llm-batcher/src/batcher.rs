@@ -60,7 +60,7 @@ type Outcome<E> = Result<<E as BatchExecutor>::Response, Error<<E as BatchExecut
 ///     type Response = usize;
 ///     type Error = std::io::Error;
 ///
-///     fn model<'r>(&self, _request: &'r String) -> &'r str {
+///     fn model<'a>(&'a self, _request: &'a String) -> &'a str {
 ///         "text-embedding-3-small"
 ///     }
 ///

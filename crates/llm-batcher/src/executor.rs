@@ -23,7 +23,7 @@ pub type ExecFuture<'a, R, E> =
 ///     type Response = usize;
 ///     type Error = std::io::Error;
 ///
-///     fn model<'r>(&self, _request: &'r String) -> &'r str {
+///     fn model<'a>(&'a self, _request: &'a String) -> &'a str {
 ///         "text-embedding-3-small"
 ///     }
 ///
@@ -47,7 +47,9 @@ pub trait BatchExecutor: Send + Sync + 'static {
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// The batching key: requests for different models never share a call.
-    fn model<'r>(&self, request: &'r Self::Request) -> &'r str;
+    /// It may come from the request or from the executor (one model per
+    /// executor).
+    fn model<'a>(&'a self, request: &'a Self::Request) -> &'a str;
 
     /// The tokens `request` will cost, estimated before the call (the
     /// executor reports the real usage after it). [`estimate_tokens`] is a

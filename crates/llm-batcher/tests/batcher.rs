@@ -69,7 +69,7 @@ impl BatchExecutor for Echo {
     type Response = String;
     type Error = std::io::Error;
 
-    fn model<'r>(&self, request: &'r Request) -> &'r str {
+    fn model<'a>(&'a self, request: &'a Request) -> &'a str {
         request.model
     }
 

@@ -42,7 +42,7 @@ impl BatchExecutor for Sevens {
     type Response = ();
     type Error = std::io::Error;
 
-    fn model<'r>(&self, model: &'r &'static str) -> &'r str {
+    fn model<'a>(&'a self, model: &'a &'static str) -> &'a str {
         model
     }
 
