@@ -456,3 +456,95 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
         Err(perfkit_llm_batcher::ConfigError::NoRuntime)
     ));
 }
+
+/// A small deterministic generator (no dependency): xorshift64*.
+struct Random(u64);
+
+impl Random {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_under_a_limiter_never_exceed_its_limits_in_any_60_s_window() {
+    let (rpm, tpm) = (30_u32, 10_000_u32);
+    let echo = Echo::default();
+    let limiter = RateLimiter::builder()
+        .requests_per_minute(NonZeroU32::new(rpm).unwrap())
+        .tokens_per_minute(NonZeroU32::new(tpm).unwrap())
+        .token_burst(NonZeroU32::new(2_000).unwrap())
+        .build()
+        .unwrap();
+    let batcher = Batcher::builder(echo.clone())
+        .max_items(nz(16))
+        .max_tokens(2_000)
+        .linger(Duration::from_millis(200))
+        .rate_limiter(limiter)
+        .build()
+        .unwrap();
+    let mut random = Random(42);
+    let mut callers = Vec::new();
+    for index in 0..800_u32 {
+        let tokens = 1 + u32::try_from(random.next() % 300).unwrap();
+        let delay = Duration::from_millis(random.next() % 600_000);
+        let batcher = batcher.clone();
+        callers.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            batcher
+                .submit(request("m", &index.to_string(), tokens))
+                .await
+                .unwrap()
+        }));
+    }
+    for caller in callers {
+        caller.await.unwrap();
+    }
+    // The dispatch log: one call per batch, its tokens from the requests' texts.
+    let tokens_of: std::collections::HashMap<String, u32> = {
+        let mut random = Random(42);
+        (0..800_u32)
+            .map(|index| {
+                let tokens = 1 + u32::try_from(random.next() % 300).unwrap();
+                let _delay = random.next();
+                (index.to_string(), tokens)
+            })
+            .collect()
+    };
+    let calls: Vec<(Instant, u64)> = echo
+        .calls()
+        .into_iter()
+        .map(|(at, _, texts)| {
+            (
+                at,
+                texts.iter().map(|text| u64::from(tokens_of[text])).sum(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        echo.calls()
+            .iter()
+            .map(|(_, _, texts)| texts.len())
+            .sum::<usize>(),
+        800
+    );
+    for (start, (at, _)) in calls.iter().enumerate() {
+        let inside: Vec<_> = calls[start..]
+            .iter()
+            .take_while(|(other, _)| other.duration_since(*at) < Duration::from_secs(60))
+            .collect();
+        let tokens: u64 = inside.iter().map(|(_, tokens)| tokens).sum();
+        assert!(
+            inside.len() <= rpm as usize,
+            "{} calls in the window from call {start}",
+            inside.len()
+        );
+        assert!(
+            tokens <= u64::from(tpm),
+            "{tokens} tokens in the window from call {start}"
+        );
+    }
+}
