@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::error::{ConfigError, LimitError};
 
-/// The window the limits are stated over: providers count per minute.
+/// The window the limits are stated over by default: providers count per minute.
 const WINDOW: Duration = Duration::from_secs(60);
 
 /// Limits on requests and tokens per minute, as an LLM provider states them
@@ -89,14 +89,18 @@ struct Quota {
 }
 
 impl Quota {
-    fn new(limit: NonZeroU32, burst: Option<NonZeroU32>) -> Result<Self, ConfigError> {
+    fn new(
+        limit: NonZeroU32,
+        burst: Option<NonZeroU32>,
+        window: Duration,
+    ) -> Result<Self, ConfigError> {
         let limit = limit.get();
         let burst = burst.map_or((limit / 10).max(1), NonZeroU32::get);
         if burst > limit {
             return Err(ConfigError::BurstOverLimit { burst, limit });
         }
         let rate = u128::from(limit - burst + 1);
-        let nanos = WINDOW.as_nanos().div_ceil(rate);
+        let nanos = window.as_nanos().div_ceil(rate);
         Ok(Self {
             limit,
             burst,
@@ -155,6 +159,7 @@ pub struct RateLimiterBuilder {
     tokens_per_minute: Option<NonZeroU32>,
     request_burst: Option<NonZeroU32>,
     token_burst: Option<NonZeroU32>,
+    window: Option<Duration>,
     name: Option<String>,
 }
 
@@ -187,6 +192,15 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// The window the limits are counted over. Default: 60 s, as providers
+    /// state RPM and TPM; a provider with per-second limits (or a test) may
+    /// use another: `requests_per_minute(10).window(1 s)` means at most 10
+    /// requests in any second.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = Some(window);
+        self
+    }
+
     /// Names the limiter in metrics (`name` label). Default: `"default"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -199,7 +213,8 @@ impl RateLimiterBuilder {
     /// # Errors
     ///
     /// [`ConfigError::NoLimit`] without any limit, [`ConfigError::BurstOverLimit`]
-    /// for a burst over its limit, [`ConfigError::EmptyName`] for a blank name.
+    /// for a burst over its limit, [`ConfigError::EmptyName`] for a blank name,
+    /// [`ConfigError::Zero`] for a zero window.
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
         let name = self.name.unwrap_or_else(|| "default".to_owned());
         if name.trim().is_empty() {
@@ -208,13 +223,17 @@ impl RateLimiterBuilder {
         if self.requests_per_minute.is_none() && self.tokens_per_minute.is_none() {
             return Err(ConfigError::NoLimit);
         }
+        let window = self.window.unwrap_or(WINDOW);
+        if window.is_zero() {
+            return Err(ConfigError::Zero("window"));
+        }
         let requests = self
             .requests_per_minute
-            .map(|limit| Quota::new(limit, self.request_burst))
+            .map(|limit| Quota::new(limit, self.request_burst, window))
             .transpose()?;
         let tokens = self
             .tokens_per_minute
-            .map(|limit| Quota::new(limit, self.token_burst))
+            .map(|limit| Quota::new(limit, self.token_burst, window))
             .transpose()?;
         let now = Instant::now();
         Ok(RateLimiter {

@@ -378,3 +378,27 @@ async fn the_providers_remaining_budget_lowers_ours_but_never_raises_it() {
 fn limiter_with_room() -> RateLimiter {
     limiter(600, 60_000, 100, 10_000)
 }
+
+#[tokio::test(start_paused = true)]
+async fn another_window_scales_the_limits_to_it() {
+    // 10 requests per second, burst 1: spaced by 100 ms.
+    let limiter = RateLimiter::builder()
+        .requests_per_minute(nz(10))
+        .request_burst(nz(1))
+        .window(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    for _ in 0..11 {
+        let _ = limiter.acquire(0).await.unwrap();
+    }
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(
+        RateLimiter::builder()
+            .requests_per_minute(nz(10))
+            .window(Duration::ZERO)
+            .build()
+            .unwrap_err(),
+        ConfigError::Zero("window")
+    );
+}
