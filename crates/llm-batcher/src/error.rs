@@ -38,6 +38,12 @@ pub enum ConfigError {
     /// A price that is negative or not a number.
     #[error("the price of {0:?} must be a finite number of dollars, zero or more")]
     Price(String),
+    /// The base URL is not an `http(s)://` URL.
+    #[error("the base URL {0:?} is not an http(s) URL")]
+    BaseUrl(String),
+    /// The HTTP client could not be set up (its TLS configuration).
+    #[error("the HTTP client could not be set up: {0}")]
+    HttpClient(String),
     /// `build` was called outside a tokio runtime: the batcher's task needs one.
     #[error("build the batcher inside a tokio runtime: its background task runs there")]
     NoRuntime,

@@ -6,8 +6,8 @@
 //! tokens or linger, results one-to-one, 429s retried) and the
 //! [`RateLimiter`] (requests and tokens per minute at once, FIFO,
 //! reservations reconciled with reported usage) are usable with a
-//! [`BatchExecutor`] of your own; the OpenAI-compatible executor is not
-//! there yet. This crate is part of the
+//! [`BatchExecutor`] of your own, or with `OpenAiEmbeddings` (feature
+//! `openai`) for `OpenAI`-compatible embeddings endpoints. This crate is part of the
 //! [perfkit](https://github.com/perfkit-rs/perfkit) family; use it alone or
 //! through the `perfkit` facade.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -18,6 +18,8 @@ mod executor;
 #[cfg(feature = "tower")]
 mod layer;
 mod limiter;
+#[cfg(feature = "openai")]
+mod openai;
 
 pub use crate::batcher::{Batcher, BatcherBuilder, Pending};
 pub use crate::error::{ConfigError, Error, LimitError};
@@ -25,8 +27,12 @@ pub use crate::executor::{BatchExecutor, ExecError, ExecFuture, Executed, estima
 #[cfg(feature = "tower")]
 pub use crate::layer::{RateLimit, RateLimitError, RateLimitLayer};
 pub use crate::limiter::{ProviderRemaining, RateLimiter, RateLimiterBuilder, Reservation};
+#[cfg(feature = "openai")]
+pub use crate::openai::{
+    MAX_INPUTS_PER_CALL, OpenAiEmbeddings, OpenAiEmbeddingsBuilder, OpenAiError,
+};
 
-/// The README's examples, compiled as doctests.
-#[cfg(doctest)]
+/// The README's examples, compiled (and run, unless marked `no_run`) as doctests.
+#[cfg(all(doctest, feature = "tower", feature = "openai"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

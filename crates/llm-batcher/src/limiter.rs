@@ -127,6 +127,35 @@ struct State {
     tokens_tat: Instant,
     /// No admission before this (a provider's `retry-after`).
     paused_until: Option<Instant>,
+    /// What the provider last said is left of its request and token budgets
+    /// until their reset.
+    provider_requests: Option<Budget>,
+    provider_tokens: Option<Budget>,
+}
+
+/// A provider's remaining budget until its reset.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    left: u32,
+    until: Instant,
+}
+
+impl Budget {
+    /// When `units` fit in it: now if they do (or it has reset), else at its reset.
+    fn ready_at(budget: Option<Self>, units: u32, now: Instant) -> Instant {
+        match budget {
+            Some(budget) if budget.until > now && units > budget.left => budget.until,
+            _ => now,
+        }
+    }
+
+    /// Takes `units` from a budget that has not reset; forgets one that has.
+    fn spend(budget: &mut Option<Self>, units: u32, now: Instant) {
+        match budget {
+            Some(active) if active.until > now => active.left = active.left.saturating_sub(units),
+            _ => *budget = None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -244,6 +273,8 @@ impl RateLimiterBuilder {
                     requests_tat: now,
                     tokens_tat: now,
                     paused_until: None,
+                    provider_requests: None,
+                    provider_tokens: None,
                 }),
                 waiting: AtomicUsize::new(0),
                 turn: tokio::sync::Mutex::new(()),
@@ -332,31 +363,50 @@ impl RateLimiter {
 
     /// Lowers the local budget to what the provider says is left
     /// (`x-ratelimit-remaining-requests` / `-tokens`, with
-    /// `x-ratelimit-reset-requests` / `-tokens`): when it reports less room
-    /// than this limiter would allow now (another client on the same key,
-    /// a lower limit than configured), admissions slow down to match; when
-    /// nothing is left, they wait for its reset. More room than the limiter
-    /// allows changes nothing: the configured limits still hold.
+    /// `x-ratelimit-reset-requests` / `-tokens`): until the reported reset,
+    /// at most that much more is admitted, and a request that does not fit
+    /// waits for the reset (providers refill at their reset, not
+    /// continuously). Without a reset time, the limiter's own budget is
+    /// lowered to what is left. A later observation replaces an earlier one.
+    /// More room than the limiter allows changes nothing: the configured
+    /// limits still hold.
     pub fn observe_remaining(&self, remaining: ProviderRemaining) {
         let now = Instant::now();
-        let mut state = self.shared.state();
-        if let (Some(quota), Some(left)) = (self.shared.requests, remaining.requests) {
-            lower(&mut state.requests_tat, quota, left, now);
-        }
-        if let (Some(quota), Some(left)) = (self.shared.tokens, remaining.tokens) {
-            lower(&mut state.tokens_tat, quota, left, now);
-        }
-        let exhausted = [
+        let mut guard = self.shared.state();
+        let state = &mut *guard;
+        let observed = [
             (remaining.requests, remaining.requests_reset),
             (remaining.tokens, remaining.tokens_reset),
-        ]
-        .into_iter()
-        .filter_map(|(left, reset)| (left == Some(0)).then_some(reset).flatten())
-        .max();
-        if let Some(reset) = exhausted {
-            let until = now + reset;
-            if state.paused_until.is_none_or(|current| current < until) {
-                state.paused_until = Some(until);
+        ];
+        for (index, (left, reset)) in observed.into_iter().enumerate() {
+            let Some(left) = left else { continue };
+            let (quota, tat, budget) = if index == 0 {
+                (
+                    self.shared.requests,
+                    &mut state.requests_tat,
+                    &mut state.provider_requests,
+                )
+            } else {
+                (
+                    self.shared.tokens,
+                    &mut state.tokens_tat,
+                    &mut state.provider_tokens,
+                )
+            };
+            match reset {
+                // The provider refills at its reset, not continuously: until
+                // then at most `left` more may go.
+                Some(reset) => {
+                    *budget = Some(Budget {
+                        left,
+                        until: now + reset,
+                    });
+                }
+                None => {
+                    if let Some(quota) = quota {
+                        lower(tat, quota, left, now);
+                    }
+                }
             }
         }
     }
@@ -398,7 +448,8 @@ impl RateLimiter {
         if let Some(paused) = state.paused_until {
             ready = ready.max(paused);
         }
-        ready
+        ready = ready.max(Budget::ready_at(state.provider_requests, 1, now));
+        ready.max(Budget::ready_at(state.provider_tokens, tokens, now))
     }
 
     fn admit_if_ready(&self, tokens: u32, now: Instant) -> Option<Reservation> {
@@ -417,6 +468,8 @@ impl RateLimiter {
             if state.paused_until.is_some_and(|paused| paused <= now) {
                 state.paused_until = None;
             }
+            Budget::spend(&mut state.provider_requests, 1, now);
+            Budget::spend(&mut state.provider_tokens, tokens, now);
         }
         shared.metrics.admitted_requests.increment(1);
         shared.metrics.admitted_tokens.increment(u64::from(tokens));
