@@ -56,7 +56,7 @@
 //! | `perfkit_dedup_http_unshared_total` | counter | `name` |
 //! | `perfkit_batcher_queued` | gauge | `name` |
 //! | `perfkit_batcher_batches_total`, `perfkit_batcher_dropped_total`, `perfkit_batcher_rate_limited_total`, `perfkit_batcher_retries_total`, `perfkit_batcher_failed_batches_total` | counter | `name` |
-//! | `perfkit_batcher_batch_size`, `perfkit_batcher_batch_tokens`, `perfkit_batcher_linger_seconds` | histogram | `name` |
+//! | `perfkit_batcher_batch_size`, `perfkit_batcher_batch_tokens`, `perfkit_batcher_linger_seconds`, `perfkit_batcher_queue_wait_seconds` | histogram | `name` |
 //! | `perfkit_batcher_model_requests_total`, `perfkit_batcher_model_tokens_total`, `perfkit_batcher_cost_microdollars_total` | counter | `name`, `model` |
 //! | `perfkit_batcher_limiter_wait_seconds` | histogram | `name` |
 //! | `perfkit_batcher_limiter_requests_total`, `perfkit_batcher_limiter_tokens_total` | counter | `name` |

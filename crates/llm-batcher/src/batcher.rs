@@ -115,6 +115,7 @@ struct Item<E: BatchExecutor> {
     reply: oneshot::Sender<Outcome<E>>,
     /// Its place in the queue, given back when the batch is sent.
     _slot: OwnedSemaphorePermit,
+    queued_at: Instant,
 }
 
 /// Everything the background task needs.
@@ -138,6 +139,7 @@ struct Metrics {
     batch_size: Histogram,
     batch_tokens: Histogram,
     linger: Histogram,
+    queue_wait: Histogram,
     dropped: Counter,
     rate_limited: Counter,
     retries: Counter,
@@ -153,6 +155,7 @@ impl Metrics {
             batch_size: histogram!("perfkit_batcher_batch_size", &[label()]),
             batch_tokens: histogram!("perfkit_batcher_batch_tokens", &[label()]),
             linger: histogram!("perfkit_batcher_linger_seconds", &[label()]),
+            queue_wait: histogram!("perfkit_batcher_queue_wait_seconds", &[label()]),
             dropped: counter!("perfkit_batcher_dropped_total", &[label()]),
             rate_limited: counter!("perfkit_batcher_rate_limited_total", &[label()]),
             retries: counter!("perfkit_batcher_retries_total", &[label()]),
@@ -415,6 +418,7 @@ impl<E: BatchExecutor> Batcher<E> {
             tokens,
             reply,
             _slot: slot,
+            queued_at: Instant::now(),
         };
         self.shared
             .intake
@@ -612,6 +616,8 @@ impl<E: BatchExecutor> Call<E> {
                 return;
             }
             let estimate = batch.tokens();
+            let queue_wait = batch.oldest.elapsed();
+            self.metrics.queue_wait.record(queue_wait.as_secs_f64());
             let span = tracing::debug_span!(
                 "batcher.dispatch",
                 batcher.name = &*self.name,
@@ -619,6 +625,7 @@ impl<E: BatchExecutor> Call<E> {
                 batcher.size = batch.len(),
                 batcher.tokens = estimate,
                 batcher.attempt = attempt,
+                batcher.queue_wait_ms = u64::try_from(queue_wait.as_millis()).unwrap_or(u64::MAX),
             );
             self.metrics.batches.increment(1);
             #[allow(clippy::cast_precision_loss)]
@@ -731,6 +738,8 @@ fn random() -> u64 {
 struct Batch<E: BatchExecutor> {
     requests: Vec<E::Request>,
     callers: Vec<(u32, oneshot::Sender<Outcome<E>>)>,
+    /// When its oldest request was submitted.
+    oldest: Instant,
 }
 
 impl<E: BatchExecutor> Batch<E> {
@@ -738,6 +747,11 @@ impl<E: BatchExecutor> Batch<E> {
         let mut batch = Self {
             requests: Vec::with_capacity(items.len()),
             callers: Vec::with_capacity(items.len()),
+            oldest: items
+                .iter()
+                .map(|item| item.queued_at)
+                .min()
+                .unwrap_or_else(Instant::now),
         };
         #[allow(clippy::cast_precision_loss)]
         metrics.queued.decrement(items.len() as f64);
