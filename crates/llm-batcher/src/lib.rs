@@ -7,7 +7,8 @@
 //! [`RateLimiter`] (requests and tokens per minute at once, FIFO,
 //! reservations reconciled with reported usage) are usable with a
 //! [`BatchExecutor`] of your own, or with `OpenAiEmbeddings` (feature
-//! `openai`) for `OpenAI`-compatible embeddings endpoints. This crate is part of the
+//! `openai`) for `OpenAI`-compatible embeddings endpoints; `Encoding`
+//! (feature `tokenizer`) counts tokens exactly. This crate is part of the
 //! [perfkit](https://github.com/perfkit-rs/perfkit) family; use it alone or
 //! through the `perfkit` facade.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -20,6 +21,8 @@ mod layer;
 mod limiter;
 #[cfg(feature = "openai")]
 mod openai;
+#[cfg(feature = "tokenizer")]
+mod tokenizer;
 
 pub use crate::batcher::{Batcher, BatcherBuilder, Pending};
 pub use crate::error::{ConfigError, Error, LimitError};
@@ -31,6 +34,8 @@ pub use crate::limiter::{ProviderRemaining, RateLimiter, RateLimiterBuilder, Res
 pub use crate::openai::{
     MAX_INPUTS_PER_CALL, OpenAiEmbeddings, OpenAiEmbeddingsBuilder, OpenAiError,
 };
+#[cfg(feature = "tokenizer")]
+pub use crate::tokenizer::Encoding;
 
 /// The README's examples, compiled (and run, unless marked `no_run`) as doctests.
 #[cfg(all(doctest, feature = "tower", feature = "openai"))]

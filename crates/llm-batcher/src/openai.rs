@@ -48,6 +48,8 @@ pub struct OpenAiEmbeddings {
     endpoint: String,
     api_key: Option<String>,
     model: String,
+    #[cfg(feature = "tokenizer")]
+    encoding: Option<crate::Encoding>,
 }
 
 impl std::fmt::Debug for OpenAiEmbeddings {
@@ -67,6 +69,8 @@ pub struct OpenAiEmbeddingsBuilder {
     base_url: String,
     api_key: Option<String>,
     timeout: Duration,
+    #[cfg(feature = "tokenizer")]
+    encoding: Option<crate::Encoding>,
 }
 
 impl std::fmt::Debug for OpenAiEmbeddingsBuilder {
@@ -83,8 +87,11 @@ impl std::fmt::Debug for OpenAiEmbeddingsBuilder {
 impl OpenAiEmbeddings {
     /// A builder for `model` (e.g. `"text-embedding-3-small"`).
     pub fn builder(model: impl Into<String>) -> OpenAiEmbeddingsBuilder {
+        let model = model.into();
         OpenAiEmbeddingsBuilder {
-            model: model.into(),
+            #[cfg(feature = "tokenizer")]
+            encoding: crate::Encoding::for_model(&model),
+            model,
             base_url: "https://api.openai.com/v1".to_owned(),
             api_key: None,
             timeout: Duration::from_secs(30),
@@ -103,6 +110,16 @@ impl OpenAiEmbeddingsBuilder {
     /// The API key, sent as a bearer token. Default: none (local servers).
     pub fn api_key(mut self, api_key: impl Into<String>) -> Self {
         self.api_key = Some(api_key.into());
+        self
+    }
+
+    /// Counts each text's tokens exactly in `encoding` (feature
+    /// `tokenizer`). Default: the model's own vocabulary when
+    /// [`Encoding::for_model`](crate::Encoding::for_model) knows it, else
+    /// the [`estimate_tokens`](crate::estimate_tokens) heuristic.
+    #[cfg(feature = "tokenizer")]
+    pub fn encoding(mut self, encoding: crate::Encoding) -> Self {
+        self.encoding = Some(encoding);
         self
     }
 
@@ -136,6 +153,8 @@ impl OpenAiEmbeddingsBuilder {
             endpoint: format!("{}/embeddings", base.as_str().trim_end_matches('/')),
             api_key: self.api_key,
             model: self.model,
+            #[cfg(feature = "tokenizer")]
+            encoding: self.encoding,
         })
     }
 }
@@ -211,6 +230,10 @@ impl BatchExecutor for OpenAiEmbeddings {
     }
 
     fn estimate_tokens(&self, text: &String) -> u32 {
+        #[cfg(feature = "tokenizer")]
+        if let Some(encoding) = self.encoding {
+            return encoding.count(text);
+        }
         estimate_tokens(text)
     }
 

@@ -16,13 +16,25 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use perfkit_llm_batcher::{
-    Batcher, Error, OpenAiEmbeddings, OpenAiError, RateLimiter, estimate_tokens,
-};
+use perfkit_llm_batcher::{Batcher, Error, OpenAiEmbeddings, OpenAiError, RateLimiter};
 use serde_json::{Value, json};
 
 const KEY: &str = "sk-test-secret-0123456789";
 const WINDOW: Duration = Duration::from_secs(2);
+
+/// How the provider counts a text: exactly, as `OpenAI` does (cl100k for the
+/// embeddings models) when the client can count exactly too, else with the
+/// client's heuristic, so that both sides agree on units as with the real API.
+fn provider_tokens(text: &str) -> u32 {
+    #[cfg(feature = "tokenizer")]
+    {
+        perfkit_llm_batcher::Encoding::Cl100k.count(text)
+    }
+    #[cfg(not(feature = "tokenizer"))]
+    {
+        perfkit_llm_batcher::estimate_tokens(text)
+    }
+}
 
 #[derive(Default)]
 struct Provider {
@@ -59,7 +71,7 @@ async fn embeddings(
         .iter()
         .map(|text| text.as_str().unwrap().to_owned())
         .collect();
-    let tokens: u32 = inputs.iter().map(|text| estimate_tokens(text)).sum();
+    let tokens: u32 = inputs.iter().map(|text| provider_tokens(text)).sum();
     let now = Instant::now();
     let mut provider = provider.lock().unwrap();
     let too_many =
