@@ -503,15 +503,13 @@ impl<E: BatchExecutor> Dispatcher<E> {
     }
 
     fn add(&mut self, item: Item<E>) {
-        let model = self.executor.model(&item.request);
-        let full = self.open.get(model).is_some_and(|batch| {
+        let model = self.executor.model(&item.request).to_owned();
+        let full = self.open.get(&model).is_some_and(|batch| {
             batch.tokens.saturating_add(item.tokens) > self.settings.max_tokens
         });
         if full {
-            let model = model.to_owned();
             self.close(&model);
         }
-        let model = self.executor.model(&item.request).to_owned();
         let now = Instant::now();
         let linger = self.settings.linger;
         let batch = self.open.entry(model.clone()).or_insert_with(|| Open {

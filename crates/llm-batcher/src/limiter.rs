@@ -374,41 +374,20 @@ impl RateLimiter {
         let now = Instant::now();
         let mut guard = self.shared.state();
         let state = &mut *guard;
-        let observed = [
+        observe(
+            self.shared.requests,
+            &mut state.requests_tat,
+            &mut state.provider_requests,
             (remaining.requests, remaining.requests_reset),
+            now,
+        );
+        observe(
+            self.shared.tokens,
+            &mut state.tokens_tat,
+            &mut state.provider_tokens,
             (remaining.tokens, remaining.tokens_reset),
-        ];
-        for (index, (left, reset)) in observed.into_iter().enumerate() {
-            let Some(left) = left else { continue };
-            let (quota, tat, budget) = if index == 0 {
-                (
-                    self.shared.requests,
-                    &mut state.requests_tat,
-                    &mut state.provider_requests,
-                )
-            } else {
-                (
-                    self.shared.tokens,
-                    &mut state.tokens_tat,
-                    &mut state.provider_tokens,
-                )
-            };
-            match reset {
-                // The provider refills at its reset, not continuously: until
-                // then at most `left` more may go.
-                Some(reset) => {
-                    *budget = Some(Budget {
-                        left,
-                        until: now + reset,
-                    });
-                }
-                None => {
-                    if let Some(quota) = quota {
-                        lower(tat, quota, left, now);
-                    }
-                }
-            }
-        }
+            now,
+        );
     }
 
     /// The limits, as configured: `(requests per minute, tokens per minute)`.
@@ -477,6 +456,30 @@ impl RateLimiter {
             limiter: self.clone(),
             tokens,
         })
+    }
+}
+
+/// One quantity's part of [`RateLimiter::observe_remaining`]: with a reset
+/// time, the provider's budget until then (providers refill at the reset,
+/// not continuously); without one, the limiter's own budget lowered to
+/// what is left.
+fn observe(
+    quota: Option<Quota>,
+    tat: &mut Instant,
+    budget: &mut Option<Budget>,
+    (left, reset): (Option<u32>, Option<Duration>),
+    now: Instant,
+) {
+    let Some(left) = left else { return };
+    match (reset, quota) {
+        (Some(reset), _) => {
+            *budget = Some(Budget {
+                left,
+                until: now + reset,
+            });
+        }
+        (None, Some(quota)) => lower(tat, quota, left, now),
+        (None, None) => {}
     }
 }
 
