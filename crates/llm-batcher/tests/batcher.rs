@@ -3,11 +3,14 @@
 //! shutdown, 429s and quota exhaustion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::VecDeque;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::Random;
 use perfkit_llm_batcher::{
     BatchExecutor, Batcher, Error, ExecError, ExecFuture, Executed, RateLimiter,
 };
@@ -455,18 +458,6 @@ fn building_outside_a_runtime_is_an_error_not_a_panic() {
         Batcher::builder(Echo::default()).build(),
         Err(perfkit_llm_batcher::ConfigError::NoRuntime)
     ));
-}
-
-/// A small deterministic generator (no dependency): xorshift64*.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
 }
 
 #[tokio::test(start_paused = true)]

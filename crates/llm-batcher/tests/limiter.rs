@@ -2,10 +2,13 @@
 //! from the admission log, FIFO order, cancellation, reconciliation, pauses.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::Random;
 use perfkit_llm_batcher::{ConfigError, LimitError, RateLimiter};
 use tokio::time::Instant;
 
@@ -21,22 +24,6 @@ fn limiter(rpm: u32, tpm: u32, request_burst: u32, token_burst: u32) -> RateLimi
         .token_burst(nz(token_burst))
         .build()
         .unwrap()
-}
-
-/// A small deterministic generator (no dependency): xorshift64*.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, bound: u32) -> u32 {
-        u32::try_from(self.next() % u64::from(bound)).unwrap()
-    }
 }
 
 /// Every 60-second window that starts at an admission holds at most the
