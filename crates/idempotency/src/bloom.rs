@@ -44,6 +44,16 @@ struct Generations {
     rotations: u64,
 }
 
+/// What [`SeenFilter::see`] found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seen {
+    /// The key may have been seen before (`false`: certainly not).
+    pub(crate) before: bool,
+    /// The stats changed enough to be published again (a rotation, or
+    /// another 1,024 keys).
+    pub(crate) publish_stats: bool,
+}
+
 /// The state of a layer's Bloom filter, from [`IdempotencyLayer::bloom_stats`](crate::IdempotencyLayer::bloom_stats).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -101,6 +111,7 @@ impl SeenFilter {
     }
 
     /// `false` only for keys this instance has certainly not seen within the rotation period.
+    #[cfg(test)]
     pub(crate) fn may_have_seen(&self, digest: u64) -> bool {
         let generations = self
             .generations
@@ -109,9 +120,9 @@ impl SeenFilter {
         generations.current.check(&digest) || generations.previous.check(&digest)
     }
 
-    /// Remembers `key`; `true` when the stats changed enough to be published
-    /// again (a rotation, or another 1,024 keys).
-    pub(crate) fn insert(&self, digest: u64) -> bool {
+    /// Remembers `key` and says whether it may have been seen before, in one
+    /// pass under one lock (a check, then a set, would hash the key twice).
+    pub(crate) fn see(&self, digest: u64) -> Seen {
         let mut generations = self
             .generations
             .write()
@@ -129,10 +140,16 @@ impl SeenFilter {
             }
         }
         if generations.current.check_and_set(&digest) {
-            return rotated;
+            return Seen {
+                before: true,
+                publish_stats: rotated,
+            };
         }
         generations.current_items += 1;
-        rotated || generations.current_items.is_multiple_of(1024)
+        Seen {
+            before: generations.previous.check(&digest),
+            publish_stats: rotated || generations.current_items.is_multiple_of(1024),
+        }
     }
 
     fn rotate(&self, generations: &mut Generations, now: Instant) {
@@ -210,7 +227,7 @@ mod tests {
             // A full generation's worth of new keys every period, for 20 periods.
             let first = next;
             for _ in 0..1_000 {
-                filter.insert(filter.digest(&key(next)));
+                filter.see(filter.digest(&key(next)));
                 next += 1;
             }
             assert!(
@@ -219,7 +236,7 @@ mod tests {
             );
             tokio::time::advance(period).await;
             for _ in 0..64 {
-                filter.insert(filter.digest(&key(usize::MAX))); // rotates (the clock is read every 64th insert)
+                filter.see(filter.digest(&key(usize::MAX))); // rotates (the clock is read every 64th insert)
             }
             assert!(
                 (first..next).all(|i| filter.may_have_seen(filter.digest(&key(i)))),
@@ -238,15 +255,26 @@ mod tests {
         assert_eq!(filter.stats().rotations, 20);
     }
 
+    #[test]
+    fn seeing_a_key_says_whether_it_was_seen_and_remembers_it() {
+        let filter = SeenFilter::new(1_000, 0.001, Duration::from_secs(60)).unwrap();
+        let digest = filter.digest(&key(1));
+        assert!(!filter.see(digest).before);
+        assert!(filter.see(digest).before);
+        assert!(filter.may_have_seen(digest));
+        assert!(!filter.see(filter.digest(&key(2))).before);
+        assert_eq!(filter.stats().current_keys, 2);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn forgets_keys_after_two_periods() {
         let period = Duration::from_secs(60);
         let filter = SeenFilter::new(1_000, 0.001, period).unwrap();
-        filter.insert(filter.digest(&key(1)));
+        filter.see(filter.digest(&key(1)));
         for _ in 0..2 {
             tokio::time::advance(period).await;
             for _ in 0..64 {
-                filter.insert(filter.digest(&key(2)));
+                filter.see(filter.digest(&key(2)));
             }
         }
         assert!(!filter.may_have_seen(filter.digest(&key(1))));

@@ -1,5 +1,6 @@
 //! The `Idempotency-Key` request header and the key a store keeps.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -70,28 +71,7 @@ impl IdempotencyKey {
     /// holds anything but visible ASCII (`0x21..=0x7E`), or is a quoted string
     /// with a bad escape or no closing quote.
     pub fn parse(value: &HeaderValue) -> Result<Self, KeyError> {
-        let bytes = value.as_bytes();
-        let key = match bytes {
-            [b'"', inner @ ..] => unquote(inner)?,
-            _ => {
-                if let Some(position) = bytes.iter().position(|&b| !is_visible(b)) {
-                    return Err(KeyError::Malformed(
-                        if bytes[position] == b' ' || bytes[position] == b'\t' {
-                            "whitespace is not allowed in a bare key (quote the key or remove it)"
-                        } else {
-                            "only visible ASCII characters (0x21 to 0x7E) are allowed"
-                        },
-                    ));
-                }
-                // Visible ASCII only, so the bytes are UTF-8.
-                String::from_utf8_lossy(bytes).into_owned()
-            }
-        };
-        match key.len() {
-            0 => Err(KeyError::Empty),
-            len if len > MAX_KEY_LEN => Err(KeyError::TooLong(len)),
-            _ => Ok(Self(key)),
-        }
+        parse_key(value).map(|key| Self(key.into_owned()))
     }
 
     /// Wraps a key that is already known to be valid (1–255 visible ASCII
@@ -116,19 +96,62 @@ impl IdempotencyKey {
     }
 }
 
+/// The key a header value spells, borrowed from it unless the value is a
+/// quoted string with escapes (the layer builds its [`StoreKey`] from this
+/// without an intermediate `String`).
+pub(crate) fn parse_key(value: &HeaderValue) -> Result<Cow<'_, str>, KeyError> {
+    let bytes = value.as_bytes();
+    let key = match bytes {
+        [b'"', inner @ ..] => unquote(inner)?,
+        _ => {
+            if let Some(position) = bytes.iter().position(|&b| !is_visible(b)) {
+                return Err(KeyError::Malformed(
+                    if bytes[position] == b' ' || bytes[position] == b'\t' {
+                        "whitespace is not allowed in a bare key (quote the key or remove it)"
+                    } else {
+                        "only visible ASCII characters (0x21 to 0x7E) are allowed"
+                    },
+                ));
+            }
+            visible_ascii(bytes)
+        }
+    };
+    match key.len() {
+        0 => Err(KeyError::Empty),
+        len if len > MAX_KEY_LEN => Err(KeyError::TooLong(len)),
+        _ => Ok(key),
+    }
+}
+
+/// Bytes already checked to be visible ASCII, as the `str` they are.
+fn visible_ascii(bytes: &[u8]) -> Cow<'_, str> {
+    // Visible ASCII only, so the bytes are UTF-8 and nothing is replaced.
+    String::from_utf8_lossy(bytes)
+}
+
 fn is_visible(byte: u8) -> bool {
     (0x21..=0x7e).contains(&byte)
 }
 
-/// The inside of an sf-string after its opening quote.
-fn unquote(inner: &[u8]) -> Result<String, KeyError> {
+/// The inside of an sf-string after its opening quote: borrowed when it holds
+/// no escape (the common case), unescaped into a `String` otherwise.
+fn unquote(inner: &[u8]) -> Result<Cow<'_, str>, KeyError> {
+    let plain = inner
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || !is_visible(b));
+    if let Some(end) = plain
+        && inner[end] == b'"'
+    {
+        parameters(&inner[end + 1..])?;
+        return Ok(visible_ascii(&inner[..end]));
+    }
     let mut key = String::with_capacity(inner.len());
     let mut bytes = inner.iter();
     while let Some(&byte) = bytes.next() {
         match byte {
             b'"' => {
                 parameters(bytes.as_slice())?;
-                return Ok(key);
+                return Ok(Cow::Owned(key));
             }
             b'\\' => match bytes.next() {
                 Some(&escaped @ (b'"' | b'\\')) => key.push(char::from(escaped)),
@@ -265,26 +288,44 @@ impl StoreKey {
     /// The record identity of `key` within `scope`.
     #[must_use]
     pub fn new(scope: Option<&str>, key: &IdempotencyKey) -> Self {
-        let key = key.as_str();
-        let Some(scope) = scope else {
-            return Self {
-                encoded: Arc::from(["-:", key].concat()),
-                scope: None,
-                key_start: 2,
-            };
-        };
+        Self::encode(scope, key.as_str())
+    }
+
+    /// [`new`](Self::new) from a key already validated by [`parse_key`]:
+    /// one allocation, the shared string itself (spelled on the stack first
+    /// when it fits, as it does for keys of ordinary length).
+    pub(crate) fn encode(scope: Option<&str>, key: &str) -> Self {
         let mut buffer = [0_u8; 20];
-        let digits = decimal(scope.len(), &mut buffer);
-        let scope_start = digits.len() + 1;
-        let scope_end = scope_start + scope.len();
-        let mut encoded = String::with_capacity(scope_end + 1 + key.len());
-        for part in [digits, ":", scope, ":", key] {
-            encoded.push_str(part);
-        }
+        let (parts, scope_at) = match scope {
+            None => (["-", ":", "", "", key], None),
+            Some(scope) => {
+                let digits = decimal(scope.len(), &mut buffer);
+                let start = digits.len() + 1;
+                (
+                    [digits, ":", scope, ":", key],
+                    Some((start, start + scope.len())),
+                )
+            }
+        };
+        let key_start = scope_at.map_or(2, |(_, end)| end + 1);
+        let len = key_start + key.len();
+        let mut stack = [0_u8; 384];
+        let encoded: Arc<str> = match stack.get_mut(..len) {
+            Some(spelled) => {
+                let mut at = 0;
+                for part in parts {
+                    spelled[at..at + part.len()].copy_from_slice(part.as_bytes());
+                    at += part.len();
+                }
+                // Whole `str`s copied end to end: valid UTF-8, nothing replaced.
+                Arc::from(String::from_utf8_lossy(spelled).as_ref())
+            }
+            None => Arc::from(parts.concat()),
+        };
         Self {
-            encoded: Arc::from(encoded),
-            scope: Some((scope_start, scope_end)),
-            key_start: scope_end + 1,
+            encoded,
+            scope: scope_at,
+            key_start,
         }
     }
 
@@ -423,6 +464,9 @@ mod tests {
             (String::new(), "0::k".to_owned()),
             ("x".repeat(9), format!("9:{}:k", "x".repeat(9))),
             ("x".repeat(10), format!("10:{}:k", "x".repeat(10))),
+            // 384 and 385 bytes: the last spelled on the stack, the first on the heap.
+            ("x".repeat(378), format!("378:{}:k", "x".repeat(378))),
+            ("x".repeat(379), format!("379:{}:k", "x".repeat(379))),
             ("x".repeat(1234), format!("1234:{}:k", "x".repeat(1234))),
         ] {
             let store_key = StoreKey::new(Some(&scope), &key);

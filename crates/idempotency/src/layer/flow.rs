@@ -162,12 +162,17 @@ async fn claim(
     token: &ClaimToken,
     fingerprint: &Fingerprint,
 ) -> Result<Claim, ClaimFailure> {
-    let seen = config
-        .bloom
-        .as_ref()
-        .map(|bloom| (bloom, bloom.digest(key)));
-    let may_have_seen = seen.is_some_and(|(bloom, digest)| bloom.may_have_seen(digest));
-    if may_have_seen {
+    // The key is remembered before it is claimed (one pass over the filter):
+    // should the claim fail, the key stays remembered, which costs its retry
+    // one read and changes no outcome.
+    let seen = config.bloom.as_ref().map(|bloom| {
+        let seen = bloom.see(bloom.digest(key));
+        if seen.publish_stats {
+            config.publish_bloom_stats();
+        }
+        seen.before
+    });
+    if seen == Some(true) {
         match config.store_call(|store| store.lookup(key)).await {
             Ok(Some(existing)) => return Ok(Claim::Existing(existing)),
             Ok(None) => {}
@@ -176,7 +181,7 @@ async fn claim(
                 return Err(ClaimFailure::NothingClaimed(error));
             }
         }
-    } else if config.bloom.is_some() {
+    } else if seen == Some(false) {
         config.metrics.bloom_skipped_reads.increment(1);
         tracing::Span::current().record("idempotency.bloom_skipped", true);
     }
@@ -184,13 +189,7 @@ async fn claim(
         .store_call(|store| store.claim(key, token, fingerprint, config.lock_ttl))
         .await;
     match &claim {
-        Ok(_) => {
-            if let Some((bloom, digest)) = seen
-                && bloom.insert(digest)
-            {
-                config.publish_bloom_stats();
-            }
-        }
+        Ok(_) => {}
         // Never sent: nothing was claimed.
         Err(StoreError::CircuitOpen) => {
             return Err(ClaimFailure::NothingClaimed(StoreError::CircuitOpen));

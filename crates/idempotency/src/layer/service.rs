@@ -17,7 +17,7 @@ use tower_service::Service;
 use super::flow;
 use crate::bloom::BloomStats;
 use crate::config::{Config, OnDisconnect};
-use crate::key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, StoreKey};
+use crate::key::{IDEMPOTENCY_KEY, KeyError, StoreKey, parse_key};
 use crate::problem::Problem;
 
 /// Applies `Idempotency-Key` handling to a service; see the [module docs](crate::layer).
@@ -103,12 +103,15 @@ impl<S> Idempotency<S> {
         if !config.methods.contains(request.method()) {
             return Route::Unprotected(request);
         }
-        let mut values = request.headers().get_all(IDEMPOTENCY_KEY).iter();
+        let (parts, body) = request.into_parts();
+        let mut values = parts.headers.get_all(IDEMPOTENCY_KEY).iter();
         let key = match (values.next(), values.next()) {
-            (None, _) if !config.require_key => return Route::Unprotected(request),
-            (None, _) => Err(KeyError::Missing(request.method().to_string())),
+            (None, _) if !config.require_key => {
+                return Route::Unprotected(Request::from_parts(parts, body));
+            }
+            (None, _) => Err(KeyError::Missing(parts.method.to_string())),
             (Some(_), Some(_)) => Err(KeyError::Repeated),
-            (Some(value), None) => IdempotencyKey::parse(value),
+            (Some(value), None) => parse_key(value),
         };
         let key = match key {
             Ok(key) => key,
@@ -117,11 +120,12 @@ impl<S> Idempotency<S> {
                 return Route::Answer(Problem::BadKey(error.to_string()));
             }
         };
-        let (parts, body) = request.into_parts();
+        // The scope is read from the request as it arrived; the key is spelled
+        // straight into its store form (one allocation).
         let key = match &config.scope {
-            None => StoreKey::new(None, &key),
+            None => StoreKey::encode(None, &key),
             Some(scope) => match scope(&parts) {
-                Some(scope) => StoreKey::new(Some(&scope), &key),
+                Some(scope) => StoreKey::encode(Some(&scope), &key),
                 None => {
                     config.metrics.rejected.increment(1);
                     return Route::Answer(Problem::NoScope);
