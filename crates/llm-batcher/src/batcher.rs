@@ -650,7 +650,7 @@ impl<E: BatchExecutor> Call<E> {
                 }
                 Err(ExecError::RateLimited { retry_after }) => {
                     self.metrics.rate_limited.increment(1);
-                    drop(reservation); // the provider may count a refused call: no refund
+                    // The reservation is not refunded: the provider may count a refused call.
                     if attempt >= self.settings.max_attempts {
                         tracing::warn!(
                             batcher.name = &*self.name,
@@ -670,7 +670,7 @@ impl<E: BatchExecutor> Call<E> {
                     );
                     match &self.settings.limiter {
                         // Every batch waits, not only this one.
-                        Some(limiter) => limiter.pause_until(Instant::now() + delay),
+                        Some(limiter) => limiter.pause_for(delay),
                         None => tokio::time::sleep(delay).await,
                     }
                     self.metrics.retries.increment(1);

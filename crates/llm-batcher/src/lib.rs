@@ -29,7 +29,7 @@ pub use crate::error::{ConfigError, Error, LimitError};
 pub use crate::executor::{BatchExecutor, ExecError, ExecFuture, Executed, estimate_tokens};
 #[cfg(feature = "tower")]
 pub use crate::layer::{RateLimit, RateLimitError, RateLimitLayer};
-pub use crate::limiter::{ProviderRemaining, RateLimiter, RateLimiterBuilder, Reservation};
+pub use crate::limiter::{Clock, ProviderRemaining, RateLimiter, RateLimiterBuilder, Reservation};
 #[cfg(feature = "openai")]
 pub use crate::openai::{
     MAX_INPUTS_PER_CALL, OpenAiEmbeddings, OpenAiEmbeddingsBuilder, OpenAiError,

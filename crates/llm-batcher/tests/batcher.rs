@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::Random;
 use perfkit_llm_batcher::{
-    BatchExecutor, Batcher, Error, ExecError, ExecFuture, Executed, RateLimiter,
+    BatchExecutor, Batcher, Clock, Error, ExecError, ExecFuture, Executed, RateLimiter,
 };
 use tokio::time::Instant;
 
@@ -257,6 +257,7 @@ async fn a_caller_gone_before_dispatch_is_not_sent_and_after_dispatch_is_harmles
         ..Echo::default()
     };
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .tokens_per_minute(NonZeroU32::new(6_000).unwrap())
         .token_burst(NonZeroU32::new(1_000).unwrap())
         .build()
@@ -357,6 +358,7 @@ async fn shutdown_sends_what_is_queued_waits_for_it_and_refuses_the_rest() {
 async fn a_429_pauses_dispatch_for_its_retry_after_then_the_batch_is_sent_again() {
     let echo = Echo::default();
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .requests_per_minute(NonZeroU32::new(1_000).unwrap())
         .build()
         .unwrap();
@@ -433,6 +435,7 @@ async fn oversized_requests_and_impossible_settings_are_refused() {
         })
     ));
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .tokens_per_minute(NonZeroU32::new(10_000).unwrap())
         .build()
         .unwrap();
@@ -465,6 +468,7 @@ async fn calls_under_a_limiter_never_exceed_its_limits_in_any_60_s_window() {
     let (rpm, tpm) = (30_u32, 10_000_u32);
     let echo = Echo::default();
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .requests_per_minute(NonZeroU32::new(rpm).unwrap())
         .tokens_per_minute(NonZeroU32::new(tpm).unwrap())
         .token_burst(NonZeroU32::new(2_000).unwrap())

@@ -4,13 +4,14 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use perfkit_llm_batcher::{LimitError, RateLimitError, RateLimitLayer, RateLimiter};
+use perfkit_llm_batcher::{Clock, LimitError, RateLimitError, RateLimitLayer, RateLimiter};
 use tokio::time::Instant;
 use tower::{ServiceBuilder, ServiceExt};
 
 fn limiter() -> RateLimiter {
     // 6,000 tokens per minute, burst 1,000: 5,001 tokens per minute sustained.
     RateLimiter::builder()
+        .clock(Clock::Tokio)
         .tokens_per_minute(NonZeroU32::new(6_000).unwrap())
         .token_burst(NonZeroU32::new(1_000).unwrap())
         .build()

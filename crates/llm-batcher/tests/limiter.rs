@@ -1,5 +1,6 @@
 //! The rate limiter under tokio's paused clock: the window bound checked
-//! from the admission log, FIFO order, cancellation, reconciliation, pauses.
+//! from the admission log, FIFO order, cancellation, reconciliation, pauses;
+//! and on the default clock in real time, with admissions from several threads.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::Random;
-use perfkit_llm_batcher::{ConfigError, LimitError, RateLimiter};
+use perfkit_llm_batcher::{Clock, ConfigError, LimitError, RateLimiter};
 use tokio::time::Instant;
 
 fn nz(value: u32) -> NonZeroU32 {
@@ -18,6 +19,7 @@ fn nz(value: u32) -> NonZeroU32 {
 
 fn limiter(rpm: u32, tpm: u32, request_burst: u32, token_burst: u32) -> RateLimiter {
     RateLimiter::builder()
+        .clock(Clock::Tokio)
         .requests_per_minute(nz(rpm))
         .tokens_per_minute(nz(tpm))
         .request_burst(nz(request_burst))
@@ -103,6 +105,7 @@ async fn a_long_random_run_never_exceeds_either_limit_in_any_60_s_window() {
 async fn the_burst_goes_at_once_then_admissions_are_spaced_by_the_sustained_rate() {
     // 10 requests per minute, burst 4: sustained 7 per minute, one per 60/7 s.
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .requests_per_minute(nz(10))
         .request_burst(nz(4))
         .build()
@@ -129,6 +132,7 @@ async fn the_burst_goes_at_once_then_admissions_are_spaced_by_the_sustained_rate
 async fn a_large_request_is_not_starved_by_small_ones_behind_it() {
     // Tokens only: 6,000 per minute, burst 1,000.
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .tokens_per_minute(nz(6_000))
         .token_burst(nz(1_000))
         .build()
@@ -166,6 +170,7 @@ async fn a_large_request_is_not_starved_by_small_ones_behind_it() {
 #[tokio::test(start_paused = true)]
 async fn a_caller_dropped_while_queued_spends_nothing_and_unblocks_the_queue() {
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .tokens_per_minute(nz(6_000))
         .token_burst(nz(1_000))
         .build()
@@ -219,6 +224,7 @@ fn a_request_over_the_token_burst_fails_at_once() {
 async fn a_refund_lets_the_next_caller_go_earlier_and_a_charge_holds_it_back() {
     let time_for_next = |used: Option<u32>| async move {
         let limiter = RateLimiter::builder()
+            .clock(Clock::Tokio)
             .tokens_per_minute(nz(6_000))
             .token_burst(nz(1_000))
             .build()
@@ -260,6 +266,7 @@ async fn a_refund_lets_the_next_caller_go_earlier_and_a_charge_holds_it_back() {
 #[tokio::test(start_paused = true)]
 async fn a_charge_delays_later_admissions() {
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .tokens_per_minute(nz(6_000))
         .token_burst(nz(1_000))
         .build()
@@ -281,14 +288,94 @@ async fn a_pause_holds_every_admission_until_it_ends() {
     assert!(limiter.try_acquire(1).unwrap().is_some());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_pause_for_a_delay_is_counted_in_the_limiters_time() {
+    let limiter = limiter(100, 100_000, 10, 10_000);
+    let start = Instant::now();
+    limiter.pause_for(Duration::from_secs(2));
+    assert!(limiter.try_acquire(1).unwrap().is_none());
+    let _ = limiter.acquire(1).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+/// The default clock in real time: six requests under "5 per 200 ms, burst
+/// 1" take at least the window (the sixth waits for the first to leave it).
+#[tokio::test]
+async fn the_fast_clock_holds_the_window_in_real_time() {
+    let limiter = RateLimiter::builder()
+        .requests_per_minute(nz(5))
+        .request_burst(nz(1))
+        .window(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let start = std::time::Instant::now();
+    for _ in 0..6 {
+        let _ = limiter.acquire(1).await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(199), "{elapsed:?}");
+}
+
+/// Admissions from four threads at once on the lock-free path: each takes
+/// a request and its tokens together or nothing, so neither quantity is
+/// ever over its burst (no refill: the window is a day long).
+#[test]
+fn concurrent_admissions_take_both_quantities_or_neither() {
+    for clock in [Clock::Fast, Clock::Tokio] {
+        let limiter = RateLimiter::builder()
+            .clock(clock)
+            .requests_per_minute(nz(1_000))
+            .request_burst(nz(1_000))
+            .tokens_per_minute(nz(30_000))
+            .token_burst(nz(30_000))
+            .window(Duration::from_secs(86_400))
+            .build()
+            .unwrap();
+        let admitted: Vec<(u32, u64)> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..4_u64)
+                .map(|seed| {
+                    let limiter = &limiter;
+                    scope.spawn(move || {
+                        let mut random = Random(seed + 1);
+                        let (mut requests, mut tokens) = (0, 0);
+                        for _ in 0..5_000 {
+                            let size = 1 + random.below(100);
+                            if let Some(reservation) = limiter.try_acquire(size).unwrap() {
+                                requests += 1;
+                                tokens += u64::from(reservation.tokens());
+                            }
+                        }
+                        (requests, tokens)
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let requests: u32 = admitted.iter().map(|(requests, _)| requests).sum();
+        let tokens: u64 = admitted.iter().map(|(_, tokens)| tokens).sum();
+        assert!(requests <= 1_000, "{clock:?}: {requests} requests");
+        assert!(tokens <= 30_000, "{clock:?}: {tokens} tokens");
+        // 20,000 attempts of ~50 tokens: one of the two budgets ran out.
+        assert!(
+            requests == 1_000 || tokens > 30_000 - 100,
+            "{clock:?}: {requests} requests, {tokens} tokens"
+        );
+        assert!(limiter.try_acquire(100).unwrap().is_none());
+    }
+}
+
 #[test]
 fn impossible_settings_are_refused() {
     assert_eq!(
-        RateLimiter::builder().build().unwrap_err(),
+        RateLimiter::builder()
+            .clock(Clock::Tokio)
+            .build()
+            .unwrap_err(),
         ConfigError::NoLimit
     );
     assert_eq!(
         RateLimiter::builder()
+            .clock(Clock::Tokio)
             .requests_per_minute(nz(10))
             .request_burst(nz(11))
             .build()
@@ -300,6 +387,7 @@ fn impossible_settings_are_refused() {
     );
     assert_eq!(
         RateLimiter::builder()
+            .clock(Clock::Tokio)
             .tokens_per_minute(nz(10))
             .name(" ")
             .build()
@@ -308,6 +396,7 @@ fn impossible_settings_are_refused() {
     );
     assert_eq!(
         RateLimiter::builder()
+            .clock(Clock::Tokio)
             .requests_per_minute(nz(500))
             .tokens_per_minute(nz(200_000))
             .build()
@@ -322,6 +411,7 @@ async fn the_providers_remaining_budget_lowers_ours_but_never_raises_it() {
     use perfkit_llm_batcher::ProviderRemaining;
 
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .requests_per_minute(nz(600))
         .tokens_per_minute(nz(6_000))
         .request_burst(nz(10))
@@ -333,6 +423,7 @@ async fn the_providers_remaining_budget_lowers_ours_but_never_raises_it() {
     assert!(limiter.try_acquire(1_000).unwrap().is_some());
 
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .tokens_per_minute(nz(6_000))
         .token_burst(nz(1_000))
         .build()
@@ -370,6 +461,7 @@ fn limiter_with_room() -> RateLimiter {
 async fn another_window_scales_the_limits_to_it() {
     // 10 requests per second, burst 1: spaced by 100 ms.
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .requests_per_minute(nz(10))
         .request_burst(nz(1))
         .window(Duration::from_secs(1))
@@ -382,6 +474,7 @@ async fn another_window_scales_the_limits_to_it() {
     assert_eq!(start.elapsed(), Duration::from_secs(1));
     assert_eq!(
         RateLimiter::builder()
+            .clock(Clock::Tokio)
             .requests_per_minute(nz(10))
             .window(Duration::ZERO)
             .build()

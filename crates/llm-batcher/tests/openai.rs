@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use perfkit_llm_batcher::{Batcher, Error, OpenAiEmbeddings, OpenAiError, RateLimiter};
+use perfkit_llm_batcher::{Batcher, Clock, Error, OpenAiEmbeddings, OpenAiError, RateLimiter};
 use serde_json::{Value, json};
 
 const KEY: &str = "sk-test-secret-0123456789";
@@ -197,6 +197,7 @@ async fn every_request_gets_through_and_header_feedback_stops_the_429s() {
     // 429s can keep it in line.
     let (base_url, provider) = serve(6, 3_000).await;
     let limiter = RateLimiter::builder()
+        .clock(Clock::Tokio)
         .requests_per_minute(nz(24))
         .tokens_per_minute(nz(12_000))
         .token_burst(nz(3_000))
