@@ -10,7 +10,9 @@
 //! | `cache-memory`| `perfkit::cache`       | `perfkit-tiered-cache`, in-process only: no `redis`, no `serde_json` |
 //! | `idempotency` | `perfkit::idempotency` | `perfkit-idempotency`  |
 //! | `dedup`       | `perfkit::dedup`       | `perfkit-dedup`        |
-//! | `batcher`     | `perfkit::batcher`     | `perfkit-llm-batcher`  |
+//! | `batcher`     | `perfkit::batcher`     | `perfkit-llm-batcher` (with its tower layer) |
+//! | `batcher-openai` | `perfkit::batcher::OpenAiEmbeddings` | `perfkit-llm-batcher/openai`: reqwest with rustls |
+//! | `batcher-tokenizer` | `perfkit::batcher::Encoding` | `perfkit-llm-batcher/tokenizer`: bpe-openai |
 //! | `audit`       | `perfkit::audit`       | `perfkit-query-audit`  |
 //! | `pool`        | `perfkit::pool`        | `perfkit-pool-monitor` |
 //! | `full`        | all of the above       |                        |

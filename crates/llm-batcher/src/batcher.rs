@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -21,6 +21,9 @@ use tracing::Instrument;
 use crate::error::{ConfigError, Error};
 use crate::executor::{BatchExecutor, ExecError};
 use crate::limiter::RateLimiter;
+
+/// Estimated tokens per call by default (lowered to a limiter's token burst).
+const DEFAULT_MAX_TOKENS: u32 = 300_000;
 
 /// What a caller's request ends with.
 type Outcome<E> = Result<<E as BatchExecutor>::Response, Error<<E as BatchExecutor>::Error>>;
@@ -98,6 +101,7 @@ struct Shared<E: BatchExecutor> {
     intake: mpsc::UnboundedSender<Message<E>>,
     /// One permit per request accepted and not yet sent.
     queue: Arc<Semaphore>,
+    clock: quanta::Clock,
     closed: AtomicBool,
     executor: Arc<E>,
     max_request_tokens: u32,
@@ -109,13 +113,15 @@ enum Message<E: BatchExecutor> {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// A queued request. Its place in the queue (a permit taken from
+/// `Shared::queue` and forgotten) is given back when its batch's call
+/// starts: one `add_permits` per batch instead of a permit handle per item.
 struct Item<E: BatchExecutor> {
     request: E::Request,
     tokens: u32,
     reply: oneshot::Sender<Outcome<E>>,
-    /// Its place in the queue, given back when the batch is sent.
-    _slot: OwnedSemaphorePermit,
-    queued_at: Instant,
+    /// When it was submitted, in raw ticks of the batcher's [`quanta::Clock`].
+    queued_at: u64,
 }
 
 /// Everything the background task needs.
@@ -124,6 +130,11 @@ struct Settings {
     max_tokens: u32,
     linger: Duration,
     in_flight: Arc<Semaphore>,
+    /// The queue's room, one permit per request accepted and not yet sent
+    /// (shared with [`Shared::queue`]).
+    queue: Arc<Semaphore>,
+    /// Times the queue wait (a tick read is cheaper than tokio's clock).
+    clock: quanta::Clock,
     limiter: Option<RateLimiter>,
     max_attempts: u32,
     backoff_base: Duration,
@@ -169,7 +180,8 @@ impl Metrics {
 pub struct BatcherBuilder<E: BatchExecutor> {
     executor: E,
     max_items: usize,
-    max_tokens: u32,
+    /// `None`: the default, 300,000 or the limiter's token burst if lower.
+    max_tokens: Option<u32>,
     linger: Duration,
     max_in_flight: usize,
     queue_capacity: usize,
@@ -190,9 +202,11 @@ impl<E: BatchExecutor> BatcherBuilder<E> {
     }
 
     /// Estimated tokens per call at most; a single request over it is
-    /// refused ([`Error::TooLarge`]). Default: 300,000.
+    /// refused ([`Error::TooLarge`]). Default: 300,000, or the rate
+    /// limiter's token burst if that is lower (a larger batch could never
+    /// be admitted).
     pub fn max_tokens(mut self, tokens: u32) -> Self {
-        self.max_tokens = tokens;
+        self.max_tokens = Some(tokens);
         self
     }
 
@@ -269,9 +283,17 @@ impl<E: BatchExecutor> BatcherBuilder<E> {
         if self.name.trim().is_empty() {
             return Err(ConfigError::EmptyName);
         }
-        if self.max_tokens == 0 {
-            return Err(ConfigError::Zero("max_tokens"));
-        }
+        let burst = self.limiter.as_ref().and_then(RateLimiter::token_burst);
+        let max_tokens = match (self.max_tokens, burst) {
+            (Some(0), _) => return Err(ConfigError::Zero("max_tokens")),
+            (Some(max_tokens), Some(burst)) if burst < max_tokens => {
+                return Err(ConfigError::BatchOverBurst { max_tokens, burst });
+            }
+            (Some(max_tokens), _) => max_tokens,
+            (None, burst) => {
+                burst.map_or(DEFAULT_MAX_TOKENS, |burst| burst.min(DEFAULT_MAX_TOKENS))
+            }
+        };
         if self.max_attempts == 0 {
             return Err(ConfigError::Zero("max_attempts"));
         }
@@ -285,23 +307,19 @@ impl<E: BatchExecutor> BatcherBuilder<E> {
         if self.linger.is_zero() {
             return Err(ConfigError::Zero("linger"));
         }
-        if let Some(burst) = self.limiter.as_ref().and_then(RateLimiter::token_burst)
-            && burst < self.max_tokens
-        {
-            return Err(ConfigError::BatchOverBurst {
-                max_tokens: self.max_tokens,
-                burst,
-            });
-        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?;
         let metrics = Metrics::new(&self.name);
         let (intake, messages) = mpsc::unbounded_channel();
         let executor = Arc::new(self.executor);
+        let queue = Arc::new(Semaphore::new(self.queue_capacity));
+        let clock = quanta::Clock::new();
         let settings = Settings {
             max_items: self.max_items,
-            max_tokens: self.max_tokens,
+            max_tokens,
             linger: self.linger,
             in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
+            queue: Arc::clone(&queue),
+            clock: clock.clone(),
             limiter: self.limiter,
             max_attempts: self.max_attempts,
             backoff_base: self.backoff_base,
@@ -310,20 +328,24 @@ impl<E: BatchExecutor> BatcherBuilder<E> {
         };
         let dispatcher = Dispatcher {
             executor: Arc::clone(&executor),
-            settings: Arc::new(settings),
-            metrics: metrics.clone(),
-            name: Arc::from(self.name.as_str()),
-            open: HashMap::new(),
-            in_flight: JoinSet::new(),
+            open: Vec::new(),
+            calls: Calls {
+                executor: Arc::clone(&executor),
+                settings: Arc::new(settings),
+                metrics: metrics.clone(),
+                name: Arc::from(self.name.as_str()),
+                in_flight: JoinSet::new(),
+            },
         };
         runtime.spawn(dispatcher.run(messages));
         Ok(Batcher {
             shared: Arc::new(Shared {
                 intake,
-                queue: Arc::new(Semaphore::new(self.queue_capacity)),
+                queue,
+                clock,
                 closed: AtomicBool::new(false),
                 executor,
-                max_request_tokens: self.max_tokens,
+                max_request_tokens: max_tokens,
                 metrics,
             }),
         })
@@ -336,7 +358,7 @@ impl<E: BatchExecutor> Batcher<E> {
         BatcherBuilder {
             executor,
             max_items: 2_048,
-            max_tokens: 300_000,
+            max_tokens: None,
             linger: Duration::from_millis(10),
             max_in_flight: 4,
             queue_capacity: 10_000,
@@ -359,11 +381,13 @@ impl<E: BatchExecutor> Batcher<E> {
     /// (too large, shut down).
     pub async fn submit(&self, request: E::Request) -> Outcome<E> {
         let tokens = self.check(&request)?;
-        let slot = Arc::clone(&self.shared.queue)
-            .acquire_owned()
+        self.shared
+            .queue
+            .acquire()
             .await
-            .map_err(|_| Error::Closed)?;
-        self.enqueue(request, tokens, slot)?.await
+            .map_err(|_| Error::Closed)?
+            .forget();
+        self.enqueue(request, tokens)?.await
     }
 
     /// As [`submit`](Self::submit), but fails at once with
@@ -376,10 +400,12 @@ impl<E: BatchExecutor> Batcher<E> {
     /// [`Error::QueueFull`], [`Error::TooLarge`], [`Error::Closed`].
     pub fn try_submit(&self, request: E::Request) -> Result<Pending<E>, Error<E::Error>> {
         let tokens = self.check(&request)?;
-        let slot = Arc::clone(&self.shared.queue)
-            .try_acquire_owned()
-            .map_err(|_| Error::QueueFull)?;
-        self.enqueue(request, tokens, slot)
+        self.shared
+            .queue
+            .try_acquire()
+            .map_err(|_| Error::QueueFull)?
+            .forget();
+        self.enqueue(request, tokens)
     }
 
     /// Stops taking requests ([`Error::Closed`] from then on), sends every
@@ -406,24 +432,19 @@ impl<E: BatchExecutor> Batcher<E> {
         Ok(tokens)
     }
 
-    fn enqueue(
-        &self,
-        request: E::Request,
-        tokens: u32,
-        slot: OwnedSemaphorePermit,
-    ) -> Result<Pending<E>, Error<E::Error>> {
+    /// Queues a request whose queue permit was taken (and forgotten).
+    fn enqueue(&self, request: E::Request, tokens: u32) -> Result<Pending<E>, Error<E::Error>> {
         let (reply, receiver) = oneshot::channel();
         let item = Item {
             request,
             tokens,
             reply,
-            _slot: slot,
-            queued_at: Instant::now(),
+            queued_at: self.shared.clock.raw(),
         };
-        self.shared
-            .intake
-            .send(Message::Item(item))
-            .map_err(|_| Error::Closed)?;
+        if self.shared.intake.send(Message::Item(item)).is_err() {
+            self.shared.queue.add_permits(1);
+            return Err(Error::Closed);
+        }
         self.shared.metrics.queued.increment(1.0);
         Ok(Pending { receiver })
     }
@@ -463,87 +484,41 @@ impl<E: BatchExecutor> std::fmt::Debug for Pending<E> {
 
 /// A batch being filled.
 struct Open<E: BatchExecutor> {
+    model: String,
     items: Vec<Item<E>>,
     tokens: u32,
     opened: Instant,
     deadline: Instant,
 }
 
+/// Messages handled in one turn of the dispatcher before it looks at its
+/// timers and finished calls again.
+const MESSAGES_PER_TURN: usize = 1_024;
+
 /// The background task: fills batches, closes them, starts their calls.
 struct Dispatcher<E: BatchExecutor> {
+    /// Reads each request's model (a field apart from `calls`, so the model
+    /// can be borrowed while a call is started).
+    executor: Arc<E>,
+    /// The batches being filled, one per model; found by comparing model
+    /// names (a service sends to a few models at a time: no hashing, and no
+    /// allocation per request).
+    open: Vec<Open<E>>,
+    calls: Calls<E>,
+}
+
+/// Starts the calls of closed batches.
+struct Calls<E: BatchExecutor> {
     executor: Arc<E>,
     settings: Arc<Settings>,
     metrics: Metrics,
     name: Arc<str>,
-    open: HashMap<String, Open<E>>,
     in_flight: JoinSet<()>,
 }
 
-impl<E: BatchExecutor> Dispatcher<E> {
-    async fn run(mut self, mut messages: mpsc::UnboundedReceiver<Message<E>>) {
-        loop {
-            let deadline = self.open.values().map(|batch| batch.deadline).min();
-            tokio::select! {
-                message = messages.recv() => match message {
-                    Some(Message::Item(item)) => self.add(item),
-                    Some(Message::Shutdown(done)) => {
-                        self.drain().await;
-                        let _ = done.send(());
-                    }
-                    // Every handle is gone: send what is queued, then stop.
-                    None => {
-                        self.drain().await;
-                        return;
-                    }
-                },
-                () = sleep_until(deadline) => self.close_expired(),
-                Some(_) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {}
-            }
-        }
-    }
-
-    fn add(&mut self, item: Item<E>) {
-        let model = self.executor.model(&item.request).to_owned();
-        let full = self.open.get(&model).is_some_and(|batch| {
-            batch.tokens.saturating_add(item.tokens) > self.settings.max_tokens
-        });
-        if full {
-            self.close(&model);
-        }
-        let now = Instant::now();
-        let linger = self.settings.linger;
-        let batch = self.open.entry(model.clone()).or_insert_with(|| Open {
-            items: Vec::new(),
-            tokens: 0,
-            opened: now,
-            deadline: now + linger,
-        });
-        batch.tokens = batch.tokens.saturating_add(item.tokens);
-        batch.items.push(item);
-        if batch.items.len() >= self.settings.max_items || batch.tokens >= self.settings.max_tokens
-        {
-            self.close(&model);
-        }
-    }
-
-    fn close_expired(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<String> = self
-            .open
-            .iter()
-            .filter(|(_, batch)| batch.deadline <= now)
-            .map(|(model, _)| model.clone())
-            .collect();
-        for model in expired {
-            self.close(&model);
-        }
-    }
-
-    /// Closes `model`'s open batch and starts its call.
-    fn close(&mut self, model: &str) {
-        let Some(batch) = self.open.remove(model) else {
-            return;
-        };
+impl<E: BatchExecutor> Calls<E> {
+    /// Starts `batch`'s call.
+    fn start(&mut self, batch: Open<E>) {
         self.metrics
             .linger
             .record(batch.opened.elapsed().as_secs_f64());
@@ -552,26 +527,125 @@ impl<E: BatchExecutor> Dispatcher<E> {
             settings: Arc::clone(&self.settings),
             metrics: self.metrics.clone(),
             name: Arc::clone(&self.name),
-            model: model.to_owned(),
+            model: batch.model,
         };
         self.in_flight.spawn(call.run(batch.items));
+    }
+}
+
+impl<E: BatchExecutor> Dispatcher<E> {
+    async fn run(mut self, mut messages: mpsc::UnboundedReceiver<Message<E>>) {
+        // One timer, moved only when the earliest deadline changes (not
+        // registered again for every request).
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed = None;
+        loop {
+            let deadline = self.open.iter().map(|batch| batch.deadline).min();
+            if deadline != armed {
+                if let Some(deadline) = deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                armed = deadline;
+            }
+            tokio::select! {
+                message = messages.recv() => {
+                    let mut next = message;
+                    let mut handled = 0;
+                    loop {
+                        match next {
+                            Some(Message::Item(item)) => self.add(item),
+                            Some(Message::Shutdown(done)) => {
+                                self.drain().await;
+                                let _ = done.send(());
+                            }
+                            // Every handle is gone: send what is queued, then stop.
+                            None => {
+                                self.drain().await;
+                                return;
+                            }
+                        }
+                        handled += 1;
+                        if handled == MESSAGES_PER_TURN {
+                            break;
+                        }
+                        // What else has arrived, without a trip through `select!`.
+                        next = match messages.try_recv() {
+                            Ok(message) => Some(message),
+                            Err(mpsc::error::TryRecvError::Empty) => break,
+                            Err(mpsc::error::TryRecvError::Disconnected) => None,
+                        };
+                    }
+                }
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.close_expired();
+                }
+                Some(_) = self.calls.in_flight.join_next(), if !self.calls.in_flight.is_empty() => {}
+            }
+        }
+    }
+
+    fn add(&mut self, item: Item<E>) {
+        let settings = &*self.calls.settings;
+        let (max_items, max_tokens, linger) =
+            (settings.max_items, settings.max_tokens, settings.linger);
+        let model = self.executor.model(&item.request);
+        let mut index = self.open.iter().position(|batch| batch.model == model);
+        if let Some(full) = index.filter(|&i| {
+            self.open
+                .get(i)
+                .is_some_and(|batch| batch.tokens.saturating_add(item.tokens) > max_tokens)
+        }) {
+            let batch = self.open.swap_remove(full);
+            self.calls.start(batch);
+            index = None;
+        }
+        let index = index.unwrap_or_else(|| {
+            let now = Instant::now();
+            self.open.push(Open {
+                model: model.to_owned(),
+                items: Vec::new(),
+                tokens: 0,
+                opened: now,
+                deadline: now + linger,
+            });
+            self.open.len() - 1
+        });
+        let Some(batch) = self.open.get_mut(index) else {
+            return;
+        };
+        batch.tokens = batch.tokens.saturating_add(item.tokens);
+        batch.items.push(item);
+        if batch.items.len() >= max_items || batch.tokens >= max_tokens {
+            let batch = self.open.swap_remove(index);
+            self.calls.start(batch);
+        }
+    }
+
+    fn close_expired(&mut self) {
+        let now = Instant::now();
+        let mut index = 0;
+        while index < self.open.len() {
+            if self
+                .open
+                .get(index)
+                .is_some_and(|batch| batch.deadline <= now)
+            {
+                let batch = self.open.swap_remove(index);
+                self.calls.start(batch);
+            } else {
+                index += 1;
+            }
+        }
     }
 
     /// Closes every open batch and waits for every call.
     async fn drain(&mut self) {
-        let models: Vec<String> = self.open.keys().cloned().collect();
-        for model in models {
-            self.close(&model);
+        for batch in std::mem::take(&mut self.open) {
+            self.calls.start(batch);
         }
-        while self.in_flight.join_next().await.is_some() {}
-    }
-}
-
-/// Sleeps until `deadline`, forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+        while self.calls.in_flight.join_next().await.is_some() {}
     }
 }
 
@@ -586,7 +660,10 @@ struct Call<E: BatchExecutor> {
 
 impl<E: BatchExecutor> Call<E> {
     async fn run(self, items: Vec<Item<E>>) {
-        let Ok(_calling) = Arc::clone(&self.settings.in_flight).acquire_owned().await else {
+        let calling = Arc::clone(&self.settings.in_flight).acquire_owned().await;
+        // The requests leave the queue: their places are given back.
+        self.settings.queue.add_permits(items.len());
+        let Ok(_calling) = calling else {
             return;
         };
         let mut batch = Batch::from(items, &self.metrics);
@@ -614,7 +691,8 @@ impl<E: BatchExecutor> Call<E> {
                 return;
             }
             let estimate = batch.tokens();
-            let queue_wait = batch.oldest.elapsed();
+            let clock = &self.settings.clock;
+            let queue_wait = Duration::from_nanos(clock.delta_as_nanos(batch.oldest, clock.raw()));
             self.metrics.queue_wait.record(queue_wait.as_secs_f64());
             let span = tracing::debug_span!(
                 "batcher.dispatch",
@@ -736,8 +814,8 @@ fn random() -> u64 {
 struct Batch<E: BatchExecutor> {
     requests: Vec<E::Request>,
     callers: Vec<(u32, oneshot::Sender<Outcome<E>>)>,
-    /// When its oldest request was submitted.
-    oldest: Instant,
+    /// When its oldest request was submitted (raw clock ticks).
+    oldest: u64,
 }
 
 impl<E: BatchExecutor> Batch<E> {
@@ -745,16 +823,11 @@ impl<E: BatchExecutor> Batch<E> {
         let mut batch = Self {
             requests: Vec::with_capacity(items.len()),
             callers: Vec::with_capacity(items.len()),
-            oldest: items
-                .iter()
-                .map(|item| item.queued_at)
-                .min()
-                .unwrap_or_else(Instant::now),
+            oldest: items.iter().map(|item| item.queued_at).min().unwrap_or(0),
         };
         #[allow(clippy::cast_precision_loss)]
         metrics.queued.decrement(items.len() as f64);
         for item in items {
-            // The queue slot is given back here: the request is in a call now.
             batch.requests.push(item.request);
             batch.callers.push((item.tokens, item.reply));
         }

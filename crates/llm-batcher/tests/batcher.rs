@@ -324,6 +324,36 @@ async fn a_full_queue_refuses_try_submit_and_holds_submit() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn places_of_callers_gone_before_dispatch_are_given_back_to_the_queue() {
+    let echo = Echo::default();
+    let batcher = Batcher::builder(echo.clone())
+        .queue_capacity(nz(2))
+        .linger(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    for round in 0..3 {
+        let a = batcher.try_submit(request("m", "a", 1)).unwrap();
+        let b = batcher.try_submit(request("m", "b", 1)).unwrap();
+        assert!(
+            matches!(
+                batcher.try_submit(request("m", "c", 1)),
+                Err(Error::QueueFull)
+            ),
+            "round {round}"
+        );
+        drop((a, b));
+        // The batch closes on its linger, finds its callers gone and sends nothing.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(echo.calls().is_empty());
+    let (c, d) = tokio::join!(
+        batcher.submit(request("m", "c", 1)),
+        batcher.submit(request("m", "d", 1))
+    );
+    assert_eq!((c.unwrap(), d.unwrap()), ("C".to_owned(), "D".to_owned()));
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_sends_what_is_queued_waits_for_it_and_refuses_the_rest() {
     let echo = Echo {
         latency: Duration::from_millis(300),
@@ -442,11 +472,23 @@ async fn oversized_requests_and_impossible_settings_are_refused() {
     assert!(matches!(
         Batcher::builder(Echo::default())
             .max_tokens(5_000)
-            .rate_limiter(limiter)
+            .rate_limiter(limiter.clone())
             .build(),
         Err(perfkit_llm_batcher::ConfigError::BatchOverBurst {
             max_tokens: 5_000,
             burst: 1_000
+        })
+    ));
+    // Left at its default, the batch budget is lowered to the burst.
+    let limited = Batcher::builder(Echo::default())
+        .rate_limiter(limiter)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        limited.submit(request("m", "big", 1_001)).await,
+        Err(Error::TooLarge {
+            tokens: 1_001,
+            max: 1_000
         })
     ));
     assert!(matches!(
