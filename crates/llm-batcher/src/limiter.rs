@@ -42,6 +42,12 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// real usage can make one window exceed the token limit by the
 /// difference. Estimate high.)
 ///
+/// **Cost:** a check that admits is one clock read and one compare-and-swap
+/// (both quantities' state is one 128-bit word), no lock; a pause or a
+/// provider budget in force adds a lock until it ends. The clock is
+/// [`Clock::Fast`] (the CPU's time-stamp counter) unless the builder says
+/// [`Clock::Tokio`], which tests on tokio's paused clock need.
+///
 /// ```
 /// use std::num::NonZeroU32;
 ///
