@@ -63,6 +63,10 @@
 //! | `perfkit_batcher_limiter_wait_seconds` | histogram | `name` |
 //! | `perfkit_batcher_limiter_requests_total`, `perfkit_batcher_limiter_tokens_total` | counter | `name` |
 //! | `perfkit_batcher_limiter_refunded_tokens_total`, `perfkit_batcher_limiter_charged_tokens_total` | counter | `name` |
+//! | `perfkit_query_audit_calls_total`, `perfkit_query_audit_slow_total`, `perfkit_query_audit_rows_total` | counter | `name`, `fingerprint` (id in hex, `other` past the bound) |
+//! | `perfkit_query_audit_duration_seconds` | histogram | `name`, `fingerprint` |
+//! | `perfkit_query_audit_n_plus_one_total`, `perfkit_query_audit_overflow_total`, `perfkit_query_audit_dropped_notices_total` | counter | `name` |
+//! | `perfkit_query_audit_fingerprints` | gauge | `name` |
 //!
 //! Spans: `cache.get`, `idempotency.claim`, `idempotency.record`,
 //! `idempotency.replay`, `dedup.run`, `batcher.dispatch`. Each crate's documentation says what

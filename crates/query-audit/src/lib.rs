@@ -1,11 +1,46 @@
 //! # perfkit-query-audit
 //!
-//! A slow-query auditor for sqlx (PostgreSQL, SQLite): timing, EXPLAIN off the hot path, index suggestions and per-query aggregates.
+//! A slow-query auditor for sqlx (PostgreSQL, SQLite), from inside the
+//! service: per-statement statistics like `pg_stat_statements`, slow
+//! statements and N+1 loops logged with their constants redacted.
 //!
-//! **Status:** not yet usable: this version reserves the name and has no API yet. This crate is part of the
-//! [perfkit](https://github.com/perfkit-rs/perfkit) family; use it alone or through
-//! the `perfkit` facade.
+//! **Status:** in progress. Usable now: [`Fingerprint`]s, statistics
+//! ([`Auditor::report`]), slow-query and N+1 warnings, fed by sqlx's own
+//! query events ([`Auditor::layer`]) or by [`Auditor::record`]. Coming: the
+//! audited executor wrapper, EXPLAIN off the hot path and index advice.
+//!
+//! ```
+//! use std::time::Duration;
+//!
+//! use perfkit_query_audit::Auditor;
+//! use tracing_subscriber::layer::SubscriberExt;
+//!
+//! let auditor = Auditor::builder().slow_threshold(Duration::from_millis(100)).build()?;
+//! let subscriber = tracing_subscriber::registry().with(auditor.layer());
+//! tracing::subscriber::with_default(subscriber, || {
+//!     // sqlx emits this after every query (target `sqlx::query`, DEBUG):
+//!     tracing::debug!(target: "sqlx::query", summary = "select …", db.statement = "\n\nSELECT * FROM users WHERE id = 42\n", rows_affected = 0_u64, rows_returned = 1_u64, elapsed_secs = 0.000_8);
+//! });
+//! let top = auditor.report(10);
+//! assert_eq!(top[0].text, "select * from users where id = ?");
+//! # Ok::<(), perfkit_query_audit::ConfigError>(())
+//! ```
+//!
+//! This crate is part of the [perfkit](https://github.com/perfkit-rs/perfkit)
+//! family; use it alone or through the `perfkit` facade (feature `audit`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod auditor;
+mod error;
+mod fingerprint;
+mod layer;
+mod stats;
+
+pub use crate::auditor::{Auditor, AuditorBuilder, Recorded};
+pub use crate::error::ConfigError;
+pub use crate::fingerprint::{Fingerprint, MAX_TEXT_LEN};
+pub use crate::layer::{AuditLayer, SQLX_TARGET};
+pub use crate::stats::{OVERFLOW_TEXT, QueryStats};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

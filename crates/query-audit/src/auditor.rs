@@ -1,0 +1,377 @@
+//! The auditor: records executed statements, keeps their statistics, flags
+//! slow ones and N+1 loops.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use metrics::{Counter, Gauge, counter, gauge};
+
+use crate::error::ConfigError;
+use crate::fingerprint::Fingerprint;
+use crate::layer::AuditLayer;
+use crate::stats::{Entry, QueryStats, Stats};
+
+/// Notices waiting to be logged; beyond this they are dropped and counted.
+const NOTICE_QUEUE: usize = 1_024;
+
+/// Finds slow statements and N+1 loops, and keeps per-statement statistics
+/// like `pg_stat_statements`, from inside the service.
+///
+/// Feed it from sqlx's own per-query events with [`layer`](Self::layer) (a
+/// `tracing_subscriber::Layer`), or call [`record`](Self::record) where a
+/// query runs. Cheap to clone: clones share everything.
+///
+/// **What is logged:** a `WARN` event (target `perfkit_query_audit::auditor`) per
+/// execution over the slow threshold, and one per N+1 loop (the same
+/// statement run [`n_plus_one`](AuditorBuilder::n_plus_one) times within one
+/// request's span tree), with the statement's normalized text — constants
+/// are never logged. The events are emitted from the auditor's own thread
+/// (a layer cannot emit while tracing dispatches to it).
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use perfkit_query_audit::Auditor;
+///
+/// let auditor = Auditor::builder()
+///     .slow_threshold(Duration::from_millis(50))
+///     .build()?;
+/// auditor.record("SELECT * FROM users WHERE id = 7", Duration::from_millis(2), 1);
+/// auditor.record("select * from users where id = 8", Duration::from_millis(80), 1);
+///
+/// let top = auditor.report(10);
+/// assert_eq!(top[0].text, "select * from users where id = ?");
+/// assert_eq!((top[0].calls, top[0].slow_calls), (2, 1));
+/// # Ok::<(), perfkit_query_audit::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct Auditor {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) name: Arc<str>,
+    slow_threshold: Duration,
+    /// Slow thresholds by fingerprint id.
+    slow_thresholds: HashMap<u64, Duration>,
+    pub(crate) n_plus_one: u32,
+    stats: Stats,
+    /// Statements as written → their entry: a statement seen before is not
+    /// scanned again. Bounded; statements beyond it are scanned each time.
+    seen: DashMap<Box<str>, Arc<Entry>>,
+    max_seen: usize,
+    notices: SyncSender<Notice>,
+    metrics: AuditorMetrics,
+}
+
+struct AuditorMetrics {
+    fingerprints: Gauge,
+    n_plus_one: Counter,
+    dropped_notices: Counter,
+}
+
+/// What the notice thread logs.
+pub(crate) enum Notice {
+    Slow {
+        id: u64,
+        text: Box<str>,
+        elapsed: Duration,
+        threshold: Duration,
+        rows: u64,
+    },
+    NPlusOne {
+        id: u64,
+        text: Box<str>,
+        count: u32,
+        span: &'static str,
+    },
+}
+
+/// What [`Auditor::record`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recorded {
+    /// The statement's fingerprint id (0 when it went to the overflow entry).
+    pub fingerprint: u64,
+    /// Whether it was over its slow threshold.
+    pub slow: bool,
+}
+
+/// Builds an [`Auditor`]: `Auditor::builder()…build()?`.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct AuditorBuilder {
+    slow_threshold: Duration,
+    slow_thresholds: Vec<(String, Duration)>,
+    n_plus_one: u32,
+    max_fingerprints: usize,
+    name: String,
+}
+
+impl Default for AuditorBuilder {
+    fn default() -> Self {
+        Self {
+            slow_threshold: Duration::from_millis(100),
+            slow_thresholds: Vec::new(),
+            n_plus_one: 10,
+            max_fingerprints: 1_000,
+            name: "default".to_owned(),
+        }
+    }
+}
+
+impl AuditorBuilder {
+    /// Executions at least this long are slow. Default: 100 ms.
+    pub fn slow_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_threshold = threshold;
+        self
+    }
+
+    /// A threshold of its own for one statement (any spelling of it: its
+    /// fingerprint is what is matched).
+    pub fn slow_threshold_for(mut self, statement: impl Into<String>, threshold: Duration) -> Self {
+        self.slow_thresholds.push((statement.into(), threshold));
+        self
+    }
+
+    /// The same statement run this many times within one request's span
+    /// tree is an N+1 loop (one warning per loop). Default: 10.
+    pub fn n_plus_one(mut self, executions: u32) -> Self {
+        self.n_plus_one = executions;
+        self
+    }
+
+    /// Distinct fingerprints kept; executions of any further one are
+    /// counted in one overflow entry (label `fingerprint="other"`), so
+    /// dynamic SQL cannot grow memory or metric cardinality without limit.
+    /// Default: 1,000.
+    pub fn max_fingerprints(mut self, fingerprints: usize) -> Self {
+        self.max_fingerprints = fingerprints;
+        self
+    }
+
+    /// Names the auditor in metrics (`name` label). Default: `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Builds the auditor and starts its notice thread.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::EmptyName`] for a blank name, [`ConfigError::Zero`] for
+    /// a zero N+1 count or fingerprint bound, [`ConfigError::Thread`] when the
+    /// notice thread cannot be started.
+    pub fn build(self) -> Result<Auditor, ConfigError> {
+        if self.name.trim().is_empty() {
+            return Err(ConfigError::EmptyName);
+        }
+        if self.n_plus_one == 0 {
+            return Err(ConfigError::Zero("n_plus_one"));
+        }
+        if self.max_fingerprints == 0 {
+            return Err(ConfigError::Zero("max_fingerprints"));
+        }
+        let name: Arc<str> = Arc::from(self.name);
+        let (notices, receiver) = std::sync::mpsc::sync_channel(NOTICE_QUEUE);
+        std::thread::Builder::new()
+            .name("perfkit-query-audit".to_owned())
+            .spawn({
+                let name = Arc::clone(&name);
+                move || log_notices(&name, &receiver)
+            })
+            .map_err(ConfigError::Thread)?;
+        let label = || ("name", name.to_string());
+        Ok(Auditor {
+            inner: Arc::new(Inner {
+                slow_threshold: self.slow_threshold,
+                slow_thresholds: self
+                    .slow_thresholds
+                    .into_iter()
+                    .map(|(statement, threshold)| (Fingerprint::of(statement).id(), threshold))
+                    .collect(),
+                n_plus_one: self.n_plus_one,
+                stats: Stats::new(self.max_fingerprints, Arc::clone(&name)),
+                seen: DashMap::new(),
+                max_seen: self.max_fingerprints.saturating_mul(4),
+                notices,
+                metrics: AuditorMetrics {
+                    fingerprints: gauge!("perfkit_query_audit_fingerprints", &[label()]),
+                    n_plus_one: counter!("perfkit_query_audit_n_plus_one_total", &[label()]),
+                    dropped_notices: counter!(
+                        "perfkit_query_audit_dropped_notices_total",
+                        &[label()]
+                    ),
+                },
+                name,
+            }),
+        })
+    }
+}
+
+impl Auditor {
+    /// A builder with the defaults each setter names.
+    pub fn builder() -> AuditorBuilder {
+        AuditorBuilder::default()
+    }
+
+    /// Records one execution of `statement`: `elapsed` long, `rows` rows
+    /// returned or affected. Logs it if it is slow.
+    pub fn record(&self, statement: &str, elapsed: Duration, rows: u64) -> Recorded {
+        let entry = self.inner.entry(statement);
+        self.inner.observe(&entry, elapsed, rows)
+    }
+
+    /// The `top` statements by total time, slowest total first.
+    #[must_use]
+    pub fn report(&self, top: usize) -> Vec<QueryStats> {
+        let mut all = self.inner.stats.snapshots();
+        all.sort_by(|a, b| b.total.cmp(&a.total).then(b.calls.cmp(&a.calls)));
+        all.truncate(top);
+        all
+    }
+
+    /// One statement's statistics, by fingerprint id.
+    #[must_use]
+    pub fn stats(&self, fingerprint: u64) -> Option<QueryStats> {
+        self.inner
+            .stats
+            .snapshots()
+            .into_iter()
+            .find(|stats| stats.id == fingerprint)
+    }
+
+    /// Distinct fingerprints kept (the overflow entry not counted).
+    #[must_use]
+    pub fn fingerprints(&self) -> usize {
+        self.inner.stats.len()
+    }
+
+    /// Forgets every statistic (as `pg_stat_statements_reset()`).
+    pub fn reset(&self) {
+        self.inner.seen.clear();
+        self.inner.stats.clear();
+        self.inner.metrics.fingerprints.set(0.0);
+    }
+
+    /// A `tracing_subscriber::Layer` that records every query sqlx reports
+    /// (events of target `sqlx::query`, which sqlx emits at `DEBUG` by
+    /// default: let them through your filter) and counts N+1 loops per
+    /// request span tree.
+    #[must_use]
+    pub fn layer(&self) -> AuditLayer {
+        AuditLayer::new(Arc::clone(&self.inner))
+    }
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("name", &self.inner.name)
+            .field("fingerprints", &self.inner.stats.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    /// The entry of `statement`, from the statements seen before when it is
+    /// one of them.
+    pub(crate) fn entry(&self, statement: &str) -> Arc<Entry> {
+        if let Some(entry) = self.seen.get(statement) {
+            return Arc::clone(entry.value());
+        }
+        let before = self.stats.len();
+        let entry = self.stats.entry(&Fingerprint::of(statement));
+        if self.stats.len() != before {
+            #[allow(clippy::cast_precision_loss)]
+            self.metrics.fingerprints.set(self.stats.len() as f64);
+        }
+        if self.seen.len() < self.max_seen {
+            self.seen.insert(Box::from(statement), Arc::clone(&entry));
+        }
+        entry
+    }
+
+    pub(crate) fn observe(&self, entry: &Entry, elapsed: Duration, rows: u64) -> Recorded {
+        let id = entry.fingerprint.id();
+        let threshold = self
+            .slow_thresholds
+            .get(&id)
+            .copied()
+            .unwrap_or(self.slow_threshold);
+        let slow = elapsed >= threshold;
+        entry.record(elapsed, rows, slow);
+        if slow {
+            self.notify(Notice::Slow {
+                id,
+                text: Box::from(entry.fingerprint.text()),
+                elapsed,
+                threshold,
+                rows,
+            });
+        }
+        Recorded {
+            fingerprint: id,
+            slow,
+        }
+    }
+
+    pub(crate) fn n_plus_one_found(&self, entry: &Entry, count: u32, span: &'static str) {
+        self.metrics.n_plus_one.increment(1);
+        self.notify(Notice::NPlusOne {
+            id: entry.fingerprint.id(),
+            text: Box::from(entry.fingerprint.text()),
+            count,
+            span,
+        });
+    }
+
+    fn notify(&self, notice: Notice) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.notices.try_send(notice)
+        {
+            self.metrics.dropped_notices.increment(1);
+        }
+    }
+}
+
+/// The notice thread: logs what the auditor found, outside any tracing
+/// dispatch. Ends when the auditor is dropped.
+fn log_notices(name: &str, notices: &Receiver<Notice>) {
+    while let Ok(notice) = notices.recv() {
+        match notice {
+            Notice::Slow {
+                id,
+                text,
+                elapsed,
+                threshold,
+                rows,
+            } => tracing::warn!(
+                audit.name = name,
+                query.fingerprint = %format_args!("{id:016x}"),
+                query.text = &*text,
+                query.duration_ms = elapsed.as_secs_f64() * 1_000.0,
+                query.threshold_ms = threshold.as_secs_f64() * 1_000.0,
+                query.rows = rows,
+                "slow query"
+            ),
+            Notice::NPlusOne {
+                id,
+                text,
+                count,
+                span,
+            } => tracing::warn!(
+                audit.name = name,
+                query.fingerprint = %format_args!("{id:016x}"),
+                query.text = &*text,
+                query.count = count,
+                span = span,
+                "N+1 queries: the same statement {count} times in one request"
+            ),
+        }
+    }
+}
