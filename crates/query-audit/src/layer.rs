@@ -73,6 +73,7 @@ struct QueryFields<'a> {
     entry: Option<Arc<Entry>>,
     /// `summary`: the whole statement when `db.statement` is empty.
     summary: Option<String>,
+    /// Rows returned or affected, whichever is larger.
     rows: u64,
     elapsed: Option<Duration>,
 }
@@ -92,8 +93,10 @@ impl Visit for QueryFields<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
+        // PostgreSQL reports a SELECT's rows as affected too: the larger of
+        // the two is the statement's rows (as `pg_stat_statements` counts).
         if matches!(field.name(), "rows_affected" | "rows_returned") {
-            self.rows = self.rows.saturating_add(value);
+            self.rows = self.rows.max(value);
         }
     }
 

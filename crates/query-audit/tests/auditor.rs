@@ -3,108 +3,13 @@
 //! corpus for the fingerprint scanner.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::time::Duration;
+
+use common::{sqlx_event, warnings, warnings_of};
 use perfkit_query_audit::{Auditor, Fingerprint, OVERFLOW_TEXT};
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-
-/// A warning the auditor logged: its auditor's name and its message.
-#[derive(Debug, Clone)]
-struct Warning {
-    name: String,
-    message: String,
-    fingerprint: String,
-}
-
-/// Collects the auditors' warnings (logged from their own threads, so to
-/// the global subscriber).
-struct Capture(Arc<Mutex<Vec<Warning>>>);
-
-impl<S: tracing::Subscriber> Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        if !event.metadata().target().starts_with("perfkit_query_audit") {
-            return;
-        }
-        struct Fields(Warning);
-        impl Visit for Fields {
-            fn record_str(&mut self, field: &Field, value: &str) {
-                if field.name() == "audit.name" {
-                    self.0.name = value.to_owned();
-                }
-            }
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                match field.name() {
-                    "message" => self.0.message = format!("{value:?}"),
-                    "query.fingerprint" => self.0.fingerprint = format!("{value:?}"),
-                    _ => {}
-                }
-            }
-        }
-        let mut fields = Fields(Warning {
-            name: String::new(),
-            message: String::new(),
-            fingerprint: String::new(),
-        });
-        event.record(&mut fields);
-        self.0.lock().unwrap().push(fields.0);
-    }
-}
-
-fn warnings() -> &'static Arc<Mutex<Vec<Warning>>> {
-    static WARNINGS: OnceLock<Arc<Mutex<Vec<Warning>>>> = OnceLock::new();
-    WARNINGS.get_or_init(|| {
-        let warnings = Arc::new(Mutex::new(Vec::new()));
-        tracing::subscriber::set_global_default(
-            tracing_subscriber::registry().with(Capture(Arc::clone(&warnings))),
-        )
-        .expect("the only global subscriber of this binary");
-        warnings
-    })
-}
-
-/// The warnings of auditor `name` once `expected` have arrived (or after 5 s).
-fn warnings_of(name: &str, expected: usize) -> Vec<Warning> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let found: Vec<Warning> = warnings()
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|warning| warning.name == name)
-            .cloned()
-            .collect();
-        if found.len() >= expected || Instant::now() > deadline {
-            return found;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// What sqlx emits after a query (sqlx-core's `QueryLogger::finish`): the
-/// summary, and the whole statement in `db.statement` when it is longer.
-fn sqlx_event(statement: &str, rows: u64, elapsed: Duration) {
-    let summary: String = statement
-        .split_whitespace()
-        .take(4)
-        .collect::<Vec<_>>()
-        .join(" ");
-    let (summary, full) = if summary == statement {
-        (summary, String::new())
-    } else {
-        (format!("{summary} …"), format!("\n\n{statement}\n"))
-    };
-    tracing::debug!(
-        target: "sqlx::query",
-        summary,
-        db.statement = full,
-        rows_affected = 0_u64,
-        rows_returned = rows,
-        ?elapsed,
-        elapsed_secs = elapsed.as_secs_f64(),
-    );
-}
+use tracing_subscriber::layer::SubscriberExt;
 
 #[test]
 fn statements_differing_in_constants_share_statistics() {
