@@ -116,6 +116,11 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Where the next token starts (or whitespace before it).
+    pub(crate) fn position(&self) -> usize {
+        self.at
+    }
+
     fn peek(&self, ahead: usize) -> Option<u8> {
         self.sql.get(self.at + ahead).copied()
     }
@@ -323,6 +328,7 @@ impl<'a> Iterator for Scanner<'a> {
                                 | (b'<', b'=' | b'>')
                                 | (b'>' | b'!', b'=')
                                 | (b'|', b'|')
+                                | (b'~' | b'!', b'~')
                                 | (b'-', b'>')
                         )
                     {

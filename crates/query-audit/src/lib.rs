@@ -32,6 +32,9 @@
 
 mod auditor;
 mod error;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod explain;
 mod fingerprint;
 mod layer;
 mod stats;

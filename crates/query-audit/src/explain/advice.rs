@@ -1,0 +1,387 @@
+//! Index advice from a plan: each rule named, each piece of advice a concrete
+//! `CREATE INDEX` with the evidence behind it.
+
+use std::fmt;
+
+use crate::explain::plan::PlanNode;
+use crate::fingerprint::{Scanner, Token};
+
+/// One piece of index advice.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Advice {
+    /// The rule that gave it (`seq_scan_filter`, `partial_index`).
+    pub rule: &'static str,
+    /// The table, schema-qualified.
+    pub table: String,
+    /// The index's columns, in order: equality columns, then one range column.
+    pub columns: Vec<String>,
+    /// The partial index's predicate, if any (`status = 'active'::text`).
+    pub predicate: Option<String>,
+    /// The statement to run (the library never runs it).
+    pub statement: String,
+    /// What in the plan led to it.
+    pub evidence: String,
+}
+
+impl fmt::Display for Advice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -- {} ({})", self.statement, self.evidence, self.rule)
+    }
+}
+
+/// What the rules know about a table beyond the plan.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TableFacts {
+    /// Estimated rows (`pg_class.reltuples`).
+    pub(crate) rows: f64,
+    /// Columns with few distinct values (`pg_stats.n_distinct`), which make
+    /// a better partial-index predicate than a key.
+    pub(crate) low_cardinality: Vec<String>,
+}
+
+/// Thresholds of the rules.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gates {
+    /// Tables smaller than this are scanned happily.
+    pub(crate) min_table_rows: f64,
+    /// A filter keeping more than this share of the rows is not selective.
+    pub(crate) max_selectivity: f64,
+    /// Plans cheaper than this are left alone.
+    pub(crate) min_cost: f64,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Self {
+            min_table_rows: 10_000.0,
+            max_selectivity: 0.05,
+            min_cost: 100.0,
+        }
+    }
+}
+
+/// One condition of a filter's top-level `AND`.
+#[derive(Debug, Clone, PartialEq)]
+enum Condition {
+    /// `column = constant`: the constant as written, when it is a literal.
+    Equal {
+        column: String,
+        literal: Option<String>,
+    },
+    /// `column < constant` and the like.
+    Range { column: String },
+}
+
+/// The advice for a plan; `facts(schema, table)` answers for every table a
+/// rule looks at.
+pub(crate) fn advise(
+    plan: &PlanNode,
+    gates: Gates,
+    facts: &dyn Fn(&str, &str) -> TableFacts,
+) -> Vec<Advice> {
+    let mut advice = Vec::new();
+    for node in plan.walk() {
+        if node.node_type != "Seq Scan" {
+            continue;
+        }
+        let (Some(table), Some(filter)) = (&node.relation, &node.filter) else {
+            continue;
+        };
+        let schema = node.schema.clone().unwrap_or_else(|| "public".to_owned());
+        let facts = facts(&schema, table);
+        let kept = node.actual_rows.unwrap_or(node.plan_rows).max(1.0);
+        let seen = match (node.actual_rows, node.rows_removed_by_filter) {
+            (Some(actual), Some(removed)) => actual + removed,
+            _ => facts.rows,
+        };
+        if seen < gates.min_table_rows
+            || kept / seen > gates.max_selectivity
+            || node.total_cost < gates.min_cost
+        {
+            continue;
+        }
+        let Some(conditions) = conditions(filter) else {
+            continue;
+        };
+        let qualified = format!("{}.{}", quote(&schema), quote(table));
+        let mut predicate = None;
+        let mut equal = Vec::new();
+        for condition in &conditions {
+            if let Condition::Equal { column, literal } = condition {
+                match literal {
+                    Some(literal)
+                        if predicate.is_none() && facts.low_cardinality.contains(column) =>
+                    {
+                        predicate = Some(format!("{} = {literal}", quote(column)));
+                    }
+                    _ => equal.push(column.clone()),
+                }
+            }
+        }
+        let range = conditions.iter().find_map(|condition| match condition {
+            Condition::Range { column } if !equal.contains(column) => Some(column.clone()),
+            _ => None,
+        });
+        let mut columns = equal;
+        columns.extend(range);
+        if columns.is_empty() {
+            // Only the predicate: index its column, partially.
+            match conditions.first() {
+                Some(Condition::Equal { column, .. }) => columns.push(column.clone()),
+                _ => continue,
+            }
+        }
+        let list = columns
+            .iter()
+            .map(|column| quote(column))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut statement = format!("CREATE INDEX CONCURRENTLY ON {qualified} ({list})");
+        if let Some(predicate) = &predicate {
+            statement.push_str(" WHERE ");
+            statement.push_str(predicate);
+        }
+        advice.push(Advice {
+            rule: if predicate.is_some() {
+                "partial_index"
+            } else {
+                "seq_scan_filter"
+            },
+            table: qualified,
+            columns,
+            predicate,
+            statement,
+            evidence: format!(
+                "Seq Scan on {table} (cost {:.0}) keeps about {kept:.0} of {seen:.0} rows through its filter",
+                node.total_cost
+            ),
+        });
+    }
+    advice
+}
+
+/// The conditions of a filter joined by `AND` at its top level; `None` when
+/// it has an `OR` there (one index cannot serve it) or nothing indexable.
+fn conditions(filter: &str) -> Option<Vec<Condition>> {
+    let tokens: Vec<Token<'_>> = Scanner::new(filter.as_bytes()).collect();
+    let mut conditions = Vec::new();
+    let mut depth = 0_usize;
+    let mut start = 0;
+    let strip = |part: &[Token<'_>]| -> Option<Condition> { condition(unwrap_parens(part)) };
+    for (index, token) in tokens.iter().enumerate() {
+        match token {
+            Token::Symbol(b"(") => depth += 1,
+            Token::Symbol(b")") => depth = depth.saturating_sub(1),
+            Token::Word(word) if depth <= 1 && word.eq_ignore_ascii_case(b"or") => return None,
+            Token::Word(word) if depth <= 1 && word.eq_ignore_ascii_case(b"and") => {
+                if let Some(condition) = strip(tokens.get(start..index)?) {
+                    conditions.push(condition);
+                }
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    if let Some(condition) = strip(tokens.get(start..)?) {
+        conditions.push(condition);
+    }
+    (!conditions.is_empty()).then_some(conditions)
+}
+
+/// `(((x)))` → `x`, for balanced outer parentheses (and a leading `(` left
+/// by the split of a top-level `(a AND b)`).
+fn unwrap_parens<'t, 'a>(mut part: &'t [Token<'a>]) -> &'t [Token<'a>] {
+    loop {
+        match part {
+            [Token::Symbol(b"("), inner @ .., Token::Symbol(b")")] if balanced(inner) => {
+                part = inner;
+            }
+            [Token::Symbol(b"("), inner @ ..] if balanced(inner) => part = inner,
+            [inner @ .., Token::Symbol(b")")] if balanced(inner) => part = inner,
+            _ => return part,
+        }
+    }
+}
+
+fn balanced(tokens: &[Token<'_>]) -> bool {
+    let mut depth = 0_i64;
+    for token in tokens {
+        match token {
+            Token::Symbol(b"(") => depth += 1,
+            Token::Symbol(b")") => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => {}
+        }
+    }
+    depth == 0
+}
+
+/// `column op constant` (or the other way round), as PostgreSQL prints a
+/// filter's condition: `(org = 7)`, `(status = 'active'::text)`,
+/// `(created > $1)`, `(t.name ~~ 'ab%'::text)`.
+fn condition(tokens: &[Token<'_>]) -> Option<Condition> {
+    let (column, rest) = column(tokens)?;
+    let (op, rest) = rest.split_first()?;
+    let Token::Symbol(op) = op else {
+        return None;
+    };
+    let (constant, rest) = rest.split_first()?;
+    // A cast after the constant (`'active'::text`, `'…'::timestamp with time zone`).
+    if !rest.is_empty() && !matches!(rest.first(), Some(Token::Symbol(b"::"))) {
+        return None;
+    }
+    let literal = match constant {
+        Token::String(text) | Token::Number(text) => {
+            let mut written = String::from_utf8_lossy(text).into_owned();
+            for token in rest {
+                match token {
+                    Token::Symbol(symbol) => written.push_str(&String::from_utf8_lossy(symbol)),
+                    Token::Word(word) => {
+                        if !written.ends_with("::") {
+                            written.push(' ');
+                        }
+                        written.push_str(&String::from_utf8_lossy(word));
+                    }
+                    _ => return None,
+                }
+            }
+            Some(written)
+        }
+        Token::Placeholder => None,
+        _ => return None,
+    };
+    match *op {
+        b"=" => Some(Condition::Equal { column, literal }),
+        b"<" | b">" | b"<=" | b">=" => Some(Condition::Range { column }),
+        // LIKE with a constant prefix: a range for a btree (text_pattern_ops aside).
+        b"~~" => Some(Condition::Range { column }),
+        _ => None,
+    }
+}
+
+/// A column reference at the start of `tokens`, qualified or not
+/// (`org`, `t.org`, `"Org"`): its name, and what follows it.
+fn column<'t, 'a>(tokens: &'t [Token<'a>]) -> Option<(String, &'t [Token<'a>])> {
+    let name = |token: &Token<'_>| match token {
+        Token::Word(word) => Some(String::from_utf8_lossy(word).into_owned()),
+        Token::Quoted(quoted) => {
+            let inner = quoted.get(1..quoted.len().saturating_sub(1))?;
+            Some(String::from_utf8_lossy(inner).replace("\"\"", "\""))
+        }
+        _ => None,
+    };
+    match tokens {
+        [first, Token::Symbol(b"."), second, rest @ ..] => {
+            Some((name(second).or_else(|| name(first))?, rest))
+        }
+        [first, rest @ ..] => Some((name(first)?, rest)),
+        [] => None,
+    }
+}
+
+/// An identifier as SQL needs it: bare when it is lower-case letters,
+/// digits and underscores, quoted otherwise.
+fn quote(identifier: &str) -> String {
+    let plain = identifier
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && identifier
+            .bytes()
+            .next()
+            .is_some_and(|b| !b.is_ascii_digit());
+    if plain {
+        identifier.to_owned()
+    } else {
+        format!("\"{}\"", identifier.replace('"', "\"\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(table: &str, filter: &str, cost: f64, rows: f64) -> PlanNode {
+        PlanNode {
+            node_type: "Seq Scan".to_owned(),
+            relation: Some(table.to_owned()),
+            schema: Some("app".to_owned()),
+            filter: Some(filter.to_owned()),
+            total_cost: cost,
+            plan_rows: rows,
+            ..PlanNode::default()
+        }
+    }
+
+    fn facts(rows: f64, low: &[&str]) -> impl Fn(&str, &str) -> TableFacts {
+        let low: Vec<String> = low.iter().map(|c| (*c).to_owned()).collect();
+        move |_, _| TableFacts {
+            rows,
+            low_cardinality: low.clone(),
+        }
+    }
+
+    #[test]
+    fn a_selective_filter_on_a_large_table_gets_equality_columns_before_the_range() {
+        let plan = scan(
+            "orders",
+            "((created > '2024-01-01 00:00:00+00'::timestamp with time zone) AND (org = 7) AND (t.customer = $1))",
+            2_486.0,
+            3.0,
+        );
+        let advice = advise(&plan, Gates::default(), &facts(100_000.0, &[]));
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert_eq!(advice[0].rule, "seq_scan_filter");
+        assert_eq!(advice[0].columns, ["org", "customer", "created"]);
+        assert_eq!(
+            advice[0].statement,
+            "CREATE INDEX CONCURRENTLY ON app.orders (org, customer, created)"
+        );
+    }
+
+    #[test]
+    fn a_constant_on_a_low_cardinality_column_becomes_a_partial_index() {
+        let plan = scan(
+            "tasks",
+            "((status = 'active'::text) AND (org = 7))",
+            2_000.0,
+            5.0,
+        );
+        let advice = advise(&plan, Gates::default(), &facts(100_000.0, &["status"]));
+        assert_eq!(advice[0].rule, "partial_index");
+        assert_eq!(
+            advice[0].statement,
+            "CREATE INDEX CONCURRENTLY ON app.tasks (org) WHERE status = 'active'::text"
+        );
+        // With a placeholder there is no constant to put in a predicate.
+        let plan = scan("tasks", "((status = $1) AND (org = 7))", 2_000.0, 5.0);
+        let advice = advise(&plan, Gates::default(), &facts(100_000.0, &["status"]));
+        assert_eq!(advice[0].columns, ["status", "org"]);
+        assert_eq!(advice[0].predicate, None);
+    }
+
+    #[test]
+    fn small_tables_unselective_filters_and_ors_get_nothing() {
+        let gates = Gates::default();
+        let small = scan("t", "(org = 7)", 200.0, 1.0);
+        assert!(advise(&small, gates, &facts(5_000.0, &[])).is_empty());
+        let unselective = scan("t", "(org > 7)", 2_000.0, 60_000.0);
+        assert!(advise(&unselective, gates, &facts(100_000.0, &[])).is_empty());
+        let or = scan("t", "((org = 7) OR (name = 'x'::text))", 2_000.0, 2.0);
+        assert!(advise(&or, gates, &facts(100_000.0, &[])).is_empty());
+        let function = scan("t", "(lower(name) = 'x'::text)", 2_000.0, 2.0);
+        assert!(advise(&function, gates, &facts(100_000.0, &[])).is_empty());
+    }
+
+    #[test]
+    fn identifiers_are_quoted_when_they_must_be() {
+        assert_eq!(quote("org_id"), "org_id");
+        assert_eq!(quote("Org"), "\"Org\"");
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote("1st"), "\"1st\"");
+    }
+}

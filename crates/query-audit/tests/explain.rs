@@ -1,0 +1,164 @@
+//! EXPLAIN and index advice on a live PostgreSQL 15.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use perfkit_query_audit::explain::{Analyze, ExplainError, Explainer};
+use perfkit_test_support::postgres;
+use sqlx::AssertSqlSafe;
+
+async fn execute(pool: &sqlx::PgPool, sql: &str) {
+    sqlx::query(AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+#[tokio::test]
+async fn an_unindexed_lookup_is_advised_and_the_advice_fixes_it() {
+    let Some(db) = postgres().await else { return };
+    let pool = db.pool();
+    execute(pool, "CREATE TABLE orders (id int PRIMARY KEY, org int NOT NULL, status text NOT NULL, total numeric)").await;
+    execute(
+        pool,
+        "INSERT INTO orders SELECT i, i % 5000, CASE WHEN i % 50 = 0 THEN 'open' ELSE 'closed' END, i FROM generate_series(1, 100000) AS i",
+    )
+    .await;
+    execute(pool, "ANALYZE orders").await;
+    let explainer = Explainer::postgres(db.connect_options()).build();
+
+    let explained = explainer
+        .explain("SELECT * FROM orders WHERE org = 7")
+        .await
+        .unwrap();
+    assert!(!explained.generic);
+    assert_eq!(explained.advice.len(), 1, "{:?}", explained.advice);
+    let advice = &explained.advice[0];
+    assert_eq!(advice.rule, "seq_scan_filter");
+    assert_eq!(advice.columns, ["org"]);
+    let table = format!("{}.orders", db.schema());
+    assert_eq!(advice.table, table);
+    assert_eq!(
+        advice.statement,
+        format!("CREATE INDEX CONCURRENTLY ON {table} (org)")
+    );
+    assert!(
+        advice.evidence.contains("Seq Scan on orders"),
+        "{}",
+        advice.evidence
+    );
+
+    // Placeholders: a generic plan on PostgreSQL 15 (no EXPLAIN (GENERIC_PLAN) there).
+    let generic = explainer
+        .explain("select * from orders where org = $1")
+        .await
+        .unwrap();
+    assert!(generic.generic);
+    assert_eq!(
+        generic.advice.first().map(|a| a.columns.clone()),
+        Some(vec!["org".to_owned()])
+    );
+    // The prepared statement is gone: the connection is left clean.
+    let again = explainer
+        .explain("select * from orders where org = $1 and total > $2")
+        .await
+        .unwrap();
+    assert!(again.generic);
+
+    // The advised index, created: the lookup uses it and is advised no more.
+    execute(pool, &advice.statement).await;
+    let fixed = explainer
+        .explain("SELECT * FROM orders WHERE org = 7")
+        .await
+        .unwrap();
+    assert!(fixed.advice.is_empty(), "{:?}", fixed.advice);
+    assert!(fixed.plan.uses_index_on("orders"), "{:?}", fixed.plan);
+    let fixed = explainer
+        .explain("select * from orders where org = $1")
+        .await
+        .unwrap();
+    assert!(fixed.advice.is_empty(), "{:?}", fixed.advice);
+
+    // A constant on a two-valued column: a partial index.
+    let partial = explainer
+        .explain("select * from orders where status = 'open' and total > 99000")
+        .await
+        .unwrap();
+    assert_eq!(partial.advice.len(), 1, "{:?}", partial.advice);
+    assert_eq!(partial.advice[0].rule, "partial_index");
+    assert_eq!(
+        partial.advice[0].statement,
+        format!("CREATE INDEX CONCURRENTLY ON {table} (total) WHERE status = 'open'::text")
+    );
+    execute(pool, &partial.advice[0].statement).await;
+    let fixed = explainer
+        .explain("select * from orders where status = 'open' and total > 99000")
+        .await
+        .unwrap();
+    assert!(fixed.advice.is_empty(), "{:?}", fixed.advice);
+}
+
+#[tokio::test]
+async fn a_slow_update_is_explained_without_running_twice_even_with_analyze() {
+    let Some(db) = postgres().await else { return };
+    let pool = db.pool();
+    execute(
+        pool,
+        "CREATE TABLE counters (name text PRIMARY KEY, n int NOT NULL)",
+    )
+    .await;
+    execute(pool, "INSERT INTO counters VALUES ('hits', 0)").await;
+    let update = "UPDATE counters SET n = n + 1 WHERE name = 'hits'";
+    execute(pool, update).await;
+    for analyze in [Analyze::Never, Analyze::Select, Analyze::SelectAndDml] {
+        let explainer = Explainer::postgres(db.connect_options())
+            .analyze(analyze)
+            .build();
+        let explained = explainer.explain(update).await.unwrap();
+        assert_eq!(explained.analyzed, analyze == Analyze::SelectAndDml);
+        assert_eq!(explained.plan.node_type, "ModifyTable");
+    }
+    let n: i32 = sqlx::query_scalar("SELECT n FROM counters WHERE name = 'hits'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "the update ran once, by the service");
+}
+
+#[tokio::test]
+async fn what_explain_must_not_see_is_refused_and_nothing_runs() {
+    let Some(db) = postgres().await else { return };
+    let pool = db.pool();
+    execute(pool, "CREATE TABLE keep (id int)").await;
+    let explainer = Explainer::postgres(db.connect_options())
+        .analyze(Analyze::SelectAndDml)
+        .build();
+    for statement in [
+        "DROP TABLE keep",
+        "select 1; drop table keep",
+        "select 1 /* ; */ ; drop table keep",
+        "COMMIT",
+    ] {
+        assert!(
+            matches!(
+                explainer.explain(statement).await,
+                Err(ExplainError::NotExplainable(_))
+            ),
+            "{statement}"
+        );
+    }
+    // Refused by the server, and the explainer keeps working.
+    assert!(matches!(
+        explainer.explain("select * from missing_table").await,
+        Err(ExplainError::Database(_))
+    ));
+    assert!(
+        explainer
+            .explain("select * from keep where id = $1")
+            .await
+            .is_ok()
+    );
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('keep') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(exists);
+}
