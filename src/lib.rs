@@ -67,6 +67,8 @@
 //! | `perfkit_query_audit_duration_seconds` | histogram | `name`, `fingerprint` |
 //! | `perfkit_query_audit_n_plus_one_total`, `perfkit_query_audit_overflow_total`, `perfkit_query_audit_dropped_notices_total` | counter | `name` |
 //! | `perfkit_query_audit_fingerprints` | gauge | `name` |
+//! | `perfkit_query_audit_explains_total` | counter | `name`, `outcome` (`advised`, `no_advice`, `refused`, `failed`) |
+//! | `perfkit_query_audit_explain_dropped_total` | counter | `name` |
 //!
 //! Spans: `cache.get`, `idempotency.claim`, `idempotency.record`,
 //! `idempotency.replay`, `dedup.run`, `batcher.dispatch`. Each crate's documentation says what

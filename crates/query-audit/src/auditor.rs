@@ -65,6 +65,9 @@ pub(crate) struct Inner {
     max_seen: usize,
     notices: SyncSender<Notice>,
     metrics: AuditorMetrics,
+    /// EXPLAIN off the hot path, when an explainer is set.
+    #[cfg(feature = "postgres")]
+    pub(crate) explain: Option<crate::worker::ExplainQueue>,
 }
 
 struct AuditorMetrics {
@@ -109,6 +112,9 @@ pub struct AuditorBuilder {
     n_plus_one: u32,
     max_fingerprints: usize,
     name: String,
+    reveal_literals: bool,
+    #[cfg(feature = "postgres")]
+    explain: crate::worker::ExplainSettings,
 }
 
 impl Default for AuditorBuilder {
@@ -119,6 +125,9 @@ impl Default for AuditorBuilder {
             n_plus_one: 10,
             max_fingerprints: 1_000,
             name: "default".to_owned(),
+            reveal_literals: false,
+            #[cfg(feature = "postgres")]
+            explain: crate::worker::ExplainSettings::default(),
         }
     }
 }
@@ -153,6 +162,52 @@ impl AuditorBuilder {
         self
     }
 
+    /// Shows statements' constants where they appear in advice (a partial
+    /// index's predicate). Default: off — logs and reports never hold a
+    /// constant of a statement.
+    pub fn reveal_literals(mut self, reveal: bool) -> Self {
+        self.reveal_literals = reveal;
+        self
+    }
+
+    /// EXPLAINs slow statements with `explainer`, off the hot path: a
+    /// background task, a bounded queue (drops counted), at most one EXPLAIN
+    /// per statement per [`explain_interval`](Self::explain_interval). The
+    /// advice shows in [`QueryStats::advice`] and in a `WARN` per statement.
+    /// Needs a tokio runtime at [`build`](Self::build).
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub fn explainer(mut self, explainer: crate::explain::Explainer) -> Self {
+        self.explain.explainer = Some(explainer);
+        self
+    }
+
+    /// At most one EXPLAIN per statement in this long. Default: 1 hour.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub fn explain_interval(mut self, interval: Duration) -> Self {
+        self.explain.interval = interval;
+        self
+    }
+
+    /// The share of slow executions considered for EXPLAIN (0 to 1).
+    /// Default: 1.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub fn explain_sample_rate(mut self, rate: f64) -> Self {
+        self.explain.sample_rate = rate;
+        self
+    }
+
+    /// Statements waiting for EXPLAIN at most; beyond, they are dropped
+    /// (and counted). Default: 64.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub fn explain_queue(mut self, statements: usize) -> Self {
+        self.explain.queue = statements;
+        self
+    }
+
     /// Names the auditor in metrics (`name` label). Default: `"default"`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
@@ -176,6 +231,8 @@ impl AuditorBuilder {
         if self.max_fingerprints == 0 {
             return Err(ConfigError::Zero("max_fingerprints"));
         }
+        #[cfg(feature = "postgres")]
+        self.explain.validate()?;
         let name: Arc<str> = Arc::from(self.name);
         let (notices, receiver) = std::sync::mpsc::sync_channel(NOTICE_QUEUE);
         std::thread::Builder::new()
@@ -186,6 +243,8 @@ impl AuditorBuilder {
             })
             .map_err(ConfigError::Thread)?;
         let label = || ("name", name.to_string());
+        #[cfg(feature = "postgres")]
+        let explain = self.explain.start(&name, self.reveal_literals)?;
         Ok(Auditor {
             inner: Arc::new(Inner {
                 slow_threshold: self.slow_threshold,
@@ -199,6 +258,8 @@ impl AuditorBuilder {
                 seen: DashMap::new(),
                 max_seen: self.max_fingerprints.saturating_mul(4),
                 notices,
+                #[cfg(feature = "postgres")]
+                explain,
                 metrics: AuditorMetrics {
                     fingerprints: gauge!("perfkit_query_audit_fingerprints", &[label()]),
                     n_plus_one: counter!("perfkit_query_audit_n_plus_one_total", &[label()]),
@@ -223,7 +284,11 @@ impl Auditor {
     /// returned or affected. Logs it if it is slow.
     pub fn record(&self, statement: &str, elapsed: Duration, rows: u64) -> Recorded {
         let entry = self.inner.entry(statement);
-        self.inner.observe(&entry, elapsed, rows)
+        let recorded = self.inner.observe(&entry, elapsed, rows);
+        if recorded.slow {
+            self.inner.explain_later(&entry, || statement.to_owned());
+        }
+        recorded
     }
 
     /// The `top` statements by total time, slowest total first.
@@ -318,6 +383,19 @@ impl Inner {
             fingerprint: id,
             slow,
         }
+    }
+
+    /// Sends a slow statement to EXPLAIN if an explainer is set, the sample
+    /// takes it and its interval has passed; `statement` is asked for only
+    /// then (the layer copies it out of the event only for this).
+    #[cfg_attr(not(feature = "postgres"), allow(clippy::unused_self))]
+    pub(crate) fn explain_later(&self, entry: &Arc<Entry>, statement: impl FnOnce() -> String) {
+        #[cfg(feature = "postgres")]
+        if let Some(explain) = &self.explain {
+            explain.offer(entry, statement);
+        }
+        #[cfg(not(feature = "postgres"))]
+        let _ = (entry, statement);
     }
 
     pub(crate) fn n_plus_one_found(&self, entry: &Entry, count: u32, span: &'static str) {

@@ -113,6 +113,32 @@ impl Visit for QueryFields<'_> {
     fn record_debug(&mut self, _field: &Field, _value: &dyn fmt::Debug) {}
 }
 
+/// The statement an sqlx event carries (a second pass over its fields).
+fn statement_of(event: &Event<'_>) -> String {
+    #[derive(Default)]
+    struct Statement {
+        full: String,
+        summary: String,
+    }
+    impl Visit for Statement {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            match field.name() {
+                "db.statement" => value.trim().clone_into(&mut self.full),
+                "summary" => value.trim().clone_into(&mut self.summary),
+                _ => {}
+            }
+        }
+        fn record_debug(&mut self, _field: &Field, _value: &dyn fmt::Debug) {}
+    }
+    let mut statement = Statement::default();
+    event.record(&mut statement);
+    if statement.full.is_empty() {
+        statement.summary
+    } else {
+        statement.full
+    }
+}
+
 impl<S> Layer<S> for AuditLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -138,7 +164,10 @@ where
         let Some(elapsed) = fields.elapsed else {
             return;
         };
-        self.inner.observe(&entry, elapsed, fields.rows);
+        if self.inner.observe(&entry, elapsed, fields.rows).slow {
+            // The statement is copied out of the event only when it goes to EXPLAIN.
+            self.inner.explain_later(&entry, || statement_of(event));
+        }
         let Some(root) = ctx
             .event_scope(event)
             .and_then(|scope| scope.from_root().next())

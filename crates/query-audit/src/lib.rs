@@ -38,6 +38,8 @@ pub mod explain;
 mod fingerprint;
 mod layer;
 mod stats;
+#[cfg(feature = "postgres")]
+mod worker;
 
 pub use crate::auditor::{Auditor, AuditorBuilder, Recorded};
 pub use crate::error::ConfigError;

@@ -43,12 +43,21 @@ pub struct QueryStats {
     pub rows: u64,
     /// Executions over the slow threshold.
     pub slow_calls: u64,
+    /// Index advice from the latest EXPLAIN of the statement (each a
+    /// `CREATE INDEX` and its evidence; constants redacted unless the
+    /// auditor reveals them); empty when not explained or nothing to advise.
+    pub advice: Vec<String>,
 }
 
 /// One fingerprint's live statistics and metric handles.
 pub(crate) struct Entry {
     pub(crate) fingerprint: Fingerprint,
     counters: Mutex<Counters>,
+    /// The latest EXPLAIN's advice, as reported.
+    pub(crate) advice: Mutex<Vec<String>>,
+    /// When the statement was last sent to EXPLAIN (at most once per interval).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) explained_at: Mutex<Option<std::time::Instant>>,
     metrics: EntryMetrics,
 }
 
@@ -86,6 +95,8 @@ impl Entry {
                 slow_calls: 0,
                 sketch: DDSketch::new(Config::defaults()),
             }),
+            advice: Mutex::new(Vec::new()),
+            explained_at: Mutex::new(None),
             metrics: EntryMetrics {
                 calls: counter!("perfkit_query_audit_calls_total", &labels),
                 slow: counter!("perfkit_query_audit_slow_total", &labels),
@@ -148,6 +159,11 @@ impl Entry {
             p99: quantile(0.99),
             rows: counters.rows,
             slow_calls: counters.slow_calls,
+            advice: self
+                .advice
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 }

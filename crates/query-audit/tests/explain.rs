@@ -5,6 +5,13 @@ use perfkit_query_audit::explain::{Analyze, ExplainError, Explainer};
 use perfkit_test_support::postgres;
 use sqlx::AssertSqlSafe;
 
+/// The tests of this binary, one at a time: tracing caches whether a
+/// callsite (sqlx's query event) is enabled across every thread, and a
+/// test's scoped subscriber raced by another test's first sqlx query can
+/// find that cache saying "never" (a test artifact: a service installs its
+/// subscriber once, globally).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn execute(pool: &sqlx::PgPool, sql: &str) {
     sqlx::query(AssertSqlSafe(sql.to_owned()))
         .execute(pool)
@@ -14,6 +21,7 @@ async fn execute(pool: &sqlx::PgPool, sql: &str) {
 
 #[tokio::test]
 async fn an_unindexed_lookup_is_advised_and_the_advice_fixes_it() {
+    let _serial = SERIAL.lock().await;
     let Some(db) = postgres().await else { return };
     let pool = db.pool();
     execute(pool, "CREATE TABLE orders (id int PRIMARY KEY, org int NOT NULL, status text NOT NULL, total numeric)").await;
@@ -98,6 +106,7 @@ async fn an_unindexed_lookup_is_advised_and_the_advice_fixes_it() {
 
 #[tokio::test]
 async fn a_slow_update_is_explained_without_running_twice_even_with_analyze() {
+    let _serial = SERIAL.lock().await;
     let Some(db) = postgres().await else { return };
     let pool = db.pool();
     execute(
@@ -125,6 +134,7 @@ async fn a_slow_update_is_explained_without_running_twice_even_with_analyze() {
 
 #[tokio::test]
 async fn what_explain_must_not_see_is_refused_and_nothing_runs() {
+    let _serial = SERIAL.lock().await;
     let Some(db) = postgres().await else { return };
     let pool = db.pool();
     execute(pool, "CREATE TABLE keep (id int)").await;
@@ -161,4 +171,85 @@ async fn what_explain_must_not_see_is_refused_and_nothing_runs() {
         .await
         .unwrap();
     assert!(exists);
+}
+
+/// The auditor with an explainer: a slow statement, recorded directly or
+/// reported by sqlx, gets its advice in the report (constants redacted),
+/// and is explained once per interval.
+#[tokio::test]
+async fn slow_statements_get_advice_in_the_report_off_the_hot_path() {
+    use std::time::Duration;
+
+    use perfkit_query_audit::{Auditor, Fingerprint};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let _serial = SERIAL.lock().await;
+    let Some(db) = postgres().await else { return };
+    let pool = db.pool();
+    execute(
+        pool,
+        "CREATE TABLE events (id int PRIMARY KEY, kind text NOT NULL, account int NOT NULL)",
+    )
+    .await;
+    execute(
+        pool,
+        "INSERT INTO events SELECT i, CASE WHEN i % 10 = 0 THEN 'signup' ELSE 'view' END, i % 20000 FROM generate_series(1, 100000) AS i",
+    )
+    .await;
+    execute(pool, "ANALYZE events").await;
+    let auditor = Auditor::builder()
+        .name("explained")
+        .slow_threshold(Duration::ZERO)
+        .explainer(Explainer::postgres(db.connect_options()).build())
+        .build()
+        .unwrap();
+    let advice_of = |statement: &str| {
+        let id = Fingerprint::of(statement).id();
+        let auditor = auditor.clone();
+        async move {
+            for _ in 0..500 {
+                if let Some(stats) = auditor.stats(id)
+                    && !stats.advice.is_empty()
+                {
+                    return stats.advice;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no advice for {id:016x}: {:?}", auditor.report(10));
+        }
+    };
+
+    // Recorded at the call site.
+    auditor.record(
+        "SELECT * FROM events WHERE account = 42",
+        Duration::from_millis(30),
+        5,
+    );
+    let advice = advice_of("select * from events where account = 1").await;
+    assert_eq!(advice.len(), 1, "{advice:?}");
+    assert!(
+        advice[0].starts_with(&format!(
+            "CREATE INDEX CONCURRENTLY ON {}.events (account)",
+            db.schema()
+        )),
+        "{advice:?}"
+    );
+
+    // Reported by sqlx through the layer; a partial index, its constant redacted.
+    {
+        let _default =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(auditor.layer()));
+        let rows: Vec<(i32,)> =
+            sqlx::query_as("select id from events where kind = 'signup' and account = 10")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 5);
+    }
+    let advice = advice_of("select id from events where kind = 'x' and account = 1").await;
+    assert!(advice[0].contains("(account) WHERE kind = ?"), "{advice:?}");
+    assert!(
+        !advice.iter().any(|line| line.contains("signup")),
+        "{advice:?}"
+    );
 }

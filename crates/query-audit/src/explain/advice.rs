@@ -18,8 +18,12 @@ pub struct Advice {
     pub columns: Vec<String>,
     /// The partial index's predicate, if any (`status = 'active'::text`).
     pub predicate: Option<String>,
-    /// The statement to run (the library never runs it).
+    /// The statement to run (the library never runs it). A partial index's
+    /// predicate holds the statement's constant.
     pub statement: String,
+    /// The same with the predicate's constant as `?`: what logs and
+    /// reports show unless literals are revealed.
+    pub redacted: String,
     /// What in the plan led to it.
     pub evidence: String,
 }
@@ -106,6 +110,7 @@ pub(crate) fn advise(
         };
         let qualified = format!("{}.{}", quote(&schema), quote(table));
         let mut predicate = None;
+        let mut predicate_column = None;
         let mut equal = Vec::new();
         for condition in &conditions {
             if let Condition::Equal { column, literal } = condition {
@@ -114,6 +119,7 @@ pub(crate) fn advise(
                         if predicate.is_none() && facts.low_cardinality.contains(column) =>
                     {
                         predicate = Some(format!("{} = {literal}", quote(column)));
+                        predicate_column = Some(column.clone());
                     }
                     _ => equal.push(column.clone()),
                 }
@@ -138,9 +144,11 @@ pub(crate) fn advise(
             .collect::<Vec<_>>()
             .join(", ");
         let mut statement = format!("CREATE INDEX CONCURRENTLY ON {qualified} ({list})");
-        if let Some(predicate) = &predicate {
+        let mut redacted = statement.clone();
+        if let Some((predicate, column)) = predicate.as_ref().zip(predicate_column.as_ref()) {
             statement.push_str(" WHERE ");
             statement.push_str(predicate);
+            redacted.push_str(&format!(" WHERE {} = ?", quote(column)));
         }
         advice.push(Advice {
             rule: if predicate.is_some() {
@@ -152,6 +160,7 @@ pub(crate) fn advise(
             columns,
             predicate,
             statement,
+            redacted,
             evidence: format!(
                 "Seq Scan on {table} (cost {:.0}) keeps about {kept:.0} of {seen:.0} rows through its filter",
                 node.total_cost
@@ -356,6 +365,10 @@ mod tests {
         assert_eq!(
             advice[0].statement,
             "CREATE INDEX CONCURRENTLY ON app.tasks (org) WHERE status = 'active'::text"
+        );
+        assert_eq!(
+            advice[0].redacted,
+            "CREATE INDEX CONCURRENTLY ON app.tasks (org) WHERE status = ?"
         );
         // With a placeholder there is no constant to put in a predicate.
         let plan = scan("tasks", "((status = $1) AND (org = 7))", 2_000.0, 5.0);
