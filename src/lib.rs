@@ -14,6 +14,7 @@
 //! | `batcher-openai` | `perfkit::batcher::OpenAiEmbeddings` | `perfkit-llm-batcher/openai`: reqwest with rustls |
 //! | `batcher-tokenizer` | `perfkit::batcher::Encoding` | `perfkit-llm-batcher/tokenizer`: bpe-openai |
 //! | `audit`       | `perfkit::audit`       | `perfkit-query-audit`  |
+//! | `audit-postgres` | `perfkit::audit::explain` | `perfkit-query-audit/postgres`: sqlx |
 //! | `pool`        | `perfkit::pool`        | `perfkit-pool-monitor` |
 //! | `full`        | all of the above       |                        |
 //!
