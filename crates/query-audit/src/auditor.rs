@@ -9,6 +9,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use metrics::{Counter, Gauge, counter, gauge};
 
+use crate::audited::{Audited, RowCount};
 use crate::error::ConfigError;
 use crate::fingerprint::Fingerprint;
 use crate::layer::AuditLayer;
@@ -84,6 +85,8 @@ pub(crate) enum Notice {
         elapsed: Duration,
         threshold: Duration,
         rows: u64,
+        /// The statement's advice from an earlier EXPLAIN, if any.
+        advice: Box<str>,
     },
     NPlusOne {
         id: u64,
@@ -291,6 +294,32 @@ impl Auditor {
         recorded
     }
 
+    /// Times `query` (a query's future) and records it under `statement`
+    /// when it finishes, with the rows its result holds ([`RowCount`]: a
+    /// `Vec`, an `Option`, and with feature `postgres` a `PgQueryResult` or
+    /// a `PgRow`). Where [`layer`](Self::layer) is installed too, sqlx's own
+    /// event for the query is not recorded again (it still counts for N+1
+    /// loops).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let auditor = perfkit_query_audit::Auditor::builder().build()?;
+    /// let statement = "SELECT id FROM users WHERE org = $1";
+    /// // With sqlx: sqlx::query_as(statement).bind(7).fetch_all(&pool)
+    /// let query = async { Ok::<Vec<i64>, std::io::Error>(vec![1, 2, 3]) };
+    /// let ids = auditor.audited(statement, query).await?;
+    /// assert_eq!(auditor.report(1)[0].rows, 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn audited<'a, F, T, E>(&'a self, statement: &'a str, query: F) -> Audited<'a, F>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        T: RowCount,
+    {
+        Audited::new(self, statement, query)
+    }
+
     /// The `top` statements by total time, slowest total first.
     #[must_use]
     pub fn report(&self, top: usize) -> Vec<QueryStats> {
@@ -371,12 +400,18 @@ impl Inner {
         let slow = elapsed >= threshold;
         entry.record(elapsed, rows, slow);
         if slow {
+            let advice = entry
+                .advice
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .join("; ");
             self.notify(Notice::Slow {
                 id,
                 text: Box::from(entry.fingerprint.text()),
                 elapsed,
                 threshold,
                 rows,
+                advice: advice.into_boxed_str(),
             });
         }
         Recorded {
@@ -428,6 +463,7 @@ fn log_notices(name: &str, notices: &Receiver<Notice>) {
                 elapsed,
                 threshold,
                 rows,
+                advice,
             } => tracing::warn!(
                 audit.name = name,
                 query.fingerprint = %format_args!("{id:016x}"),
@@ -435,6 +471,7 @@ fn log_notices(name: &str, notices: &Receiver<Notice>) {
                 query.duration_ms = elapsed.as_secs_f64() * 1_000.0,
                 query.threshold_ms = threshold.as_secs_f64() * 1_000.0,
                 query.rows = rows,
+                advice = &*advice,
                 "slow query"
             ),
             Notice::NPlusOne {

@@ -164,7 +164,8 @@ where
         let Some(elapsed) = fields.elapsed else {
             return;
         };
-        if self.inner.observe(&entry, elapsed, fields.rows).slow {
+        // Inside `Auditor::audited`, the call site records the query.
+        if !crate::audited::auditing() && self.inner.observe(&entry, elapsed, fields.rows).slow {
             // The statement is copied out of the event only when it goes to EXPLAIN.
             self.inner.explain_later(&entry, || statement_of(event));
         }

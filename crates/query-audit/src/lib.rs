@@ -30,6 +30,7 @@
 //! family; use it alone or through the `perfkit` facade (feature `audit`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod audited;
 mod auditor;
 mod error;
 #[cfg(feature = "postgres")]
@@ -41,6 +42,7 @@ mod stats;
 #[cfg(feature = "postgres")]
 mod worker;
 
+pub use crate::audited::{Audited, RowCount};
 pub use crate::auditor::{Auditor, AuditorBuilder, Recorded};
 pub use crate::error::ConfigError;
 pub use crate::fingerprint::{Fingerprint, MAX_TEXT_LEN};
