@@ -253,3 +253,52 @@ async fn slow_statements_get_advice_in_the_report_off_the_hot_path() {
         "{advice:?}"
     );
 }
+
+/// A flood of slow statements while EXPLAIN hangs (a server that accepts
+/// and never answers): the queue holds its bound, the rest is dropped and
+/// counted, and recording never waits for it.
+#[tokio::test]
+async fn an_explain_flood_is_dropped_and_counted_never_waited_for() {
+    use std::time::Duration;
+
+    use perfkit_query_audit::Auditor;
+    use perfkit_test_support::metrics::Counters;
+    use sqlx::postgres::PgConnectOptions;
+
+    let _serial = SERIAL.lock().await;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let options = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username("nobody");
+    let counters = Counters::default();
+    let auditor = metrics::with_local_recorder(&counters, || {
+        Auditor::builder()
+            .name("flood")
+            .slow_threshold(Duration::ZERO)
+            .explain_queue(4)
+            .explainer(
+                Explainer::postgres(options)
+                    .timeout(Duration::from_secs(30))
+                    .build(),
+            )
+            .build()
+            .unwrap()
+    });
+    perfkit_test_support::concurrency::within("1,000 slow statements recorded", async {
+        for table in 0..1_000 {
+            auditor.record(
+                &format!("select * from t{table} where id = 1"),
+                Duration::from_millis(5),
+                1,
+            );
+        }
+    })
+    .await;
+    let dropped = counters.get("perfkit_query_audit_explain_dropped_total{name=flood}");
+    // One taken by the (stuck) worker at most, four queued, the rest dropped.
+    assert!((995..=996).contains(&dropped), "{dropped} dropped");
+    assert_eq!(auditor.report(2_000).len(), 1_000);
+    drop(silent);
+}
