@@ -12,7 +12,7 @@ use metrics::{Counter, Gauge, counter, gauge};
 use crate::audited::{Audited, RowCount};
 use crate::error::ConfigError;
 use crate::fingerprint::Fingerprint;
-use crate::layer::AuditLayer;
+use crate::layer::{AuditLayer, FilteredAuditLayer, SqlxQueries};
 use crate::stats::{Entry, QueryStats, Stats};
 
 /// Notices waiting to be logged; beyond this they are dropped and counted.
@@ -356,8 +356,23 @@ impl Auditor {
     /// (events of target `sqlx::query`, which sqlx emits at `DEBUG` by
     /// default: let them through your filter) and counts N+1 loops per
     /// request span tree.
+    ///
+    /// The layer comes with its own filter ([`SqlxQueries`]): it enables
+    /// sqlx's query events and spans for itself only, so installing it turns
+    /// on no other event (sqlx's `TRACE` logs stay off) and changes nothing
+    /// the subscriber's other layers see. [`unfiltered_layer`](Self::unfiltered_layer)
+    /// is the same layer without it.
     #[must_use]
-    pub fn layer(&self) -> AuditLayer {
+    pub fn layer<S>(&self) -> FilteredAuditLayer<S>
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        tracing_subscriber::Layer::with_filter(self.unfiltered_layer(), SqlxQueries)
+    }
+
+    /// The layer without its filter, to combine with a filter of your own.
+    #[must_use]
+    pub fn unfiltered_layer(&self) -> AuditLayer {
         AuditLayer::new(Arc::clone(&self.inner))
     }
 }

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::filter::Filtered;
+use tracing_subscriber::layer::{Context, Filter, Layer};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::auditor::Inner;
@@ -59,6 +61,37 @@ impl fmt::Debug for AuditLayer {
         f.debug_struct("AuditLayer")
             .field("name", &self.inner.name)
             .finish_non_exhaustive()
+    }
+}
+
+/// The auditor's layer with its own filter ([`SqlxQueries`]), as
+/// [`Auditor::layer`](crate::Auditor::layer) returns it.
+pub type FilteredAuditLayer<S> = Filtered<AuditLayer, SqlxQueries, S>;
+
+/// A per-layer filter: sqlx's query events and every span (to find a
+/// request's outermost span), nothing else. Installing the auditor then
+/// turns on no other event of sqlx or of any other crate, and leaves what
+/// the subscriber's other layers see unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SqlxQueries;
+
+impl SqlxQueries {
+    fn wants(metadata: &Metadata<'_>) -> bool {
+        metadata.is_span() || metadata.target() == SQLX_TARGET
+    }
+}
+
+impl<S> Filter<S> for SqlxQueries {
+    fn enabled(&self, metadata: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
+        Self::wants(metadata)
+    }
+
+    fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {
+        if Self::wants(metadata) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
     }
 }
 

@@ -46,7 +46,7 @@ pub use crate::audited::{Audited, RowCount};
 pub use crate::auditor::{Auditor, AuditorBuilder, Recorded};
 pub use crate::error::ConfigError;
 pub use crate::fingerprint::{Fingerprint, MAX_TEXT_LEN};
-pub use crate::layer::{AuditLayer, SQLX_TARGET};
+pub use crate::layer::{AuditLayer, FilteredAuditLayer, SQLX_TARGET, SqlxQueries};
 pub use crate::stats::{OVERFLOW_TEXT, QueryStats};
 
 /// The README's examples, compiled as doctests.
