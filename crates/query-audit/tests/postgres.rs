@@ -123,3 +123,92 @@ async fn a_query_audited_at_the_call_site_is_recorded_once_beside_the_layer() {
         1
     );
 }
+
+/// Per-statement call counts equal pg_stat_statements' for a scripted
+/// workload, and mean times agree: ours are measured by the client, so
+/// each is theirs (the server's execution) plus a round trip and decoding,
+/// never less, and within 5 ms of it here on loopback.
+#[tokio::test]
+async fn statistics_agree_with_pg_stat_statements() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = postgres().await else { return };
+    let pool = db.pool();
+    let installed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements') \
+         AND current_setting('shared_preload_libraries') LIKE '%pg_stat_statements%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    if !installed {
+        assert!(
+            std::env::var("PERFKIT_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "pg_stat_statements is not preloaded and created (.ci/run sets it up)"
+        );
+        eprintln!("skipped: pg_stat_statements is not preloaded and created in this database");
+        return;
+    }
+    // A table name no other test uses: pg_stat_statements is database-wide.
+    let table = format!("pss_{}", db.schema().trim_start_matches("perfkit_test_"));
+    let auditor = Auditor::builder().name("pss").build().unwrap();
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(auditor.layer()));
+    let run = |sql: String| async move {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .unwrap();
+    };
+    run(format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, n int NOT NULL, label text)"
+    ))
+    .await;
+    run(format!(
+        "INSERT INTO {table} SELECT i, 0, 'l' || i FROM generate_series(1, 2000) AS i"
+    ))
+    .await;
+    let by_id = format!("SELECT label FROM {table} WHERE id = $1");
+    for id in 1..=40 {
+        let _: (String,) = sqlx::query_as(sqlx::AssertSqlSafe(by_id.clone()))
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    }
+    for n in 0..25 {
+        run(format!(
+            "SELECT count(*) FROM {table} WHERE n > {n} AND label LIKE 'l1%'"
+        ))
+        .await;
+    }
+    for id in 0..10 {
+        run(format!(
+            "UPDATE {table} SET n = n + 1 WHERE id = {}",
+            id * 7 + 1
+        ))
+        .await;
+    }
+    drop(_default);
+
+    let theirs: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT query, calls, mean_exec_time FROM public.pg_stat_statements WHERE query LIKE '%' || $1 || '%'",
+    )
+    .bind(&table)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut compared = 0;
+    for (query, calls, mean_ms) in &theirs {
+        let ours = auditor
+            .stats(Fingerprint::of(query).id())
+            .unwrap_or_else(|| panic!("not recorded: {query}\nours: {:#?}", auditor.report(20)));
+        assert_eq!(ours.calls, u64::try_from(*calls).unwrap(), "{query}");
+        let ours_ms = ours.mean.as_secs_f64() * 1_000.0;
+        assert!(
+            ours_ms >= mean_ms * 0.99 && ours_ms - mean_ms <= 5.0,
+            "{query}: ours {ours_ms:.3} ms, pg_stat_statements {mean_ms:.3} ms"
+        );
+        compared += 1;
+    }
+    assert!(compared >= 5, "{theirs:#?}");
+}
