@@ -124,7 +124,7 @@ async fn a_query_audited_at_the_call_site_is_recorded_once_beside_the_layer() {
     );
 }
 
-/// Per-statement call counts equal pg_stat_statements' for a scripted
+/// Per-statement call counts equal `pg_stat_statements`' for a scripted
 /// workload, and mean times agree: ours are measured by the client, so
 /// each is theirs (the server's execution) plus a round trip and decoding,
 /// never less, and within 5 ms of it here on loopback.
