@@ -67,7 +67,7 @@ pub(crate) struct Inner {
     notices: SyncSender<Notice>,
     metrics: AuditorMetrics,
     /// EXPLAIN off the hot path, when an explainer is set.
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub(crate) explain: Option<crate::worker::ExplainQueue>,
 }
 
@@ -116,7 +116,7 @@ pub struct AuditorBuilder {
     max_fingerprints: usize,
     name: String,
     reveal_literals: bool,
-    #[cfg(feature = "postgres")]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     explain: crate::worker::ExplainSettings,
 }
 
@@ -129,7 +129,7 @@ impl Default for AuditorBuilder {
             max_fingerprints: 1_000,
             name: "default".to_owned(),
             reveal_literals: false,
-            #[cfg(feature = "postgres")]
+            #[cfg(any(feature = "postgres", feature = "sqlite"))]
             explain: crate::worker::ExplainSettings::default(),
         }
     }
@@ -178,16 +178,16 @@ impl AuditorBuilder {
     /// per statement per [`explain_interval`](Self::explain_interval). The
     /// advice shows in [`QueryStats::advice`] and in a `WARN` per statement.
     /// Needs a tokio runtime at [`build`](Self::build).
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
     pub fn explainer(mut self, explainer: crate::explain::Explainer) -> Self {
         self.explain.explainer = Some(explainer);
         self
     }
 
     /// At most one EXPLAIN per statement in this long. Default: 1 hour.
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
     pub fn explain_interval(mut self, interval: Duration) -> Self {
         self.explain.interval = interval;
         self
@@ -195,8 +195,8 @@ impl AuditorBuilder {
 
     /// The share of slow executions considered for EXPLAIN (0 to 1).
     /// Default: 1.
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
     pub fn explain_sample_rate(mut self, rate: f64) -> Self {
         self.explain.sample_rate = rate;
         self
@@ -204,8 +204,8 @@ impl AuditorBuilder {
 
     /// Statements waiting for EXPLAIN at most; beyond, they are dropped
     /// (and counted). Default: 64.
-    #[cfg(feature = "postgres")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
     pub fn explain_queue(mut self, statements: usize) -> Self {
         self.explain.queue = statements;
         self
@@ -234,7 +234,7 @@ impl AuditorBuilder {
         if self.max_fingerprints == 0 {
             return Err(ConfigError::Zero("max_fingerprints"));
         }
-        #[cfg(feature = "postgres")]
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
         self.explain.validate()?;
         let name: Arc<str> = Arc::from(self.name);
         let (notices, receiver) = std::sync::mpsc::sync_channel(NOTICE_QUEUE);
@@ -246,7 +246,7 @@ impl AuditorBuilder {
             })
             .map_err(ConfigError::Thread)?;
         let label = || ("name", name.to_string());
-        #[cfg(feature = "postgres")]
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
         let explain = self.explain.start(&name, self.reveal_literals)?;
         Ok(Auditor {
             inner: Arc::new(Inner {
@@ -261,7 +261,7 @@ impl AuditorBuilder {
                 seen: DashMap::new(),
                 max_seen: self.max_fingerprints.saturating_mul(4),
                 notices,
-                #[cfg(feature = "postgres")]
+                #[cfg(any(feature = "postgres", feature = "sqlite"))]
                 explain,
                 metrics: AuditorMetrics {
                     fingerprints: gauge!("perfkit_query_audit_fingerprints", &[label()]),
@@ -438,13 +438,16 @@ impl Inner {
     /// Sends a slow statement to EXPLAIN if an explainer is set, the sample
     /// takes it and its interval has passed; `statement` is asked for only
     /// then (the layer copies it out of the event only for this).
-    #[cfg_attr(not(feature = "postgres"), allow(clippy::unused_self))]
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "sqlite")),
+        allow(clippy::unused_self)
+    )]
     pub(crate) fn explain_later(&self, entry: &Arc<Entry>, statement: impl FnOnce() -> String) {
-        #[cfg(feature = "postgres")]
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
         if let Some(explain) = &self.explain {
             explain.offer(entry, statement);
         }
-        #[cfg(not(feature = "postgres"))]
+        #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
         let _ = (entry, statement);
     }
 

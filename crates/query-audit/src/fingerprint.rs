@@ -117,7 +117,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Where the next token starts (or whitespace before it).
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn position(&self) -> usize {
         self.at
     }

@@ -33,13 +33,13 @@
 mod audited;
 mod auditor;
 mod error;
-#[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod explain;
 mod fingerprint;
 mod layer;
 mod stats;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod worker;
 
 pub use crate::audited::{Audited, RowCount};

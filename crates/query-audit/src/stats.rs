@@ -56,7 +56,7 @@ pub(crate) struct Entry {
     /// The latest EXPLAIN's advice, as reported.
     pub(crate) advice: Mutex<Vec<String>>,
     /// When the statement was last sent to EXPLAIN (at most once per interval).
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
     pub(crate) explained_at: Mutex<Option<std::time::Instant>>,
     metrics: EntryMetrics,
 }

@@ -35,6 +35,7 @@ impl fmt::Display for Advice {
 }
 
 /// What the rules know about a table beyond the plan.
+#[cfg(feature = "postgres")]
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TableFacts {
     /// Estimated rows (`pg_class.reltuples`).
@@ -46,6 +47,7 @@ pub(crate) struct TableFacts {
 
 /// Thresholds of the rules.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) struct Gates {
     /// Tables smaller than this are scanned happily.
     pub(crate) min_table_rows: f64,
@@ -79,6 +81,7 @@ enum Condition {
 
 /// The advice for a plan; `facts(schema, table)` answers for every table a
 /// rule looks at.
+#[cfg(feature = "postgres")]
 pub(crate) fn advise(
     plan: &PlanNode,
     gates: Gates,
@@ -172,8 +175,14 @@ pub(crate) fn advise(
 
 /// The conditions of a filter joined by `AND` at its top level; `None` when
 /// it has an `OR` there (one index cannot serve it) or nothing indexable.
+#[cfg(feature = "postgres")]
 fn conditions(filter: &str) -> Option<Vec<Condition>> {
     let tokens: Vec<Token<'_>> = Scanner::new(filter.as_bytes()).collect();
+    conditions_in(&tokens)
+}
+
+/// [`conditions`] of tokens already scanned.
+fn conditions_in(tokens: &[Token<'_>]) -> Option<Vec<Condition>> {
     let mut conditions = Vec::new();
     let mut depth = 0_usize;
     let mut start = 0;
@@ -196,6 +205,189 @@ fn conditions(filter: &str) -> Option<Vec<Condition>> {
         conditions.push(condition);
     }
     (!conditions.is_empty()).then_some(conditions)
+}
+
+/// SQLite: advice for the tables `plan` scans whole (`SCAN t`), from the
+/// statement itself (`EXPLAIN QUERY PLAN` names tables, not columns):
+/// its `WHERE` conditions (equality columns, then one range column), or
+/// its `ORDER BY` columns when the plan sorts in a temporary B-tree.
+/// Single-table statements only; `sizes` are the scanned tables' rows
+/// (counted up to the gate).
+#[cfg(feature = "sqlite")]
+pub(crate) fn advise_sqlite(
+    statement: &str,
+    plan: &PlanNode,
+    gates: Gates,
+    sizes: &[(String, f64)],
+) -> Vec<Advice> {
+    let tokens: Vec<Token<'_>> = Scanner::new(statement.as_bytes()).collect();
+    let Some(table) = single_table(&tokens) else {
+        return Vec::new();
+    };
+    let nodes = plan.walk();
+    let scanned = nodes
+        .iter()
+        .any(|node| node.node_type == "SCAN" && node.relation.as_deref() == Some(table.as_str()));
+    let rows = sizes
+        .iter()
+        .find(|(name, _)| *name == table)
+        .map_or(0.0, |(_, rows)| *rows);
+    if !scanned || rows < gates.min_table_rows {
+        return Vec::new();
+    }
+    let sorts = nodes
+        .iter()
+        .any(|node| node.node_type == "TEMP B-TREE FOR ORDER BY");
+    let conditions = clause(&tokens, &["where"])
+        .and_then(conditions_in)
+        .unwrap_or_default();
+    let mut columns: Vec<String> = conditions
+        .iter()
+        .filter_map(|condition| match condition {
+            Condition::Equal { column, .. } => Some(column.clone()),
+            Condition::Range { .. } => None,
+        })
+        .collect();
+    let (rule, evidence) = if let Some(range) =
+        conditions.iter().find_map(|condition| match condition {
+            Condition::Range { column } if !columns.contains(column) => Some(column.clone()),
+            _ => None,
+        }) {
+        columns.push(range);
+        (
+            "seq_scan_filter",
+            format!("SCAN {table} reads every row of a table of {rows:.0}+ to filter them"),
+        )
+    } else if !columns.is_empty() {
+        (
+            "seq_scan_filter",
+            format!("SCAN {table} reads every row of a table of {rows:.0}+ to filter them"),
+        )
+    } else if sorts {
+        columns = clause(&tokens, &["order", "by"])
+            .map(order_columns)
+            .unwrap_or_default();
+        (
+            "sort",
+            format!("SCAN {table} and a temporary B-tree for ORDER BY, {rows:.0}+ rows"),
+        )
+    } else {
+        return Vec::new();
+    };
+    if columns.is_empty() {
+        return Vec::new();
+    }
+    let name = format!("perfkit_{}_{}", table, columns.join("_"))
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(60)
+        .collect::<String>();
+    let list = columns
+        .iter()
+        .map(|column| quote(column))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let statement = format!("CREATE INDEX {name} ON {} ({list})", quote(&table));
+    vec![Advice {
+        rule,
+        table: table.clone(),
+        columns,
+        predicate: None,
+        redacted: statement.clone(),
+        statement,
+        evidence,
+    }]
+}
+
+/// The one table a statement reads (`FROM t`, `FROM t AS x`, `UPDATE t`,
+/// `DELETE FROM t`); `None` with a join, a list of tables or a subquery.
+#[cfg(feature = "sqlite")]
+fn single_table(tokens: &[Token<'_>]) -> Option<String> {
+    let is = |token: &Token<'_>, word: &str| matches!(token, Token::Word(w) if w.eq_ignore_ascii_case(word.as_bytes()));
+    if tokens
+        .iter()
+        .any(|token| is(token, "join") || matches!(token, Token::Symbol(b"(")))
+    {
+        return None;
+    }
+    let at = tokens
+        .iter()
+        .position(|token| is(token, "from") || is(token, "update"))?;
+    let table = match tokens.get(at + 1)? {
+        Token::Word(word) => String::from_utf8_lossy(word).into_owned(),
+        Token::Quoted(quoted) => {
+            String::from_utf8_lossy(quoted.get(1..quoted.len().saturating_sub(1))?).into_owned()
+        }
+        _ => return None,
+    };
+    // A comma before the next clause is a list of tables.
+    let listed = tokens
+        .get(at + 2..)?
+        .iter()
+        .take_while(|token| !matches!(token, Token::Word(w) if [&b"where"[..], b"order", b"group", b"limit", b"set"].iter().any(|k| k.eq_ignore_ascii_case(w))))
+        .any(|token| matches!(token, Token::Symbol(b",")));
+    (!listed).then_some(table)
+}
+
+/// The tokens of a clause (`WHERE …`, `ORDER BY …`) up to the next one.
+#[cfg(feature = "sqlite")]
+fn clause<'t, 'a>(tokens: &'t [Token<'a>], keyword: &[&str]) -> Option<&'t [Token<'a>]> {
+    let is = |token: &Token<'_>, word: &str| matches!(token, Token::Word(w) if w.eq_ignore_ascii_case(word.as_bytes()));
+    let start = (0..tokens.len()).find(|&at| {
+        keyword
+            .iter()
+            .enumerate()
+            .all(|(offset, word)| tokens.get(at + offset).is_some_and(|token| is(token, word)))
+    })? + keyword.len();
+    let rest = tokens.get(start..)?;
+    let end = rest
+        .iter()
+        .position(|token| {
+            [
+                "group",
+                "order",
+                "limit",
+                "offset",
+                "having",
+                "returning",
+                "window",
+                "union",
+            ]
+            .iter()
+            .any(|word| is(token, word))
+                || matches!(token, Token::Symbol(b";"))
+        })
+        .unwrap_or(rest.len());
+    rest.get(..end)
+}
+
+/// The columns of an `ORDER BY` list (`a, t.b DESC`); none if an item is
+/// an expression.
+#[cfg(feature = "sqlite")]
+fn order_columns(tokens: &[Token<'_>]) -> Vec<String> {
+    let mut columns = Vec::new();
+    for item in tokens.split(|token| matches!(token, Token::Symbol(b","))) {
+        let item = match item {
+            [rest @ .., Token::Word(direction)]
+                if direction.eq_ignore_ascii_case(b"asc")
+                    || direction.eq_ignore_ascii_case(b"desc") =>
+            {
+                rest
+            }
+            item => item,
+        };
+        match column(item) {
+            Some((name, [])) => columns.push(name),
+            _ => return Vec::new(),
+        }
+    }
+    columns
 }
 
 /// `(((x)))` → `x`, for balanced outer parentheses (and a leading `(` left
@@ -314,6 +506,7 @@ fn quote(identifier: &str) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "postgres")]
     fn scan(table: &str, filter: &str, cost: f64, rows: f64) -> PlanNode {
         PlanNode {
             node_type: "Seq Scan".to_owned(),
@@ -326,6 +519,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "postgres")]
     fn facts(rows: f64, low: &[&str]) -> impl Fn(&str, &str) -> TableFacts {
         let low: Vec<String> = low.iter().map(|c| (*c).to_owned()).collect();
         move |_, _| TableFacts {
@@ -334,6 +528,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn a_selective_filter_on_a_large_table_gets_equality_columns_before_the_range() {
         let plan = scan(
@@ -352,6 +547,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn a_constant_on_a_low_cardinality_column_becomes_a_partial_index() {
         let plan = scan(
@@ -377,6 +573,7 @@ mod tests {
         assert_eq!(advice[0].predicate, None);
     }
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn small_tables_unselective_filters_and_ors_get_nothing() {
         let gates = Gates::default();
@@ -388,6 +585,72 @@ mod tests {
         assert!(advise(&or, gates, &facts(100_000.0, &[])).is_empty());
         let function = scan("t", "(lower(name) = 'x'::text)", 2_000.0, 2.0);
         assert!(advise(&function, gates, &facts(100_000.0, &[])).is_empty());
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn sqlite_advice_comes_from_the_statement_for_a_whole_table_scan() {
+        let scan = |steps: &[&str]| {
+            let steps: Vec<(i64, i64, String)> = steps
+                .iter()
+                .enumerate()
+                .map(|(id, detail)| (i64::try_from(id).unwrap() + 2, 0, (*detail).to_owned()))
+                .collect();
+            PlanNode::from_query_plan(&steps)
+        };
+        let sizes = [("items".to_owned(), 10_000.0)];
+        // The form of SQLite before 3.36 and after.
+        for detail in ["SCAN TABLE items", "SCAN items"] {
+            let advice = advise_sqlite(
+                "SELECT * FROM items WHERE org = ? AND created > 5",
+                &scan(&[detail]),
+                Gates::default(),
+                &sizes,
+            );
+            assert_eq!(advice.len(), 1, "{detail}: {advice:?}");
+            assert_eq!(
+                advice[0].statement,
+                "CREATE INDEX perfkit_items_org_created ON items (org, created)"
+            );
+        }
+        let sorted = advise_sqlite(
+            "select id from items order by created desc, name limit 10",
+            &scan(&["SCAN items", "USE TEMP B-TREE FOR ORDER BY"]),
+            Gates::default(),
+            &sizes,
+        );
+        assert_eq!(sorted[0].rule, "sort");
+        assert_eq!(sorted[0].columns, ["created", "name"]);
+        // Searched through an index, small, joined: nothing.
+        let searched = scan(&["SEARCH items USING INDEX i (org=?)"]);
+        assert!(
+            advise_sqlite(
+                "select * from items where org = 1",
+                &searched,
+                Gates::default(),
+                &sizes
+            )
+            .is_empty()
+        );
+        let small = [("items".to_owned(), 99.0)];
+        assert!(
+            advise_sqlite(
+                "select * from items where org = 1",
+                &scan(&["SCAN items"]),
+                Gates::default(),
+                &small
+            )
+            .is_empty()
+        );
+        assert!(
+            advise_sqlite(
+                "select * from items join orgs on orgs.id = items.org where org = 1",
+                &scan(&["SCAN items"]),
+                Gates::default(),
+                &sizes
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -2,12 +2,13 @@
 
 mod advice;
 mod plan;
+#[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use sqlx::postgres::PgConnectOptions;
 
 pub use self::advice::Advice;
 pub use self::plan::PlanNode;
@@ -57,7 +58,9 @@ pub enum ExplainError {
 pub struct Explained {
     /// The plan's root.
     pub plan: PlanNode,
-    /// The plan as PostgreSQL wrote it (`EXPLAIN (VERBOSE, FORMAT JSON)`).
+    /// The plan as the database wrote it: PostgreSQL's `EXPLAIN (VERBOSE,
+    /// FORMAT JSON)`, or SQLite's `EXPLAIN QUERY PLAN` rows as
+    /// `[{"id", "parent", "detail"}]`.
     pub json: serde_json::Value,
     /// Whether it is a generic plan (the statement had placeholders).
     pub generic: bool,
@@ -77,20 +80,47 @@ pub struct Explained {
 /// (safe only under the forced generic plan), then deallocated.
 /// Statements sent to EXPLAIN go through the extended protocol, which takes
 /// exactly one statement: nothing appended to a statement can run.
+///
+/// SQLite (feature `sqlite`): `EXPLAIN QUERY PLAN`, whose rows (`SCAN t`,
+/// or `SCAN TABLE t` before SQLite 3.36; `USE TEMP B-TREE FOR ORDER BY`)
+/// name what is scanned; the columns come from the statement's `WHERE` and
+/// `ORDER BY`.
 #[derive(Clone)]
 pub struct Explainer {
-    pub(crate) inner: Arc<postgres::Postgres>,
+    inner: Arc<Backend>,
+}
+
+enum Backend {
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::Postgres),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlite::Sqlite),
+}
+
+/// Where an [`ExplainerBuilder`] connects.
+#[derive(Debug, Clone)]
+enum Target {
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::postgres::PgConnectOptions),
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::sqlite::SqliteConnectOptions),
 }
 
 impl Explainer {
     /// An explainer for the PostgreSQL database `options` points to (the
     /// same database, user and `search_path` as the service's queries).
-    pub fn postgres(options: PgConnectOptions) -> ExplainerBuilder {
-        ExplainerBuilder {
-            options,
-            timeout: Duration::from_secs(5),
-            analyze: Analyze::Never,
-        }
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub fn postgres(options: sqlx::postgres::PgConnectOptions) -> ExplainerBuilder {
+        ExplainerBuilder::new(Target::Postgres(options))
+    }
+
+    /// An explainer for the SQLite database `options` points to (the same
+    /// file as the service's).
+    #[cfg(feature = "sqlite")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+    pub fn sqlite(options: sqlx::sqlite::SqliteConnectOptions) -> ExplainerBuilder {
+        ExplainerBuilder::new(Target::Sqlite(options))
     }
 
     /// Explains `statement` and draws index advice from its plan.
@@ -99,7 +129,12 @@ impl Explainer {
     ///
     /// [`ExplainError`]: not explainable, no connection, refused, too slow.
     pub async fn explain(&self, statement: &str) -> Result<Explained, ExplainError> {
-        self.inner.explain(statement).await
+        match &*self.inner {
+            #[cfg(feature = "postgres")]
+            Backend::Postgres(postgres) => postgres.explain(statement).await,
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(sqlite) => sqlite.explain(statement).await,
+        }
     }
 }
 
@@ -113,12 +148,20 @@ impl std::fmt::Debug for Explainer {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct ExplainerBuilder {
-    options: PgConnectOptions,
+    target: Target,
     timeout: Duration,
     analyze: Analyze,
 }
 
 impl ExplainerBuilder {
+    fn new(target: Target) -> Self {
+        Self {
+            target,
+            timeout: Duration::from_secs(5),
+            analyze: Analyze::Never,
+        }
+    }
+
     /// The longest an EXPLAIN may take (`statement_timeout` on its
     /// session, and a client-side limit). Default: 5 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -126,8 +169,8 @@ impl ExplainerBuilder {
         self
     }
 
-    /// Whether statements may be run to measure them. Default:
-    /// [`Analyze::Never`].
+    /// Whether statements may be run to measure them (PostgreSQL; SQLite's
+    /// query plans have no measured form). Default: [`Analyze::Never`].
     pub fn analyze(mut self, analyze: Analyze) -> Self {
         self.analyze = analyze;
         self
@@ -136,12 +179,16 @@ impl ExplainerBuilder {
     /// The explainer; it connects on its first EXPLAIN.
     #[must_use]
     pub fn build(self) -> Explainer {
+        let backend = match self.target {
+            #[cfg(feature = "postgres")]
+            Target::Postgres(options) => {
+                Backend::Postgres(postgres::Postgres::new(options, self.timeout, self.analyze))
+            }
+            #[cfg(feature = "sqlite")]
+            Target::Sqlite(options) => Backend::Sqlite(sqlite::Sqlite::new(options, self.timeout)),
+        };
         Explainer {
-            inner: Arc::new(postgres::Postgres::new(
-                self.options,
-                self.timeout,
-                self.analyze,
-            )),
+            inner: Arc::new(backend),
         }
     }
 }
@@ -158,7 +205,9 @@ pub(crate) enum Kind {
 
 /// The statement's kind and its highest placeholder number; an error for
 /// what EXPLAIN must not see.
-pub(crate) fn classify(statement: &str) -> Result<(Kind, u32), ExplainError> {
+/// `dollar_only`: placeholders must be `$n` (PostgreSQL); otherwise any
+/// form is taken (SQLite binds `NULL` to what is left unbound).
+pub(crate) fn classify(statement: &str, dollar_only: bool) -> Result<(Kind, u32), ExplainError> {
     let tokens: Vec<Token<'_>> = Scanner::new(statement.as_bytes()).collect();
     let mut tokens = tokens.as_slice();
     while let [rest @ .., Token::Symbol(b";")] = tokens {
@@ -204,6 +253,7 @@ pub(crate) fn classify(statement: &str) -> Result<(Kind, u32), ExplainError> {
             let digits: String = text.chars().filter(char::is_ascii_digit).collect();
             match (text.trim_start().starts_with('$'), digits.parse::<u32>()) {
                 (true, Ok(number)) => highest = highest.max(number),
+                _ if !dollar_only => highest = highest.max(1),
                 _ => return Err(ExplainError::NotExplainable("placeholders other than $n")),
             }
         }
@@ -219,16 +269,25 @@ mod tests {
     #[test]
     fn statements_are_classified_and_the_unsafe_refused() {
         assert_eq!(
-            classify("SELECT * FROM t WHERE a = $1 AND b = $3").unwrap(),
+            classify("SELECT * FROM t WHERE a = $1 AND b = $3", true).unwrap(),
             (Kind::Read, 3)
         );
-        assert_eq!(classify("update t set a = 1;").unwrap(), (Kind::Write, 0));
         assert_eq!(
-            classify("with x as (delete from t returning *) select * from x").unwrap(),
+            classify("update t set a = 1;", true).unwrap(),
             (Kind::Write, 0)
         );
         assert_eq!(
-            classify("with x as (select 1) select * from x").unwrap().0,
+            classify(
+                "with x as (delete from t returning *) select * from x",
+                true
+            )
+            .unwrap(),
+            (Kind::Write, 0)
+        );
+        assert_eq!(
+            classify("with x as (select 1) select * from x", true)
+                .unwrap()
+                .0,
             Kind::Read
         );
         for refused in [
@@ -240,11 +299,11 @@ mod tests {
             "select * from t where a = ?",
             "select * from t where a = :name",
         ] {
-            assert!(classify(refused).is_err(), "{refused}");
+            assert!(classify(refused, true).is_err(), "{refused}");
         }
         // A `$` inside a string or a dollar quote is not a placeholder.
         assert_eq!(
-            classify("select '$1', $$ $2 $$ from t").unwrap(),
+            classify("select '$1', $$ $2 $$ from t", true).unwrap(),
             (Kind::Read, 0)
         );
     }

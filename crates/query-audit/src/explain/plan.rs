@@ -1,5 +1,6 @@
 //! A PostgreSQL plan (`EXPLAIN (FORMAT JSON)`), read into a tree of nodes.
 
+#[cfg(feature = "postgres")]
 use serde_json::Value;
 
 /// One node of a plan, with the fields the advice rules read.
@@ -32,11 +33,13 @@ pub struct PlanNode {
 
 impl PlanNode {
     /// Reads the output of `EXPLAIN (FORMAT JSON)`: `[{"Plan": {...}}]`.
+    #[cfg(feature = "postgres")]
     pub(crate) fn from_explain(json: &Value) -> Option<Self> {
         let plan = json.get(0)?.get("Plan")?;
         Some(Self::from_node(plan, 0))
     }
 
+    #[cfg(feature = "postgres")]
     fn from_node(node: &Value, depth: usize) -> Self {
         let text = |key: &str| node.get(key).and_then(Value::as_str).map(str::to_owned);
         let number = |key: &str| node.get(key).and_then(Value::as_f64);
@@ -78,6 +81,60 @@ impl PlanNode {
         }
     }
 
+    /// Reads SQLite's `EXPLAIN QUERY PLAN` rows (`id`, `parent`, `detail`)
+    /// into a tree under a root of type `QUERY PLAN`. A step's type is
+    /// `SCAN` (a whole table), `SCAN USING INDEX` (through an index),
+    /// `SEARCH`, `TEMP B-TREE FOR ORDER BY`…, its relation the table named.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn from_query_plan(steps: &[(i64, i64, String)]) -> Self {
+        fn children(steps: &[(i64, i64, String)], parent: i64, depth: usize) -> Vec<PlanNode> {
+            if depth > 64 {
+                return Vec::new();
+            }
+            steps
+                .iter()
+                .filter(|(id, of, _)| *of == parent && *id != parent)
+                .map(|(id, _, detail)| {
+                    let mut node = PlanNode::from_step(detail);
+                    node.children = children(steps, *id, depth + 1);
+                    node
+                })
+                .collect()
+        }
+        Self {
+            node_type: "QUERY PLAN".to_owned(),
+            children: children(steps, 0, 0),
+            ..Self::default()
+        }
+    }
+
+    /// One step's `detail`: `SCAN t`, `SCAN TABLE t` (before SQLite 3.36),
+    /// `SCAN t USING COVERING INDEX i`, `SEARCH t USING INDEX i (a=?)`,
+    /// `USE TEMP B-TREE FOR ORDER BY`.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn from_step(detail: &str) -> Self {
+        let words: Vec<&str> = detail.split_whitespace().collect();
+        let (verb, rest) = words
+            .split_first()
+            .map_or(("", &[][..]), |(verb, rest)| (*verb, rest));
+        let rest = match rest {
+            ["TABLE", rest @ ..] => rest,
+            rest => rest,
+        };
+        let (node_type, relation) = match verb {
+            "SCAN" if rest.contains(&"USING") => ("SCAN USING INDEX".to_owned(), rest.first()),
+            "SCAN" => ("SCAN".to_owned(), rest.first()),
+            "SEARCH" => ("SEARCH".to_owned(), rest.first()),
+            "USE" => (words.get(1..).unwrap_or_default().join(" "), None),
+            _ => (detail.to_owned(), None),
+        };
+        Self {
+            node_type,
+            relation: relation.map(|table| table.trim_matches('"').to_owned()),
+            ..Self::default()
+        }
+    }
+
     /// This node and every node under it, depth first.
     pub fn walk(&self) -> Vec<&PlanNode> {
         let mut nodes = vec![self];
@@ -93,7 +150,10 @@ impl PlanNode {
     pub fn uses_index_on(&self, table: &str) -> bool {
         // A bitmap scan names its table on the heap node, the index under it.
         self.walk().iter().any(|node| {
-            (node.node_type.contains("Index") || node.node_type == "Bitmap Heap Scan")
+            (node.node_type.contains("Index")
+                || node.node_type == "Bitmap Heap Scan"
+                || node.node_type == "SEARCH"
+                || node.node_type == "SCAN USING INDEX")
                 && node.relation.as_deref() == Some(table)
         })
     }

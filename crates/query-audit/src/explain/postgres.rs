@@ -38,7 +38,7 @@ impl Postgres {
     }
 
     pub(crate) async fn explain(&self, statement: &str) -> Result<Explained, ExplainError> {
-        let (kind, placeholders) = classify(statement)?;
+        let (kind, placeholders) = classify(statement, true)?;
         let mut slot = self.connection.lock().await;
         let outcome = tokio::time::timeout(
             self.timeout + Duration::from_secs(1),
