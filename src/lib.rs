@@ -15,6 +15,7 @@
 //! | `batcher-tokenizer` | `perfkit::batcher::Encoding` | `perfkit-llm-batcher/tokenizer`: bpe-openai |
 //! | `audit`       | `perfkit::audit`       | `perfkit-query-audit`  |
 //! | `audit-postgres` | `perfkit::audit::explain` | `perfkit-query-audit/postgres`: sqlx |
+//! | `audit-sqlite` | `perfkit::audit::explain` | `perfkit-query-audit/sqlite`: sqlx, bundled SQLite |
 //! | `pool`        | `perfkit::pool`        | `perfkit-pool-monitor` |
 //! | `full`        | all of the above       |                        |
 //!

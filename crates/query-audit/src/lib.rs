@@ -6,8 +6,9 @@
 //!
 //! **Status:** in progress. Usable now: [`Fingerprint`]s, statistics
 //! ([`Auditor::report`]), slow-query and N+1 warnings, fed by sqlx's own
-//! query events ([`Auditor::layer`]) or by [`Auditor::record`]. Coming: the
-//! audited executor wrapper, EXPLAIN off the hot path and index advice.
+//! query events ([`Auditor::layer`]), by [`Auditor::audited`] at the call
+//! site or by [`Auditor::record`]; EXPLAIN off the hot path with index advice
+//! (`explain`, features `postgres` and `sqlite`).
 //!
 //! ```
 //! use std::time::Duration;
