@@ -105,6 +105,34 @@ async fn an_unindexed_lookup_is_advised_and_the_advice_fixes_it() {
 }
 
 #[tokio::test]
+async fn a_costly_sort_is_advised_an_index_in_its_order() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = postgres().await else { return };
+    let pool = db.pool();
+    execute(
+        pool,
+        "CREATE TABLE posts (id int PRIMARY KEY, created int NOT NULL, title text)",
+    )
+    .await;
+    execute(pool, "INSERT INTO posts SELECT i, (i * 7919) % 100000, 't' || i FROM generate_series(1, 100000) AS i").await;
+    execute(pool, "ANALYZE posts").await;
+    let explainer = Explainer::postgres(db.connect_options()).build();
+    let newest = "SELECT id, title FROM posts ORDER BY created DESC LIMIT 20";
+    let explained = explainer.explain(newest).await.unwrap();
+    assert_eq!(explained.advice.len(), 1, "{:?}", explained.advice);
+    assert_eq!(explained.advice[0].rule, "sort");
+    let table = format!("{}.posts", db.schema());
+    assert_eq!(
+        explained.advice[0].statement,
+        format!("CREATE INDEX CONCURRENTLY ON {table} (created DESC)")
+    );
+    execute(pool, &explained.advice[0].statement).await;
+    let fixed = explainer.explain(newest).await.unwrap();
+    assert!(fixed.advice.is_empty(), "{:?}", fixed.advice);
+    assert!(fixed.plan.uses_index_on("posts"), "{:?}", fixed.plan);
+}
+
+#[tokio::test]
 async fn a_slow_update_is_explained_without_running_twice_even_with_analyze() {
     let _serial = SERIAL.lock().await;
     let Some(db) = postgres().await else { return };

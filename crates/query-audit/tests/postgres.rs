@@ -126,8 +126,9 @@ async fn a_query_audited_at_the_call_site_is_recorded_once_beside_the_layer() {
 
 /// Per-statement call counts equal `pg_stat_statements`' for a scripted
 /// workload, and mean times agree: ours are measured by the client, so
-/// each is theirs (the server's execution) plus a round trip and decoding,
-/// never less, and within 5 ms of it here on loopback.
+/// each is theirs (the server's execution) plus a round trip and decoding:
+/// never less, and within 5 ms of it on loopback for statements run 10
+/// times or more.
 #[tokio::test]
 async fn statistics_agree_with_pg_stat_statements() {
     let _serial = SERIAL.lock().await;
@@ -204,8 +205,11 @@ async fn statistics_agree_with_pg_stat_statements() {
             .unwrap_or_else(|| panic!("not recorded: {query}\nours: {:#?}", auditor.report(20)));
         assert_eq!(ours.calls, u64::try_from(*calls).unwrap(), "{query}");
         let ours_ms = ours.mean.as_secs_f64() * 1_000.0;
+        // Never less than the server's time; for statements run many times,
+        // within 5 ms of it (a statement run once also pays its first
+        // prepare's round trips, which the server counts as planning).
         assert!(
-            ours_ms >= mean_ms * 0.99 && ours_ms - mean_ms <= 5.0,
+            ours_ms >= mean_ms * 0.99 && (*calls < 10 || ours_ms - mean_ms <= 5.0),
             "{query}: ours {ours_ms:.3} ms, pg_stat_statements {mean_ms:.3} ms"
         );
         compared += 1;

@@ -170,6 +170,93 @@ pub(crate) fn advise(
             ),
         });
     }
+    advice.extend(advise_sorts(plan, gates, facts));
+    advice
+}
+
+/// Rule `sort`: a costly `Sort` of a whole-table scan (no selective filter:
+/// that is `seq_scan_filter`'s) → an index in the sort key's order, which a
+/// `LIMIT` or an ordered read then walks instead of sorting.
+#[cfg(feature = "postgres")]
+fn advise_sorts(
+    plan: &PlanNode,
+    gates: Gates,
+    facts: &dyn Fn(&str, &str) -> TableFacts,
+) -> Vec<Advice> {
+    let mut advice = Vec::new();
+    for node in plan.walk() {
+        if node.node_type != "Sort" || node.sort_key.is_empty() {
+            continue;
+        }
+        let Some(scan) = node
+            .children
+            .first()
+            .filter(|child| child.node_type == "Seq Scan")
+        else {
+            continue;
+        };
+        let Some(table) = &scan.relation else {
+            continue;
+        };
+        let schema = scan.schema.clone().unwrap_or_else(|| "public".to_owned());
+        let rows = facts(&schema, table).rows;
+        let sort_cost = node.total_cost - scan.total_cost;
+        if rows < gates.min_table_rows || sort_cost < gates.min_cost {
+            continue;
+        }
+        // A filter on the scan: its equality columns lead the index.
+        let mut columns: Vec<String> = scan
+            .filter
+            .as_deref()
+            .and_then(conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|condition| match condition {
+                Condition::Equal { column, .. } => Some(quote(&column)),
+                Condition::Range { .. } => None,
+            })
+            .collect();
+        let mut names: Vec<String> = columns.clone();
+        let mut plain = true;
+        for key in &node.sort_key {
+            let tokens: Vec<Token<'_>> = Scanner::new(key.as_bytes()).collect();
+            let direction = match column(&tokens) {
+                Some((_, [])) => "",
+                Some((_, [Token::Word(word)])) if word.eq_ignore_ascii_case(b"desc") => " DESC",
+                // An expression, or NULLS FIRST/LAST: not a plain column.
+                _ => {
+                    plain = false;
+                    break;
+                }
+            };
+            let Some((column, _)) = column(&tokens) else {
+                plain = false;
+                break;
+            };
+            names.push(column.clone());
+            columns.push(format!("{}{direction}", quote(&column)));
+        }
+        if !plain {
+            continue;
+        }
+        let qualified = format!("{}.{}", quote(&schema), quote(table));
+        let statement = format!(
+            "CREATE INDEX CONCURRENTLY ON {qualified} ({})",
+            columns.join(", ")
+        );
+        advice.push(Advice {
+            rule: "sort",
+            table: qualified,
+            columns: names,
+            predicate: None,
+            redacted: statement.clone(),
+            statement,
+            evidence: format!(
+                "Sort by {} of a Seq Scan on {table} ({rows:.0} rows) costs {sort_cost:.0} over the scan",
+                node.sort_key.join(", ")
+            ),
+        });
+    }
     advice
 }
 
@@ -571,6 +658,35 @@ mod tests {
         let advice = advise(&plan, Gates::default(), &facts(100_000.0, &["status"]));
         assert_eq!(advice[0].columns, ["status", "org"]);
         assert_eq!(advice[0].predicate, None);
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_costly_sort_of_a_whole_scan_gets_an_index_in_the_sort_order() {
+        let sort = PlanNode {
+            node_type: "Sort".to_owned(),
+            sort_key: vec!["t.created DESC".to_owned(), "t.id".to_owned()],
+            total_cost: 12_000.0,
+            children: vec![PlanNode {
+                node_type: "Seq Scan".to_owned(),
+                relation: Some("t".to_owned()),
+                schema: Some("app".to_owned()),
+                total_cost: 1_800.0,
+                plan_rows: 100_000.0,
+                ..PlanNode::default()
+            }],
+            ..PlanNode::default()
+        };
+        let advice = advise(&sort, Gates::default(), &facts(100_000.0, &[]));
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert_eq!(advice[0].rule, "sort");
+        assert_eq!(
+            advice[0].statement,
+            "CREATE INDEX CONCURRENTLY ON app.t (created DESC, id)"
+        );
+        let mut by_expression = sort.clone();
+        by_expression.sort_key = vec!["lower(t.name)".to_owned()];
+        assert!(advise(&by_expression, Gates::default(), &facts(100_000.0, &[])).is_empty());
     }
 
     #[cfg(feature = "postgres")]

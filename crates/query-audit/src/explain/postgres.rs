@@ -136,12 +136,30 @@ impl Postgres {
         }
         let root = PlanNode::from_explain(&json).ok_or(ExplainError::Plan)?;
         let facts = facts(connection, &root).await?;
-        let advice = advise(&root, self.gates, &|schema, table| {
+        let mut advice = advise(&root, self.gates, &|schema, table| {
             facts
                 .get(&(schema.to_owned(), table.to_owned()))
                 .cloned()
                 .unwrap_or_default()
         });
+        if !advice.is_empty() {
+            // dexter's before → after needs HypoPG's hypothetical indexes;
+            // without the extension the advice says it has no such estimate.
+            let hypopg: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'hypopg')",
+            )
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(ExplainError::Database)?;
+            let note = if hypopg {
+                "; HypoPG is installed but its estimate is not used yet"
+            } else {
+                "; no estimate of the index's effect: HypoPG is not installed"
+            };
+            for piece in &mut advice {
+                piece.evidence.push_str(note);
+            }
+        }
         Ok(Explained {
             plan: root,
             json,
