@@ -133,6 +133,63 @@ async fn a_costly_sort_is_advised_an_index_in_its_order() {
 }
 
 #[tokio::test]
+async fn a_join_reading_a_large_table_for_few_rows_is_advised_an_index_on_its_key() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = postgres().await else { return };
+    let pool = db.pool();
+    execute(
+        pool,
+        "CREATE TABLE buyers (id int PRIMARY KEY, org int NOT NULL, name text NOT NULL)",
+    )
+    .await;
+    execute(
+        pool,
+        "CREATE TABLE sales (id int PRIMARY KEY, buyer int NOT NULL, total int NOT NULL)",
+    )
+    .await;
+    execute(
+        pool,
+        "INSERT INTO buyers SELECT i, i % 50, 'b' || i FROM generate_series(1, 5000) AS i",
+    )
+    .await;
+    execute(
+        pool,
+        "INSERT INTO sales SELECT i, i % 5000 + 1, i FROM generate_series(1, 100000) AS i",
+    )
+    .await;
+    execute(pool, "ANALYZE buyers").await;
+    execute(pool, "ANALYZE sales").await;
+    let explainer = Explainer::postgres(db.connect_options()).build();
+    let statement = "SELECT s.id, s.total FROM buyers b JOIN sales s ON s.buyer = b.id WHERE b.org = 3 AND b.name LIKE 'b1%'";
+    let explained = explainer.explain(statement).await.unwrap();
+    let join: Vec<_> = explained
+        .advice
+        .iter()
+        .filter(|a| a.rule == "join")
+        .collect();
+    assert_eq!(
+        join.len(),
+        1,
+        "{:?}\n{:?}",
+        explained.advice,
+        explained.plan
+    );
+    let table = format!("{}.sales", db.schema());
+    assert_eq!(
+        join[0].statement,
+        format!("CREATE INDEX CONCURRENTLY ON {table} (buyer)")
+    );
+    execute(pool, &join[0].statement).await;
+    let fixed = explainer.explain(statement).await.unwrap();
+    assert!(
+        fixed.advice.iter().all(|a| a.rule != "join"),
+        "{:?}",
+        fixed.advice
+    );
+    assert!(fixed.plan.uses_index_on("sales"), "{:?}", fixed.plan);
+}
+
+#[tokio::test]
 async fn a_slow_update_is_explained_without_running_twice_even_with_analyze() {
     let _serial = SERIAL.lock().await;
     let Some(db) = postgres().await else { return };

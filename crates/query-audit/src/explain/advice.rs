@@ -171,7 +171,126 @@ pub(crate) fn advise(
         });
     }
     advice.extend(advise_sorts(plan, gates, facts));
+    advice.extend(advise_joins(plan, gates, facts));
     advice
+}
+
+/// Rule `join`: a join that reads a large table whole to match few rows
+/// (a nested loop whose inner side is a whole-table scan, or a hash join
+/// probing a whole-table scan with a hash of at most 1 % of its rows) → an
+/// index on that table's join column, so that each of the few rows is
+/// looked up instead.
+#[cfg(feature = "postgres")]
+fn advise_joins(
+    plan: &PlanNode,
+    gates: Gates,
+    facts: &dyn Fn(&str, &str) -> TableFacts,
+) -> Vec<Advice> {
+    let mut advice = Vec::new();
+    for node in plan.walk() {
+        let (Some(condition), true) = (
+            &node.join_condition,
+            matches!(node.node_type.as_str(), "Nested Loop" | "Hash Join"),
+        ) else {
+            continue;
+        };
+        // The side read whole and the side that drives the lookups.
+        let (scan, driver) = match node.node_type.as_str() {
+            "Nested Loop" => {
+                let inner = node
+                    .children
+                    .iter()
+                    .find(|child| child.parent_relationship.as_deref() == Some("Inner"));
+                let outer = node
+                    .children
+                    .iter()
+                    .find(|child| child.parent_relationship.as_deref() == Some("Outer"));
+                (inner.map(through_materialize), outer)
+            }
+            _ => {
+                let probe = node.children.iter().find(|child| child.node_type != "Hash");
+                let hash = node.children.iter().find(|child| child.node_type == "Hash");
+                (probe, hash)
+            }
+        };
+        let (Some(scan), Some(driver)) = (scan, driver) else {
+            continue;
+        };
+        if scan.node_type != "Seq Scan" || scan.filter.is_some() {
+            continue;
+        }
+        let Some(table) = &scan.relation else {
+            continue;
+        };
+        let schema = scan.schema.clone().unwrap_or_else(|| "public".to_owned());
+        let rows = facts(&schema, table).rows;
+        if rows < gates.min_table_rows
+            || driver.plan_rows > rows * 0.01
+            || node.total_cost < gates.min_cost
+        {
+            continue;
+        }
+        let alias = scan.alias.as_deref().unwrap_or(table);
+        let Some(column) = join_column(condition, alias) else {
+            continue;
+        };
+        let qualified = format!("{}.{}", quote(&schema), quote(table));
+        let statement = format!(
+            "CREATE INDEX CONCURRENTLY ON {qualified} ({})",
+            quote(&column)
+        );
+        advice.push(Advice {
+            rule: "join",
+            table: qualified,
+            columns: vec![column],
+            predicate: None,
+            redacted: statement.clone(),
+            statement,
+            evidence: format!(
+                "{} on {condition} reads all {rows:.0} rows of {table} for about {:.0} rows from the other side",
+                node.node_type, driver.plan_rows
+            ),
+        });
+    }
+    advice
+}
+
+/// The scan under a `Materialize` (a nested loop's rescanned inner side).
+#[cfg(feature = "postgres")]
+fn through_materialize(node: &PlanNode) -> &PlanNode {
+    match node.children.first() {
+        Some(child) if node.node_type == "Materialize" => child,
+        _ => node,
+    }
+}
+
+/// In `(a.x = b.y)`, the column of the side named `alias`.
+#[cfg(feature = "postgres")]
+fn join_column(condition: &str, alias: &str) -> Option<String> {
+    let tokens: Vec<Token<'_>> = Scanner::new(condition.as_bytes()).collect();
+    let tokens = unwrap_parens(&tokens);
+    let at = tokens
+        .iter()
+        .position(|token| matches!(token, Token::Symbol(b"=")))?;
+    let side = |part: &[Token<'_>]| -> Option<(String, String)> {
+        match part {
+            [
+                Token::Word(qualifier),
+                Token::Symbol(b"."),
+                Token::Word(column),
+            ] => Some((
+                String::from_utf8_lossy(qualifier).into_owned(),
+                String::from_utf8_lossy(column).into_owned(),
+            )),
+            _ => None,
+        }
+    };
+    let left = side(unwrap_parens(tokens.get(..at)?))?;
+    let right = side(unwrap_parens(tokens.get(at + 1..)?))?;
+    [left, right]
+        .into_iter()
+        .find(|(qualifier, _)| qualifier == alias)
+        .map(|(_, column)| column)
 }
 
 /// Rule `sort`: a costly `Sort` of a whole-table scan (no selective filter:
@@ -687,6 +806,69 @@ mod tests {
         let mut by_expression = sort.clone();
         by_expression.sort_key = vec!["lower(t.name)".to_owned()];
         assert!(advise(&by_expression, Gates::default(), &facts(100_000.0, &[])).is_empty());
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_join_reading_a_large_table_whole_for_few_rows_gets_an_index_on_its_key() {
+        let whole = |table: &str, alias: &str, relationship: &str| PlanNode {
+            node_type: "Seq Scan".to_owned(),
+            relation: Some(table.to_owned()),
+            alias: Some(alias.to_owned()),
+            schema: Some("app".to_owned()),
+            parent_relationship: Some(relationship.to_owned()),
+            total_cost: 1_541.0,
+            plan_rows: 100_000.0,
+            ..PlanNode::default()
+        };
+        let few = PlanNode {
+            node_type: "Hash".to_owned(),
+            plan_rows: 111.0,
+            parent_relationship: Some("Inner".to_owned()),
+            ..PlanNode::default()
+        };
+        let hash = PlanNode {
+            node_type: "Hash Join".to_owned(),
+            join_condition: Some("(o.customer = c.id)".to_owned()),
+            total_cost: 1_908.0,
+            children: vec![whole("orders", "o", "Outer"), few.clone()],
+            ..PlanNode::default()
+        };
+        let advice = advise(&hash, Gates::default(), &facts(100_000.0, &[]));
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert_eq!(advice[0].rule, "join");
+        assert_eq!(
+            advice[0].statement,
+            "CREATE INDEX CONCURRENTLY ON app.orders (customer)"
+        );
+        // A nested loop rescanning a materialized whole table.
+        let nested = PlanNode {
+            node_type: "Nested Loop".to_owned(),
+            join_condition: Some("(o.customer = c.id)".to_owned()),
+            total_cost: 5_319.0,
+            children: vec![
+                PlanNode {
+                    parent_relationship: Some("Outer".to_owned()),
+                    plan_rows: 40.0,
+                    ..few.clone()
+                },
+                PlanNode {
+                    node_type: "Materialize".to_owned(),
+                    parent_relationship: Some("Inner".to_owned()),
+                    children: vec![whole("orders", "o", "Outer")],
+                    ..PlanNode::default()
+                },
+            ],
+            ..PlanNode::default()
+        };
+        assert_eq!(
+            advise(&nested, Gates::default(), &facts(100_000.0, &[]))[0].columns,
+            ["customer"]
+        );
+        // Many rows on the other side: the hash join is the right plan.
+        let mut many = hash.clone();
+        many.children[1].plan_rows = 50_000.0;
+        assert!(advise(&many, Gates::default(), &facts(100_000.0, &[])).is_empty());
     }
 
     #[cfg(feature = "postgres")]

@@ -13,8 +13,12 @@ pub struct PlanNode {
     pub relation: Option<String>,
     /// Its schema (`EXPLAIN (VERBOSE)` or always for scans in JSON).
     pub schema: Option<String>,
+    /// The name the statement gives the table (`FROM orders o`: `o`).
+    pub alias: Option<String>,
     /// The filter applied to each row, as PostgreSQL prints it.
     pub filter: Option<String>,
+    /// A join's condition: `Join Filter` (nested loop) or `Hash Cond`.
+    pub join_condition: Option<String>,
     /// The sort key, for `Sort` nodes.
     pub sort_key: Vec<String>,
     /// The planner's total cost.
@@ -61,7 +65,9 @@ impl PlanNode {
             node_type: text("Node Type").unwrap_or_default(),
             relation: text("Relation Name"),
             schema: text("Schema"),
+            alias: text("Alias"),
             filter: text("Filter"),
+            join_condition: text("Hash Cond").or_else(|| text("Join Filter")),
             sort_key: node
                 .get("Sort Key")
                 .and_then(Value::as_array)
