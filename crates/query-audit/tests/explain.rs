@@ -190,6 +190,55 @@ async fn a_join_reading_a_large_table_for_few_rows_is_advised_an_index_on_its_ke
 }
 
 #[tokio::test]
+async fn many_heap_fetches_for_a_missing_column_are_advised_a_covering_index() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = postgres().await else { return };
+    let pool = db.pool();
+    execute(pool, "CREATE TABLE ledger (id int PRIMARY KEY, account int NOT NULL, amount int NOT NULL, memo text)").await;
+    execute(
+        pool,
+        "INSERT INTO ledger SELECT i, i % 1000, i, 'm' FROM generate_series(1, 100000) AS i",
+    )
+    .await;
+    execute(pool, "CREATE INDEX ledger_account ON ledger (account)").await;
+    execute(pool, "VACUUM ANALYZE ledger").await;
+    let explainer = Explainer::postgres(db.connect_options()).build();
+    let statement = "SELECT account, amount FROM ledger WHERE account = 7";
+    let explained = explainer.explain(statement).await.unwrap();
+    assert_eq!(
+        explained.advice.len(),
+        1,
+        "{:?}\n{:?}",
+        explained.advice,
+        explained.plan
+    );
+    let table = format!("{}.ledger", db.schema());
+    assert_eq!(explained.advice[0].rule, "covering");
+    assert_eq!(
+        explained.advice[0].statement,
+        format!("CREATE INDEX CONCURRENTLY ON {table} (account) INCLUDE (amount)")
+    );
+    execute(pool, &explained.advice[0].statement).await;
+    execute(pool, "VACUUM ANALYZE ledger").await;
+    let fixed = explainer.explain(statement).await.unwrap();
+    assert!(
+        fixed.advice.is_empty(),
+        "{:?}\n{:?}",
+        fixed.advice,
+        fixed.plan
+    );
+    assert!(
+        fixed
+            .plan
+            .walk()
+            .iter()
+            .any(|node| node.node_type == "Index Only Scan"),
+        "{:?}",
+        fixed.plan
+    );
+}
+
+#[tokio::test]
 async fn a_slow_update_is_explained_without_running_twice_even_with_analyze() {
     let _serial = SERIAL.lock().await;
     let Some(db) = postgres().await else { return };

@@ -43,6 +43,8 @@ pub(crate) struct TableFacts {
     /// Columns with few distinct values (`pg_stats.n_distinct`), which make
     /// a better partial-index predicate than a key.
     pub(crate) low_cardinality: Vec<String>,
+    /// The table's indexes: name → the columns each holds, in order.
+    pub(crate) indexes: Vec<(String, Vec<String>)>,
 }
 
 /// Thresholds of the rules.
@@ -172,6 +174,104 @@ pub(crate) fn advise(
     }
     advice.extend(advise_sorts(plan, gates, facts));
     advice.extend(advise_joins(plan, gates, facts));
+    advice.extend(advise_covering(plan, facts));
+    advice
+}
+
+/// Rule `covering`: an index scan that fetches many rows from the table
+/// for a few columns its index lacks → the same index with those columns
+/// included (`INCLUDE`), which an index-only scan answers.
+#[cfg(feature = "postgres")]
+fn advise_covering(plan: &PlanNode, facts: &dyn Fn(&str, &str) -> TableFacts) -> Vec<Advice> {
+    /// Fewer rows than this are cheap to fetch from the table.
+    const MIN_ROWS: f64 = 100.0;
+    /// More missing columns than this make an index too wide to advise.
+    const MAX_INCLUDED: usize = 3;
+    // Rows a scan really fetches: a `LIMIT` above it stops it early.
+    fn capped<'p>(node: &'p PlanNode, cap: f64, out: &mut Vec<(&'p PlanNode, f64)>) {
+        let cap = if node.node_type == "Limit" {
+            cap.min(node.plan_rows)
+        } else {
+            cap
+        };
+        out.push((node, cap.min(node.plan_rows)));
+        for child in &node.children {
+            capped(child, cap, out);
+        }
+    }
+    let mut nodes = Vec::new();
+    capped(plan, f64::INFINITY, &mut nodes);
+    let mut advice = Vec::new();
+    for (node, fetched) in nodes {
+        let index = match node.node_type.as_str() {
+            "Index Scan" => node.index_name.clone(),
+            "Bitmap Heap Scan" => node
+                .children
+                .iter()
+                .find(|child| child.node_type == "Bitmap Index Scan")
+                .and_then(|child| child.index_name.clone()),
+            _ => None,
+        };
+        let (Some(index), Some(table)) = (index, &node.relation) else {
+            continue;
+        };
+        if fetched < MIN_ROWS || node.filter.is_some() || node.output.is_empty() {
+            continue;
+        }
+        let mut needed = Vec::new();
+        for output in &node.output {
+            let tokens: Vec<Token<'_>> = Scanner::new(output.as_bytes()).collect();
+            match column(&tokens) {
+                Some((name, [])) => needed.push(name),
+                // An expression over columns: not advised.
+                _ => {
+                    needed.clear();
+                    break;
+                }
+            }
+        }
+        let schema = node.schema.clone().unwrap_or_else(|| "public".to_owned());
+        let facts = facts(&schema, table);
+        let Some((_, held)) = facts.indexes.iter().find(|(name, _)| *name == index) else {
+            continue;
+        };
+        let mut missing: Vec<String> = needed
+            .into_iter()
+            .filter(|column| !held.contains(column))
+            .collect();
+        missing.dedup();
+        if missing.is_empty() || missing.len() > MAX_INCLUDED {
+            continue;
+        }
+        let qualified = format!("{}.{}", quote(&schema), quote(table));
+        let keys = held
+            .iter()
+            .map(|column| quote(column))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let included = missing
+            .iter()
+            .map(|column| quote(column))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let statement =
+            format!("CREATE INDEX CONCURRENTLY ON {qualified} ({keys}) INCLUDE ({included})");
+        let mut columns = held.clone();
+        columns.extend(missing.iter().cloned());
+        advice.push(Advice {
+            rule: "covering",
+            table: qualified,
+            columns,
+            predicate: None,
+            redacted: statement.clone(),
+            statement,
+            evidence: format!(
+                "{} on {table} fetches about {fetched:.0} rows from the table for {} that index {index} lacks",
+                node.node_type,
+                missing.join(", ")
+            ),
+        });
+    }
     advice
 }
 
@@ -731,6 +831,7 @@ mod tests {
         move |_, _| TableFacts {
             rows,
             low_cardinality: low.clone(),
+            indexes: vec![("t_org_idx".to_owned(), vec!["org".to_owned()])],
         }
     }
 
@@ -869,6 +970,44 @@ mod tests {
         let mut many = hash.clone();
         many.children[1].plan_rows = 50_000.0;
         assert!(advise(&many, Gates::default(), &facts(100_000.0, &[])).is_empty());
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn an_index_scan_fetching_many_rows_for_a_missing_column_gets_a_covering_index() {
+        let bitmap = |rows: f64, output: &[&str]| PlanNode {
+            node_type: "Bitmap Heap Scan".to_owned(),
+            relation: Some("t".to_owned()),
+            schema: Some("app".to_owned()),
+            plan_rows: rows,
+            output: output.iter().map(|o| (*o).to_owned()).collect(),
+            children: vec![PlanNode {
+                node_type: "Bitmap Index Scan".to_owned(),
+                index_name: Some("t_org_idx".to_owned()),
+                ..PlanNode::default()
+            }],
+            ..PlanNode::default()
+        };
+        let facts = facts(100_000.0, &[]);
+        let advice = advise(&bitmap(100.0, &["org", "total"]), Gates::default(), &facts);
+        assert_eq!(advice.len(), 1, "{advice:?}");
+        assert_eq!(advice[0].rule, "covering");
+        assert_eq!(
+            advice[0].statement,
+            "CREATE INDEX CONCURRENTLY ON app.t (org) INCLUDE (total)"
+        );
+        // Few rows, nothing missing, an expression: nothing.
+        assert!(advise(&bitmap(3.0, &["org", "total"]), Gates::default(), &facts).is_empty());
+        assert!(advise(&bitmap(500.0, &["org"]), Gates::default(), &facts).is_empty());
+        assert!(advise(&bitmap(500.0, &["(total * 2)"]), Gates::default(), &facts).is_empty());
+        // Under a LIMIT of 20 the scan fetches 20 rows, whatever its estimate.
+        let limited = PlanNode {
+            node_type: "Limit".to_owned(),
+            plan_rows: 20.0,
+            children: vec![bitmap(100_000.0, &["org", "total"])],
+            ..PlanNode::default()
+        };
+        assert!(advise(&limited, Gates::default(), &facts).is_empty());
     }
 
     #[cfg(feature = "postgres")]

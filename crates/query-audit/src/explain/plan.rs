@@ -19,6 +19,10 @@ pub struct PlanNode {
     pub filter: Option<String>,
     /// A join's condition: `Join Filter` (nested loop) or `Hash Cond`.
     pub join_condition: Option<String>,
+    /// The index an index scan reads.
+    pub index_name: Option<String>,
+    /// The columns or expressions the node outputs (`EXPLAIN (VERBOSE)`).
+    pub output: Vec<String>,
     /// The sort key, for `Sort` nodes.
     pub sort_key: Vec<String>,
     /// The planner's total cost.
@@ -68,6 +72,18 @@ impl PlanNode {
             alias: text("Alias"),
             filter: text("Filter"),
             join_condition: text("Hash Cond").or_else(|| text("Join Filter")),
+            index_name: text("Index Name"),
+            output: node
+                .get("Output")
+                .and_then(Value::as_array)
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
             sort_key: node
                 .get("Sort Key")
                 .and_then(Value::as_array)

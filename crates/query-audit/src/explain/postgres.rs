@@ -219,7 +219,11 @@ async fn facts(
             continue;
         };
         let key = (schema.clone(), table.clone());
-        if node.node_type != "Seq Scan" || facts.contains_key(&key) {
+        let scans = matches!(
+            node.node_type.as_str(),
+            "Seq Scan" | "Index Scan" | "Bitmap Heap Scan"
+        );
+        if !scans || facts.contains_key(&key) {
             continue;
         }
         let rows: Option<f32> = sqlx::query_scalar(
@@ -242,11 +246,28 @@ async fn facts(
         .fetch_all(&mut *connection)
         .await
         .map_err(ExplainError::Database)?;
+        // Each index's columns in order (key columns, then included ones).
+        let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
+            "SELECT ic.relname::text, array_agg(a.attname::text ORDER BY k.ord) \
+             FROM pg_index i \
+             JOIN pg_class ic ON ic.oid = i.indexrelid \
+             JOIN pg_class t ON t.oid = i.indrelid \
+             JOIN pg_namespace n ON n.oid = t.relnamespace \
+             CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
+             WHERE n.nspname = $1 AND t.relname = $2 GROUP BY ic.relname",
+        )
+        .bind(schema)
+        .bind(table)
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(ExplainError::Database)?;
         facts.insert(
             key,
             TableFacts {
                 rows: f64::from(rows.unwrap_or(0.0)),
                 low_cardinality,
+                indexes,
             },
         );
     }
