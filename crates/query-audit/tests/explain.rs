@@ -53,6 +53,29 @@ async fn an_unindexed_lookup_is_advised_and_the_advice_fixes_it() {
         "{}",
         advice.evidence
     );
+    // With HypoPG (.ci/run installs it), the planner's cost with the index
+    // made hypothetical; without it, the advice says it has no estimate.
+    let hypopg: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'hypopg')")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    if hypopg {
+        let (before, after) = advice.estimate.expect("a HypoPG estimate");
+        assert!(after < before / 10.0, "{before} → {after}");
+        assert!(
+            advice.evidence.contains("HypoPG: cost"),
+            "{}",
+            advice.evidence
+        );
+    } else {
+        assert_eq!(advice.estimate, None);
+        assert!(
+            advice.evidence.contains("HypoPG is not installed"),
+            "{}",
+            advice.evidence
+        );
+    }
 
     // Placeholders: a generic plan on PostgreSQL 15 (no EXPLAIN (GENERIC_PLAN) there).
     let generic = explainer

@@ -26,6 +26,10 @@ pub struct Advice {
     pub redacted: String,
     /// What in the plan led to it.
     pub evidence: String,
+    /// The plan's estimated cost without and with the index (PostgreSQL
+    /// with the `HypoPG` extension, which makes the index hypothetical for
+    /// the planner; `None` without it).
+    pub estimate: Option<(f64, f64)>,
 }
 
 impl fmt::Display for Advice {
@@ -166,6 +170,7 @@ pub(crate) fn advise(
             predicate,
             statement,
             redacted,
+            estimate: None,
             evidence: format!(
                 "Seq Scan on {table} (cost {:.0}) keeps about {kept:.0} of {seen:.0} rows through its filter",
                 node.total_cost
@@ -264,6 +269,7 @@ fn advise_covering(plan: &PlanNode, facts: &dyn Fn(&str, &str) -> TableFacts) ->
             columns,
             predicate: None,
             redacted: statement.clone(),
+            estimate: None,
             statement,
             evidence: format!(
                 "{} on {table} fetches about {fetched:.0} rows from the table for {} that index {index} lacks",
@@ -345,6 +351,7 @@ fn advise_joins(
             columns: vec![column],
             predicate: None,
             redacted: statement.clone(),
+            estimate: None,
             statement,
             evidence: format!(
                 "{} on {condition} reads all {rows:.0} rows of {table} for about {:.0} rows from the other side",
@@ -469,6 +476,7 @@ fn advise_sorts(
             columns: names,
             predicate: None,
             redacted: statement.clone(),
+            estimate: None,
             statement,
             evidence: format!(
                 "Sort by {} of a Seq Scan on {table} ({rows:.0} rows) costs {sort_cost:.0} over the scan",
@@ -608,6 +616,7 @@ pub(crate) fn advise_sqlite(
         redacted: statement.clone(),
         statement,
         evidence,
+        estimate: None,
     }]
 }
 
@@ -793,7 +802,7 @@ fn column<'t, 'a>(tokens: &'t [Token<'a>]) -> Option<(String, &'t [Token<'a>])> 
 
 /// An identifier as SQL needs it: bare when it is lower-case letters,
 /// digits and underscores, quoted otherwise.
-fn quote(identifier: &str) -> String {
+pub(crate) fn quote(identifier: &str) -> String {
     let plain = identifier
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')

@@ -8,7 +8,7 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::advice::{Gates, TableFacts, advise};
+use super::advice::{Advice, Gates, TableFacts, advise, quote};
 use super::plan::PlanNode;
 use super::{Analyze, ExplainError, Explained, Kind, classify};
 
@@ -90,6 +90,47 @@ impl Postgres {
                 Analyze::Select => kind == Kind::Read,
                 Analyze::SelectAndDml => true,
             };
+        let options = if analyze {
+            "VERBOSE, FORMAT JSON, ANALYZE, BUFFERS"
+        } else {
+            "VERBOSE, FORMAT JSON"
+        };
+        let json = self
+            .plan_once(connection, statement, placeholders, options)
+            .await?;
+        let root = PlanNode::from_explain(&json).ok_or(ExplainError::Plan)?;
+        let facts = facts(connection, &root).await?;
+        let mut advice = advise(&root, self.gates, &|schema, table| {
+            facts
+                .get(&(schema.to_owned(), table.to_owned()))
+                .cloned()
+                .unwrap_or_default()
+        });
+        if !advice.is_empty() {
+            self.estimate(connection, statement, placeholders, &root, &mut advice)
+                .await?;
+        }
+        Ok(Explained {
+            plan: root,
+            json,
+            generic,
+            analyzed: analyze,
+            advice,
+        })
+    }
+}
+
+impl Postgres {
+    /// One EXPLAIN of `statement` in a transaction that is rolled back: a
+    /// generic plan when it has placeholders (prepared, planned with
+    /// `force_generic_plan`, executed with `NULL`s, deallocated after).
+    async fn plan_once(
+        &self,
+        connection: &mut PgConnection,
+        statement: &str,
+        placeholders: u32,
+        options: &str,
+    ) -> Result<serde_json::Value, ExplainError> {
         let mut transaction = connection.begin().await.map_err(ExplainError::Database)?;
         let timeout_ms = self.timeout.as_millis().max(1);
         run(
@@ -97,12 +138,7 @@ impl Postgres {
             &format!("SET LOCAL statement_timeout = {timeout_ms}"),
         )
         .await?;
-        let options = if analyze {
-            "VERBOSE, FORMAT JSON, ANALYZE, BUFFERS"
-        } else {
-            "VERBOSE, FORMAT JSON"
-        };
-        let json = if generic {
+        let json = if placeholders > 0 {
             run(
                 &mut transaction,
                 "SET LOCAL plan_cache_mode = force_generic_plan",
@@ -131,42 +167,69 @@ impl Postgres {
             .rollback()
             .await
             .map_err(ExplainError::Database)?;
-        if generic {
+        if placeholders > 0 {
             deallocate(connection).await?;
         }
-        let root = PlanNode::from_explain(&json).ok_or(ExplainError::Plan)?;
-        let facts = facts(connection, &root).await?;
-        let mut advice = advise(&root, self.gates, &|schema, table| {
-            facts
-                .get(&(schema.to_owned(), table.to_owned()))
-                .cloned()
-                .unwrap_or_default()
-        });
-        if !advice.is_empty() {
-            // dexter's before → after needs HypoPG's hypothetical indexes;
-            // without the extension the advice says it has no such estimate.
-            let hypopg: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'hypopg')",
-            )
-            .fetch_one(&mut *connection)
+        Ok(json)
+    }
+
+    /// dexter's before → after: the plan's cost with each advised index
+    /// made hypothetical by `HypoPG` (nothing is built); without the
+    /// extension, the advice says it has no estimate.
+    async fn estimate(
+        &self,
+        connection: &mut PgConnection,
+        statement: &str,
+        placeholders: u32,
+        root: &PlanNode,
+        advice: &mut [Advice],
+    ) -> Result<(), ExplainError> {
+        let schema: Option<String> = sqlx::query_scalar(
+            "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
+             WHERE e.extname = 'hypopg'",
+        )
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(ExplainError::Database)?;
+        let Some(schema) = schema else {
+            for piece in advice.iter_mut() {
+                piece
+                    .evidence
+                    .push_str("; no estimate of the index's effect: HypoPG is not installed");
+            }
+            return Ok(());
+        };
+        let schema = quote(&schema);
+        for piece in advice.iter_mut() {
+            let hypothetical =
+                piece
+                    .statement
+                    .replacen("CREATE INDEX CONCURRENTLY", "CREATE INDEX", 1);
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT * FROM {schema}.hypopg_create_index($1)"
+            )))
+            .bind(&hypothetical)
+            .persistent(false)
+            .execute(&mut *connection)
             .await
             .map_err(ExplainError::Database)?;
-            let note = if hypopg {
-                "; HypoPG is installed but its estimate is not used yet"
-            } else {
-                "; no estimate of the index's effect: HypoPG is not installed"
-            };
-            for piece in &mut advice {
-                piece.evidence.push_str(note);
-            }
+            let after = self
+                .plan_once(connection, statement, placeholders, "FORMAT JSON")
+                .await;
+            // The hypothetical index is dropped whatever the EXPLAIN did.
+            sqlx::query(AssertSqlSafe(format!("SELECT {schema}.hypopg_reset()")))
+                .persistent(false)
+                .execute(&mut *connection)
+                .await
+                .map_err(ExplainError::Database)?;
+            let after = PlanNode::from_explain(&after?).ok_or(ExplainError::Plan)?;
+            piece.estimate = Some((root.total_cost, after.total_cost));
+            piece.evidence.push_str(&format!(
+                "; HypoPG: cost {:.0} → {:.0} with the index",
+                root.total_cost, after.total_cost
+            ));
         }
-        Ok(Explained {
-            plan: root,
-            json,
-            generic,
-            analyzed: analyze,
-            advice,
-        })
+        Ok(())
     }
 }
 
