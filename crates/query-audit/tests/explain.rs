@@ -77,6 +77,25 @@ async fn an_unindexed_lookup_is_advised_and_the_advice_fixes_it() {
         );
     }
 
+    // With ANALYZE allowed, the evidence holds what the scan measured, not
+    // the estimate alone: the rows its filter removed, its time, its buffers.
+    let analyzed = Explainer::postgres(db.connect_options())
+        .analyze(Analyze::Select)
+        .build()
+        .explain("SELECT * FROM orders WHERE org = 7")
+        .await
+        .unwrap();
+    assert!(analyzed.analyzed);
+    let evidence = &analyzed.advice[0].evidence;
+    assert!(
+        evidence.contains("keeps about 20 of 100000 rows"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("ms,") && evidence.contains("buffers from cache"),
+        "{evidence}"
+    );
+
     // Placeholders: a generic plan on PostgreSQL 15 (no EXPLAIN (GENERIC_PLAN) there).
     let generic = explainer
         .explain("select * from orders where org = $1")

@@ -33,6 +33,10 @@ pub struct PlanNode {
     pub actual_rows: Option<f64>,
     /// Rows the filter removed (ANALYZE only).
     pub rows_removed_by_filter: Option<f64>,
+    /// Milliseconds the node took, per loop (ANALYZE only).
+    pub actual_time_ms: Option<f64>,
+    /// Shared buffers found in cache and read (ANALYZE with BUFFERS only).
+    pub shared_buffers: Option<(f64, f64)>,
     /// How the node feeds its parent (`Outer`, `Inner`…).
     pub parent_relationship: Option<String>,
     /// The node's children.
@@ -98,6 +102,8 @@ impl PlanNode {
             plan_rows: number("Plan Rows").unwrap_or_default(),
             actual_rows: number("Actual Rows"),
             rows_removed_by_filter: number("Rows Removed by Filter"),
+            actual_time_ms: number("Actual Total Time"),
+            shared_buffers: number("Shared Hit Blocks").zip(number("Shared Read Blocks")),
             parent_relationship: text("Parent Relationship"),
             children,
         }
