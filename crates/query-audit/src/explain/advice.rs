@@ -73,6 +73,47 @@ impl Default for Gates {
     }
 }
 
+/// A node's table, schema-qualified and quoted as SQL needs it.
+#[cfg(feature = "postgres")]
+fn qualified_table(node: &PlanNode, table: &str) -> (String, String) {
+    let schema = node.schema.clone().unwrap_or_else(|| "public".to_owned());
+    let qualified = format!("{}.{}", quote(&schema), quote(table));
+    (schema, qualified)
+}
+
+/// `CREATE INDEX CONCURRENTLY ON table (keys)` and whatever follows the key
+/// list (`INCLUDE (…)`), as one piece of advice with no predicate.
+#[cfg(feature = "postgres")]
+fn concurrent_index(
+    rule: &'static str,
+    table: String,
+    columns: Vec<String>,
+    keys: &[String],
+    tail: &str,
+    evidence: String,
+) -> Advice {
+    let statement = format!(
+        "CREATE INDEX CONCURRENTLY ON {table} ({}){tail}",
+        keys.join(", ")
+    );
+    Advice {
+        rule,
+        table,
+        columns,
+        predicate: None,
+        redacted: statement.clone(),
+        estimate: None,
+        statement,
+        evidence,
+    }
+}
+
+/// Identifiers quoted as SQL needs them.
+#[cfg(feature = "postgres")]
+fn quoted(columns: &[String]) -> Vec<String> {
+    columns.iter().map(|column| quote(column)).collect()
+}
+
 /// What `EXPLAIN ANALYZE` measured of a node, for the evidence: the cost
 /// is an estimate, time and buffers are what the scan did.
 #[cfg(feature = "postgres")]
@@ -114,7 +155,7 @@ pub(crate) fn advise(
         let (Some(table), Some(filter)) = (&node.relation, &node.filter) else {
             continue;
         };
-        let schema = node.schema.clone().unwrap_or_else(|| "public".to_owned());
+        let (schema, qualified) = qualified_table(node, table);
         let facts = facts(&schema, table);
         let kept = node.actual_rows.unwrap_or(node.plan_rows).max(1.0);
         let seen = match (node.actual_rows, node.rows_removed_by_filter) {
@@ -130,7 +171,6 @@ pub(crate) fn advise(
         let Some(conditions) = conditions(filter) else {
             continue;
         };
-        let qualified = format!("{}.{}", quote(&schema), quote(table));
         let mut predicate = None;
         let mut predicate_column = None;
         let mut equal = Vec::new();
@@ -160,11 +200,7 @@ pub(crate) fn advise(
                 _ => continue,
             }
         }
-        let list = columns
-            .iter()
-            .map(|column| quote(column))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = quoted(&columns).join(", ");
         let mut statement = format!("CREATE INDEX CONCURRENTLY ON {qualified} ({list})");
         let mut redacted = statement.clone();
         if let Some((predicate, column)) = predicate.as_ref().zip(predicate_column.as_ref()) {
@@ -249,7 +285,7 @@ fn advise_covering(plan: &PlanNode, facts: &dyn Fn(&str, &str) -> TableFacts) ->
                 }
             }
         }
-        let schema = node.schema.clone().unwrap_or_else(|| "public".to_owned());
+        let (schema, qualified) = qualified_table(node, table);
         let facts = facts(&schema, table);
         let Some((_, held)) = facts.indexes.iter().find(|(name, _)| *name == index) else {
             continue;
@@ -262,35 +298,20 @@ fn advise_covering(plan: &PlanNode, facts: &dyn Fn(&str, &str) -> TableFacts) ->
         if missing.is_empty() || missing.len() > MAX_INCLUDED {
             continue;
         }
-        let qualified = format!("{}.{}", quote(&schema), quote(table));
-        let keys = held
-            .iter()
-            .map(|column| quote(column))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let included = missing
-            .iter()
-            .map(|column| quote(column))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let statement =
-            format!("CREATE INDEX CONCURRENTLY ON {qualified} ({keys}) INCLUDE ({included})");
         let mut columns = held.clone();
         columns.extend(missing.iter().cloned());
-        advice.push(Advice {
-            rule: "covering",
-            table: qualified,
+        advice.push(concurrent_index(
+            "covering",
+            qualified,
             columns,
-            predicate: None,
-            redacted: statement.clone(),
-            estimate: None,
-            statement,
-            evidence: format!(
+            &quoted(held),
+            &format!(" INCLUDE ({})", quoted(&missing).join(", ")),
+            format!(
                 "{} on {table} fetches about {fetched:.0} rows from the table for {} that index {index} lacks",
                 node.node_type,
                 missing.join(", ")
             ),
-        });
+        ));
     }
     advice
 }
@@ -342,7 +363,7 @@ fn advise_joins(
         let Some(table) = &scan.relation else {
             continue;
         };
-        let schema = scan.schema.clone().unwrap_or_else(|| "public".to_owned());
+        let (schema, qualified) = qualified_table(scan, table);
         let rows = facts(&schema, table).rows;
         if rows < gates.min_table_rows
             || driver.plan_rows > rows * 0.01
@@ -354,24 +375,18 @@ fn advise_joins(
         let Some(column) = join_column(condition, alias) else {
             continue;
         };
-        let qualified = format!("{}.{}", quote(&schema), quote(table));
-        let statement = format!(
-            "CREATE INDEX CONCURRENTLY ON {qualified} ({})",
-            quote(&column)
-        );
-        advice.push(Advice {
-            rule: "join",
-            table: qualified,
-            columns: vec![column],
-            predicate: None,
-            redacted: statement.clone(),
-            estimate: None,
-            statement,
-            evidence: format!(
+        let keys = [quote(&column)];
+        advice.push(concurrent_index(
+            "join",
+            qualified,
+            vec![column],
+            &keys,
+            "",
+            format!(
                 "{} on {condition} reads all {rows:.0} rows of {table} for about {:.0} rows from the other side",
                 node.node_type, driver.plan_rows
             ),
-        });
+        ));
     }
     advice
 }
@@ -438,7 +453,7 @@ fn advise_sorts(
         let Some(table) = &scan.relation else {
             continue;
         };
-        let schema = scan.schema.clone().unwrap_or_else(|| "public".to_owned());
+        let (schema, qualified) = qualified_table(scan, table);
         let rows = facts(&schema, table).rows;
         let sort_cost = node.total_cost - scan.total_cost;
         if rows < gates.min_table_rows || sort_cost < gates.min_cost {
@@ -479,24 +494,17 @@ fn advise_sorts(
         if !plain {
             continue;
         }
-        let qualified = format!("{}.{}", quote(&schema), quote(table));
-        let statement = format!(
-            "CREATE INDEX CONCURRENTLY ON {qualified} ({})",
-            columns.join(", ")
-        );
-        advice.push(Advice {
-            rule: "sort",
-            table: qualified,
-            columns: names,
-            predicate: None,
-            redacted: statement.clone(),
-            estimate: None,
-            statement,
-            evidence: format!(
+        advice.push(concurrent_index(
+            "sort",
+            qualified,
+            names,
+            &columns,
+            "",
+            format!(
                 "Sort by {} of a Seq Scan on {table} ({rows:.0} rows) costs {sort_cost:.0} over the scan",
                 node.sort_key.join(", ")
             ),
-        });
+        ));
     }
     advice
 }
