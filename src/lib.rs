@@ -17,6 +17,7 @@
 //! | `audit-postgres` | `perfkit::audit::explain` | `perfkit-query-audit/postgres`: sqlx |
 //! | `audit-sqlite` | `perfkit::audit::explain` | `perfkit-query-audit/sqlite`: sqlx, bundled SQLite |
 //! | `pool`        | `perfkit::pool`        | `perfkit-pool-monitor` |
+//! | `pool-sqlx`   | `perfkit::pool::InstrumentedPool` | `perfkit-pool-monitor/sqlx`: sqlx |
 //! | `full`        | all of the above       |                        |
 //!
 //! No feature is on by default: with default features this crate has no
@@ -71,6 +72,10 @@
 //! | `perfkit_query_audit_fingerprints` | gauge | `name` |
 //! | `perfkit_query_audit_explains_total` | counter | `name`, `outcome` (`advised`, `no_advice`, `refused`, `failed`) |
 //! | `perfkit_query_audit_explain_dropped_total` | counter | `name` |
+//! | `perfkit_pool_connections` | gauge | `pool`, `state` (`idle`, `in_use`, `total`, `max`) |
+//! | `perfkit_pool_waiting` | gauge | `pool` |
+//! | `perfkit_pool_acquire_seconds`, `perfkit_pool_usage_seconds` | histogram | `pool` |
+//! | `perfkit_pool_acquire_timeouts_total` | counter | `pool` |
 //!
 //! Spans: `cache.get`, `idempotency.claim`, `idempotency.record`,
 //! `idempotency.replay`, `dedup.run`, `batcher.dispatch`. Each crate's documentation says what

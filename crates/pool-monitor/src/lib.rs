@@ -1,11 +1,38 @@
 //! # perfkit-pool-monitor
 //!
-//! Gauges for sqlx and deadpool pools: total/idle/in-use/waiting connections, acquire latency, and exhaustion alerts.
+//! Gauges for sqlx and deadpool pools: total/idle/in-use/waiting
+//! connections, acquire latency, and exhaustion alerts.
 //!
-//! **Status:** not yet usable: this version reserves the name and has no API yet. This crate is part of the
-//! [perfkit](https://github.com/perfkit-rs/perfkit) family; use it alone or through
-//! the `perfkit` facade.
+//! **Status:** in progress. Usable now: [`PoolSnapshot`] (clamped, never
+//! torn) from any [`PoolSource`] — sqlx's `Pool` with feature `sqlx` — and
+//! `InstrumentedPool` (feature `sqlx`), which gives sqlx the figures it
+//! lacks: acquire time, waiters (a cancelled acquire leaves the count),
+//! timeouts and usage time. Coming: the background monitor, alerts with
+//! hysteresis, leak detection, deadpool and bb8.
+//!
+//! ```
+//! use perfkit_pool_monitor::PoolSnapshot;
+//!
+//! // Counters read one after the other can tear; a snapshot never does.
+//! let snapshot = PoolSnapshot::clamped(10, 2, 12, 3, Some(4));
+//! assert_eq!((snapshot.size, snapshot.idle, snapshot.in_use), (10, 3, 7));
+//! assert_eq!(snapshot.utilization(), 0.7);
+//! ```
+//!
+//! This crate is part of the [perfkit](https://github.com/perfkit-rs/perfkit)
+//! family; use it alone or through the `perfkit` facade (feature `pool`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+#[cfg(feature = "sqlx")]
+mod instrumented;
+mod snapshot;
+
+pub use crate::error::ConfigError;
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub use crate::instrumented::{Held, InstrumentedPool};
+pub use crate::snapshot::{PoolSnapshot, PoolSource};
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

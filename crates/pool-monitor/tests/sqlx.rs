@@ -1,0 +1,101 @@
+//! `InstrumentedPool` over a live PostgreSQL pool: in use and waiting under
+//! contention, cancelled acquires, timeouts, gauges through a recorder.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use perfkit_pool_monitor::{InstrumentedPool, PoolSource};
+use perfkit_test_support::concurrency::until;
+use perfkit_test_support::{TestPostgres, postgres};
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::watch;
+
+async fn pool(max: u32, acquire_timeout: Duration) -> Option<(TestPostgres, sqlx::PgPool)> {
+    let db = postgres().await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    Some((db, pool))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_holders_on_three_connections_show_three_in_use_and_seven_waiting() {
+    let Some((_db, pool)) = pool(3, Duration::from_secs(30)).await else {
+        return;
+    };
+    let pool = InstrumentedPool::new(pool, "contended").unwrap();
+    let (release, released) = watch::channel(false);
+    let holders: Vec<_> = (0..10)
+        .map(|_| {
+            let pool = pool.clone();
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                let mut held = pool.acquire().await.unwrap();
+                let one: i32 = sqlx::query_scalar("SELECT 1")
+                    .fetch_one(&mut *held)
+                    .await
+                    .unwrap();
+                assert_eq!(one, 1);
+                // Held until released: the first three hold theirs while the
+                // other seven wait for one.
+                released.wait_for(|released| *released).await.unwrap();
+                drop(held);
+            })
+        })
+        .collect();
+    until("3 in use and 7 waiting", || {
+        let snapshot = pool.snapshot();
+        snapshot.in_use == 3 && snapshot.waiting == Some(7)
+    })
+    .await;
+    let snapshot = pool.publish();
+    assert_eq!((snapshot.max, snapshot.size, snapshot.idle), (3, 3, 0));
+    release.send(true).unwrap();
+    for holder in holders {
+        holder.await.unwrap();
+    }
+    // sqlx returns a dropped connection to the pool on a task of its own.
+    until("nobody waiting and every connection back", || {
+        let snapshot = pool.snapshot();
+        snapshot.waiting == Some(0) && snapshot.in_use == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_and_timed_out_acquires_leave_nobody_waiting() {
+    let Some((_db, pool)) = pool(1, Duration::from_millis(200)).await else {
+        return;
+    };
+    let counters = perfkit_test_support::metrics::Counters::default();
+    let pool = metrics::with_local_recorder(&counters, || {
+        InstrumentedPool::new(pool, "cancelled").unwrap()
+    });
+    let held = pool.acquire().await.unwrap();
+    // An acquire dropped by a timeout around it, and one whose task is aborted.
+    let timed_out = tokio::time::timeout(Duration::from_millis(50), pool.acquire()).await;
+    assert!(timed_out.is_err());
+    let aborted = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.acquire().await.map(drop) }
+    });
+    until("the aborted acquire waits", || pool.waiting() == 1).await;
+    aborted.abort();
+    let _ = aborted.await;
+    assert_eq!(pool.waiting(), 0);
+    // The pool's own acquire timeout: counted.
+    assert!(matches!(
+        pool.acquire().await,
+        Err(sqlx::Error::PoolTimedOut)
+    ));
+    assert_eq!(pool.waiting(), 0);
+    assert_eq!(
+        counters.get("perfkit_pool_acquire_timeouts_total{pool=cancelled}"),
+        1
+    );
+    drop(held);
+    assert!(pool.acquire().await.is_ok());
+}
