@@ -14,7 +14,7 @@ use super::{Analyze, ExplainError, Explained, Kind, classify};
 
 /// The name of the statement prepared for a generic plan (one at a time,
 /// on the explainer's own connection).
-const PREPARED: &str = "perfkit_query_audit_plan";
+const PREPARED: &str = "query_audit_generic_plan";
 
 pub(crate) struct Postgres {
     options: PgConnectOptions,
