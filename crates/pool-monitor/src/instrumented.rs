@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
-use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, histogram};
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
 
 use crate::error::ConfigError;
-use crate::snapshot::{PoolSnapshot, PoolSource};
+use crate::snapshot::{Gauges, PoolSnapshot, PoolSource};
 
 /// A sqlx [`Pool`] whose acquires are timed and counted: how long each
 /// waited (histogram), how many are waiting now (a count that a cancelled
@@ -49,25 +49,16 @@ struct PoolMetrics {
     acquire: Histogram,
     usage: Histogram,
     timeouts: Counter,
-    waiting: Gauge,
-    idle: Gauge,
-    in_use: Gauge,
-    total: Gauge,
-    max: Gauge,
+    gauges: Gauges,
 }
 
 impl PoolMetrics {
     fn new(pool: &str) -> Self {
-        let state = |state: &'static str| gauge!("perfkit_pool_connections", "pool" => pool.to_owned(), "state" => state);
         Self {
             acquire: histogram!("perfkit_pool_acquire_seconds", "pool" => pool.to_owned()),
             usage: histogram!("perfkit_pool_usage_seconds", "pool" => pool.to_owned()),
             timeouts: counter!("perfkit_pool_acquire_timeouts_total", "pool" => pool.to_owned()),
-            waiting: gauge!("perfkit_pool_waiting", "pool" => pool.to_owned()),
-            idle: state("idle"),
-            in_use: state("in_use"),
-            total: state("total"),
-            max: state("max"),
+            gauges: Gauges::new(pool),
         }
     }
 }
@@ -144,13 +135,7 @@ impl<DB: Database> InstrumentedPool<DB> {
     /// (`perfkit_pool_connections{state}`, `perfkit_pool_waiting`).
     pub fn publish(&self) -> PoolSnapshot {
         let snapshot = self.snapshot();
-        let metrics = &self.shared.metrics;
-        metrics.idle.set(f64::from(snapshot.idle));
-        metrics.in_use.set(f64::from(snapshot.in_use));
-        metrics.total.set(f64::from(snapshot.size));
-        metrics.max.set(f64::from(snapshot.max));
-        #[allow(clippy::cast_precision_loss)]
-        metrics.waiting.set(snapshot.waiting.unwrap_or(0) as f64);
+        self.shared.metrics.gauges.set(&snapshot);
         snapshot
     }
 }

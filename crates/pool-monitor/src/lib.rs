@@ -4,11 +4,12 @@
 //! connections, acquire latency, and exhaustion alerts.
 //!
 //! **Status:** in progress. Usable now: [`PoolSnapshot`] (clamped, never
-//! torn) from any [`PoolSource`] — sqlx's `Pool` with feature `sqlx` — and
+//! torn) from any [`PoolSource`] — sqlx's `Pool` with feature `sqlx`;
 //! `InstrumentedPool` (feature `sqlx`), which gives sqlx the figures it
 //! lacks: acquire time, waiters (a cancelled acquire leaves the count),
-//! timeouts and usage time. Coming: the background monitor, alerts with
-//! hysteresis, leak detection, deadpool and bb8.
+//! timeouts and usage time; [`PoolMonitor`]: pools sampled on an interval
+//! and held weakly, gauges, alerts with hysteresis. Coming: leak detection,
+//! deadpool and bb8.
 //!
 //! ```
 //! use perfkit_pool_monitor::PoolSnapshot;
@@ -26,12 +27,14 @@
 mod error;
 #[cfg(feature = "sqlx")]
 mod instrumented;
+mod monitor;
 mod snapshot;
 
 pub use crate::error::ConfigError;
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub use crate::instrumented::{Held, InstrumentedPool};
+pub use crate::monitor::{Alert, AlertEvent, Condition, PoolMonitor, PoolMonitorBuilder};
 pub use crate::snapshot::{PoolSnapshot, PoolSource};
 
 /// The README's examples, compiled as doctests.

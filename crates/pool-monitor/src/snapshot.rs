@@ -1,5 +1,6 @@
 //! A pool's state at one instant.
 
+use metrics::{Gauge, gauge};
 use serde::Serialize;
 
 /// A pool's connections at one instant, consistent with itself: every
@@ -49,6 +50,40 @@ impl PoolSnapshot {
             0.0
         } else {
             f64::from(self.in_use) / f64::from(self.max)
+        }
+    }
+}
+
+/// A pool's gauges: `perfkit_pool_connections{pool,state}` and
+/// `perfkit_pool_waiting{pool}`.
+pub(crate) struct Gauges {
+    idle: Gauge,
+    in_use: Gauge,
+    total: Gauge,
+    max: Gauge,
+    waiting: Gauge,
+}
+
+impl Gauges {
+    pub(crate) fn new(pool: &str) -> Self {
+        let state = |state: &'static str| gauge!("perfkit_pool_connections", "pool" => pool.to_owned(), "state" => state);
+        Self {
+            idle: state("idle"),
+            in_use: state("in_use"),
+            total: state("total"),
+            max: state("max"),
+            waiting: gauge!("perfkit_pool_waiting", "pool" => pool.to_owned()),
+        }
+    }
+
+    pub(crate) fn set(&self, snapshot: &PoolSnapshot) {
+        self.idle.set(f64::from(snapshot.idle));
+        self.in_use.set(f64::from(snapshot.in_use));
+        self.total.set(f64::from(snapshot.size));
+        self.max.set(f64::from(snapshot.max));
+        if let Some(waiting) = snapshot.waiting {
+            #[allow(clippy::cast_precision_loss)]
+            self.waiting.set(waiting as f64);
         }
     }
 }

@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
-use perfkit_pool_monitor::{InstrumentedPool, PoolSource};
+use std::sync::Arc;
+
+use perfkit_pool_monitor::{Alert, Condition, InstrumentedPool, PoolMonitor, PoolSource};
 use perfkit_test_support::concurrency::until;
+use perfkit_test_support::metrics::Counters;
 use perfkit_test_support::{TestPostgres, postgres};
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::watch;
@@ -22,15 +25,37 @@ async fn pool(max: u32, acquire_timeout: Duration) -> Option<(TestPostgres, sqlx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_holders_on_three_connections_show_three_in_use_and_seven_waiting() {
+async fn ten_holders_on_three_connections_raise_one_alert_and_clear_it_once() {
     let Some((_db, pool)) = pool(3, Duration::from_secs(30)).await else {
         return;
     };
-    let pool = InstrumentedPool::new(pool, "contended").unwrap();
+    let counters = Counters::default();
+    let (pool, monitor) = metrics::with_local_recorder(&counters, || {
+        let pool = Arc::new(InstrumentedPool::new(pool, "contended").unwrap());
+        let monitor = PoolMonitor::builder()
+            .interval(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        (pool, monitor)
+    });
+    let mut events = monitor.subscribe();
+    metrics::with_local_recorder(&counters, || {
+        monitor
+            .watch(
+                "contended",
+                &pool,
+                vec![Alert::new(
+                    "exhausted",
+                    Condition::WaitingAbove(5),
+                    Duration::from_millis(50),
+                )],
+            )
+            .unwrap();
+    });
     let (release, released) = watch::channel(false);
     let holders: Vec<_> = (0..10)
         .map(|_| {
-            let pool = pool.clone();
+            let pool = Arc::clone(&pool);
             let mut released = released.clone();
             tokio::spawn(async move {
                 let mut held = pool.acquire().await.unwrap();
@@ -51,18 +76,73 @@ async fn ten_holders_on_three_connections_show_three_in_use_and_seven_waiting() 
         snapshot.in_use == 3 && snapshot.waiting == Some(7)
     })
     .await;
-    let snapshot = pool.publish();
-    assert_eq!((snapshot.max, snapshot.size, snapshot.idle), (3, 3, 0));
+    let raised = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(raised.raised, "{raised:?}");
+    assert_eq!(
+        (raised.pool.as_str(), raised.alert.as_str()),
+        ("contended", "exhausted")
+    );
+    assert_eq!(raised.snapshot.waiting, Some(7));
+    // The gauges, as the monitor set them.
+    until("the gauges show the contention", || {
+        counters.gauge("perfkit_pool_waiting{pool=contended}") == Some(7.0)
+            && counters.gauge("perfkit_pool_connections{pool=contended,state=in_use}") == Some(3.0)
+    })
+    .await;
+    assert_eq!(
+        counters.gauge("perfkit_pool_connections{pool=contended,state=max}"),
+        Some(3.0)
+    );
     release.send(true).unwrap();
     for holder in holders {
         holder.await.unwrap();
     }
+    let cleared = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!cleared.raised, "{cleared:?}");
+    // One of each: nothing more while calm.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(
+        events.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
     // sqlx returns a dropped connection to the pool on a task of its own.
     until("nobody waiting and every connection back", || {
         let snapshot = pool.snapshot();
         snapshot.waiting == Some(0) && snapshot.in_use == 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_keeps_no_pool_alive_and_stops_when_dropped() {
+    let Some((_db, pool)) = pool(2, Duration::from_secs(5)).await else {
+        return;
+    };
+    let monitor = PoolMonitor::builder()
+        .interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    let pool = Arc::new(InstrumentedPool::new(pool, "dropped").unwrap());
+    let weak = Arc::downgrade(&pool);
+    monitor.watch("dropped", &pool, Vec::new()).unwrap();
+    assert_eq!(monitor.watched(), ["dropped"]);
+    drop(pool);
+    assert!(weak.upgrade().is_none(), "the monitor holds the pool");
+    until("the dropped pool is forgotten", || {
+        monitor.watched().is_empty()
+    })
+    .await;
+    let stopped = monitor.stopped();
+    drop(monitor);
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the sampling task stops when the monitor is dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
