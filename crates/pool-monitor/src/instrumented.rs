@@ -1,11 +1,12 @@
 //! sqlx's pool with the figures it lacks: acquire time, waiters, timeouts
 //! and usage time.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use metrics::{Counter, Histogram, counter, histogram};
 use sqlx::pool::PoolConnection;
@@ -27,7 +28,7 @@ use crate::snapshot::{Gauges, PoolSnapshot, PoolSource};
 /// use perfkit_pool_monitor::{InstrumentedPool, PoolSource};
 ///
 /// let pool = sqlx::PgPool::connect("postgres://postgres@127.0.0.1/test").await?;
-/// let pool = InstrumentedPool::new(pool, "main")?;
+/// let pool = InstrumentedPool::builder(pool).name("main").build()?;
 /// let mut connection = pool.acquire().await?;
 /// let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *connection).await?;
 /// drop(connection);
@@ -43,6 +44,18 @@ struct Shared {
     name: Arc<str>,
     waiting: AtomicI64,
     metrics: PoolMetrics,
+    /// Connections held longer than this are reported (off when `None`).
+    leak_threshold: Option<Duration>,
+    /// The connections lent out, when leaks are watched.
+    lent: Mutex<HashMap<u64, Lent>>,
+    next_id: AtomicU64,
+}
+
+/// A connection lent out: since when, and in which span.
+struct Lent {
+    acquired: Instant,
+    span: tracing::Span,
+    reported: bool,
 }
 
 struct PoolMetrics {
@@ -63,26 +76,70 @@ impl PoolMetrics {
     }
 }
 
-impl<DB: Database> InstrumentedPool<DB> {
-    /// Instruments `pool` under `name` (the `pool` label of its metrics).
-    /// Metric handles are taken from the recorder installed now.
+/// Configures an [`InstrumentedPool`]: `InstrumentedPool::builder(pool)…build()?`.
+#[must_use]
+pub struct InstrumentedPoolBuilder<DB: Database> {
+    pool: Pool<DB>,
+    name: String,
+    leak_threshold: Option<Duration>,
+}
+
+impl<DB: Database> InstrumentedPoolBuilder<DB> {
+    /// The `pool` label of its metrics. Default: `"default"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Reports a connection held longer than `threshold`: one `WARN` in the
+    /// span it was acquired in, with how long it has been held, and one
+    /// `INFO` when it comes back. Checked at each [`PoolMonitor`](crate::PoolMonitor)
+    /// sample, or by [`InstrumentedPool::check_leaks`]. Default: off (each
+    /// acquire then registers nothing).
+    pub fn leak_threshold(mut self, threshold: Duration) -> Self {
+        self.leak_threshold = Some(threshold);
+        self
+    }
+
+    /// The instrumented pool. Metric handles are taken from the recorder
+    /// installed now.
     ///
     /// # Errors
     ///
-    /// [`ConfigError::EmptyName`] for a blank name.
-    pub fn new(pool: Pool<DB>, name: impl Into<String>) -> Result<Self, ConfigError> {
-        let name = name.into();
-        if name.trim().is_empty() {
+    /// [`ConfigError::EmptyName`] for a blank name, [`ConfigError::Zero`]
+    /// for a zero leak threshold.
+    pub fn build(self) -> Result<InstrumentedPool<DB>, ConfigError> {
+        if self.name.trim().is_empty() {
             return Err(ConfigError::EmptyName);
         }
-        Ok(Self {
-            pool,
+        if self
+            .leak_threshold
+            .is_some_and(|threshold| threshold.is_zero())
+        {
+            return Err(ConfigError::Zero("leak_threshold"));
+        }
+        Ok(InstrumentedPool {
+            pool: self.pool,
             shared: Arc::new(Shared {
-                metrics: PoolMetrics::new(&name),
-                name: Arc::from(name),
+                metrics: PoolMetrics::new(&self.name),
+                name: Arc::from(self.name),
                 waiting: AtomicI64::new(0),
+                leak_threshold: self.leak_threshold,
+                lent: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
             }),
         })
+    }
+}
+
+impl<DB: Database> InstrumentedPool<DB> {
+    /// A builder around `pool`, with the defaults each setter names.
+    pub fn builder(pool: Pool<DB>) -> InstrumentedPoolBuilder<DB> {
+        InstrumentedPoolBuilder {
+            pool,
+            name: "default".to_owned(),
+            leak_threshold: None,
+        }
     }
 
     /// A connection, timed from the call to the hand-over. While it waits it
@@ -103,9 +160,23 @@ impl<DB: Database> InstrumentedPool<DB> {
                     .metrics
                     .acquire
                     .record(started.elapsed().as_secs_f64());
+                let acquired = Instant::now();
+                let id = self.shared.leak_threshold.map(|_| {
+                    let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                    self.shared.lent().insert(
+                        id,
+                        Lent {
+                            acquired,
+                            span: tracing::Span::current(),
+                            reported: false,
+                        },
+                    );
+                    id
+                });
                 Ok(Held {
                     connection,
-                    acquired: Instant::now(),
+                    acquired,
+                    id,
                     shared: Arc::clone(&self.shared),
                 })
             }
@@ -131,6 +202,33 @@ impl<DB: Database> InstrumentedPool<DB> {
         u64::try_from(self.shared.waiting.load(Ordering::Acquire).max(0)).unwrap_or(0)
     }
 
+    /// Reports the connections held past the leak threshold that were not
+    /// reported yet (one `WARN` each, in the span each was acquired in);
+    /// returns how many it reported. A no-op without a threshold.
+    pub fn check_leaks(&self) -> usize {
+        let Some(threshold) = self.shared.leak_threshold else {
+            return 0;
+        };
+        let mut reported = 0;
+        for lent in self.shared.lent().values_mut() {
+            let held = lent.acquired.elapsed();
+            if lent.reported || held < threshold {
+                continue;
+            }
+            lent.reported = true;
+            reported += 1;
+            tracing::warn!(
+                parent: &lent.span,
+                pool = &*self.shared.name,
+                span = lent.span.metadata().map_or("none", |span| span.name()),
+                held_ms = held.as_secs_f64() * 1_000.0,
+                threshold_ms = threshold.as_secs_f64() * 1_000.0,
+                "connection held past the leak threshold"
+            );
+        }
+        reported
+    }
+
     /// Takes a snapshot and sets the gauges from it
     /// (`perfkit_pool_connections{state}`, `perfkit_pool_waiting`).
     pub fn publish(&self) -> PoolSnapshot {
@@ -145,6 +243,17 @@ impl<DB: Database> PoolSource for InstrumentedPool<DB> {
         let mut snapshot = self.pool.snapshot();
         snapshot.waiting = Some(self.waiting());
         snapshot
+    }
+
+    /// Checks for leaks ([`check_leaks`](Self::check_leaks)).
+    fn sampled(&self) {
+        self.check_leaks();
+    }
+}
+
+impl Shared {
+    fn lent(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Lent>> {
+        self.lent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -188,6 +297,8 @@ impl Drop for Waiting<'_> {
 pub struct Held<DB: Database> {
     connection: PoolConnection<DB>,
     acquired: Instant,
+    /// Its entry among the lent connections, when leaks are watched.
+    id: Option<u64>,
     shared: Arc<Shared>,
 }
 
@@ -215,10 +326,17 @@ impl<DB: Database> DerefMut for Held<DB> {
 
 impl<DB: Database> Drop for Held<DB> {
     fn drop(&mut self) {
-        self.shared
-            .metrics
-            .usage
-            .record(self.acquired.elapsed().as_secs_f64());
+        let held = self.acquired.elapsed();
+        self.shared.metrics.usage.record(held.as_secs_f64());
+        let lent = self.id.and_then(|id| self.shared.lent().remove(&id));
+        if let Some(lent) = lent.filter(|lent| lent.reported) {
+            tracing::info!(
+                parent: &lent.span,
+                pool = &*self.shared.name,
+                held_ms = held.as_secs_f64() * 1_000.0,
+                "connection reported as held too long is back"
+            );
+        }
     }
 }
 

@@ -8,8 +8,8 @@
 //! `InstrumentedPool` (feature `sqlx`), which gives sqlx the figures it
 //! lacks: acquire time, waiters (a cancelled acquire leaves the count),
 //! timeouts and usage time; [`PoolMonitor`]: pools sampled on an interval
-//! and held weakly, gauges, alerts with hysteresis. Coming: leak detection,
-//! deadpool and bb8.
+//! and held weakly, gauges, alerts with hysteresis; leak detection.
+//! Coming: deadpool and bb8.
 //!
 //! ```
 //! use perfkit_pool_monitor::PoolSnapshot;
@@ -33,7 +33,7 @@ mod snapshot;
 pub use crate::error::ConfigError;
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
-pub use crate::instrumented::{Held, InstrumentedPool};
+pub use crate::instrumented::{Held, InstrumentedPool, InstrumentedPoolBuilder};
 pub use crate::monitor::{Alert, AlertEvent, Condition, PoolMonitor, PoolMonitorBuilder};
 pub use crate::snapshot::{PoolSnapshot, PoolSource};
 

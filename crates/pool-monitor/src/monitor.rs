@@ -275,6 +275,7 @@ async fn sample(inner: Weak<Inner>, interval: Duration, done: oneshot::Sender<()
                 return false;
             };
             let snapshot = source.snapshot();
+            source.sampled();
             watched.gauges.set(&snapshot);
             for state in &mut watched.alerts {
                 if let Some(raised) = state.step(&snapshot, now) {

@@ -93,6 +93,11 @@ impl Gauges {
 pub trait PoolSource: Send + Sync {
     /// The pool's state now.
     fn snapshot(&self) -> PoolSnapshot;
+
+    /// Called by a [`PoolMonitor`](crate::PoolMonitor) after each of its
+    /// samples, for periodic work of the source's own (an
+    /// `InstrumentedPool` checks for leaks). Does nothing by default.
+    fn sampled(&self) {}
 }
 
 #[cfg(feature = "sqlx")]

@@ -31,7 +31,12 @@ async fn ten_holders_on_three_connections_raise_one_alert_and_clear_it_once() {
     };
     let counters = Counters::default();
     let (pool, monitor) = metrics::with_local_recorder(&counters, || {
-        let pool = Arc::new(InstrumentedPool::new(pool, "contended").unwrap());
+        let pool = Arc::new(
+            InstrumentedPool::builder(pool)
+                .name("contended")
+                .build()
+                .unwrap(),
+        );
         let monitor = PoolMonitor::builder()
             .interval(Duration::from_millis(10))
             .build()
@@ -128,7 +133,12 @@ async fn the_monitor_keeps_no_pool_alive_and_stops_when_dropped() {
         .interval(Duration::from_millis(10))
         .build()
         .unwrap();
-    let pool = Arc::new(InstrumentedPool::new(pool, "dropped").unwrap());
+    let pool = Arc::new(
+        InstrumentedPool::builder(pool)
+            .name("dropped")
+            .build()
+            .unwrap(),
+    );
     let weak = Arc::downgrade(&pool);
     monitor.watch("dropped", &pool, Vec::new()).unwrap();
     assert_eq!(monitor.watched(), ["dropped"]);
@@ -152,7 +162,10 @@ async fn cancelled_and_timed_out_acquires_leave_nobody_waiting() {
     };
     let counters = perfkit_test_support::metrics::Counters::default();
     let pool = metrics::with_local_recorder(&counters, || {
-        InstrumentedPool::new(pool, "cancelled").unwrap()
+        InstrumentedPool::builder(pool)
+            .name("cancelled")
+            .build()
+            .unwrap()
     });
     let held = pool.acquire().await.unwrap();
     // An acquire dropped by a timeout around it, and one whose task is aborted.
@@ -178,4 +191,123 @@ async fn cancelled_and_timed_out_acquires_leave_nobody_waiting() {
     );
     drop(held);
     assert!(pool.acquire().await.is_ok());
+}
+
+/// Warnings and notices of the monitored pools: level, pool, message, and
+/// the span the event belongs to (collected through the global subscriber:
+/// the monitor logs from its own task).
+#[derive(Debug, Clone)]
+struct Logged {
+    level: tracing::Level,
+    pool: String,
+    message: String,
+    span: Option<&'static str>,
+}
+
+fn logged() -> &'static std::sync::Mutex<Vec<Logged>> {
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+    struct Capture;
+    impl<S> Layer<S> for Capture
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+            if !event
+                .metadata()
+                .target()
+                .starts_with("perfkit_pool_monitor")
+            {
+                return;
+            }
+            #[derive(Default)]
+            struct Fields {
+                pool: String,
+                message: String,
+            }
+            impl tracing::field::Visit for Fields {
+                fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                    if field.name() == "pool" {
+                        value.clone_into(&mut self.pool);
+                    }
+                }
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        self.message = format!("{value:?}");
+                    }
+                }
+            }
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            LOGGED
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap()
+                .push(Logged {
+                    level: *event.metadata().level(),
+                    pool: fields.pool,
+                    message: fields.message,
+                    span: ctx.event_span(event).map(|span| span.name()),
+                });
+        }
+    }
+    static LOGGED: std::sync::OnceLock<std::sync::Mutex<Vec<Logged>>> = std::sync::OnceLock::new();
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture))
+            .expect("the only global subscriber of this binary");
+    });
+    LOGGED.get_or_init(Default::default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_held_past_the_leak_threshold_is_reported_once_in_its_span() {
+    use tracing::Instrument;
+
+    let Some((_db, pool)) = pool(2, Duration::from_secs(5)).await else {
+        return;
+    };
+    let logs = logged();
+    let pool = Arc::new(
+        InstrumentedPool::builder(pool)
+            .name("leaky")
+            .leak_threshold(Duration::from_millis(50))
+            .build()
+            .unwrap(),
+    );
+    let monitor = PoolMonitor::builder()
+        .interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    monitor.watch("leaky", &pool, Vec::new()).unwrap();
+    // A quick one: nothing to report.
+    drop(pool.acquire().await.unwrap());
+    async {
+        let held = pool.acquire().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(held);
+    }
+    .instrument(tracing::info_span!("nightly_report"))
+    .await;
+    let of_pool = || -> Vec<Logged> {
+        logs.lock()
+            .unwrap()
+            .iter()
+            .filter(|log| log.pool == "leaky")
+            .cloned()
+            .collect()
+    };
+    until("the report and the return", || of_pool().len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let found = of_pool();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_eq!(found[0].level, tracing::Level::WARN);
+    assert_eq!(found[0].span, Some("nightly_report"), "{found:#?}");
+    assert!(found[0].message.contains("leak threshold"), "{found:#?}");
+    assert_eq!(found[1].level, tracing::Level::INFO);
+    assert_eq!(found[1].span, Some("nightly_report"));
 }
