@@ -18,6 +18,7 @@
 //! | `audit-sqlite` | `perfkit::audit::explain` | `perfkit-query-audit/sqlite`: sqlx, bundled SQLite |
 //! | `pool`        | `perfkit::pool`        | `perfkit-pool-monitor` |
 //! | `pool-sqlx`   | `perfkit::pool::InstrumentedPool` | `perfkit-pool-monitor/sqlx`: sqlx |
+//! | `pool-deadpool` | `perfkit::pool::InstrumentedDeadpool` | `perfkit-pool-monitor/deadpool`: deadpool |
 //! | `full`        | all of the above       |                        |
 //!
 //! No feature is on by default: with default features this crate has no

@@ -1,19 +1,17 @@
 //! sqlx's pool with the figures it lacks: acquire time, waiters, timeouts
 //! and usage time.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use metrics::{Counter, Histogram, counter, histogram};
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
 
 use crate::error::ConfigError;
-use crate::snapshot::{Gauges, PoolSnapshot, PoolSource};
+use crate::instrument::{Instrumentation, Lease};
+use crate::snapshot::{PoolSnapshot, PoolSource};
 
 /// A sqlx [`Pool`] whose acquires are timed and counted: how long each
 /// waited (histogram), how many are waiting now (a count that a cancelled
@@ -37,43 +35,7 @@ use crate::snapshot::{Gauges, PoolSnapshot, PoolSource};
 /// ```
 pub struct InstrumentedPool<DB: Database> {
     pool: Pool<DB>,
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    name: Arc<str>,
-    waiting: AtomicI64,
-    metrics: PoolMetrics,
-    /// Connections held longer than this are reported (off when `None`).
-    leak_threshold: Option<Duration>,
-    /// The connections lent out, when leaks are watched.
-    lent: Mutex<HashMap<u64, Lent>>,
-    next_id: AtomicU64,
-}
-
-/// A connection lent out: since when, and in which span.
-struct Lent {
-    acquired: Instant,
-    span: tracing::Span,
-    reported: bool,
-}
-
-struct PoolMetrics {
-    acquire: Histogram,
-    usage: Histogram,
-    timeouts: Counter,
-    gauges: Gauges,
-}
-
-impl PoolMetrics {
-    fn new(pool: &str) -> Self {
-        Self {
-            acquire: histogram!("perfkit_pool_acquire_seconds", "pool" => pool.to_owned()),
-            usage: histogram!("perfkit_pool_usage_seconds", "pool" => pool.to_owned()),
-            timeouts: counter!("perfkit_pool_acquire_timeouts_total", "pool" => pool.to_owned()),
-            gauges: Gauges::new(pool),
-        }
-    }
+    shared: Arc<Instrumentation>,
 }
 
 /// Configures an [`InstrumentedPool`]: `InstrumentedPool::builder(pool)…build()?`.
@@ -109,25 +71,9 @@ impl<DB: Database> InstrumentedPoolBuilder<DB> {
     /// [`ConfigError::EmptyName`] for a blank name, [`ConfigError::Zero`]
     /// for a zero leak threshold.
     pub fn build(self) -> Result<InstrumentedPool<DB>, ConfigError> {
-        if self.name.trim().is_empty() {
-            return Err(ConfigError::EmptyName);
-        }
-        if self
-            .leak_threshold
-            .is_some_and(|threshold| threshold.is_zero())
-        {
-            return Err(ConfigError::Zero("leak_threshold"));
-        }
         Ok(InstrumentedPool {
             pool: self.pool,
-            shared: Arc::new(Shared {
-                metrics: PoolMetrics::new(&self.name),
-                name: Arc::from(self.name),
-                waiting: AtomicI64::new(0),
-                leak_threshold: self.leak_threshold,
-                lent: Mutex::new(HashMap::new()),
-                next_id: AtomicU64::new(0),
-            }),
+            shared: Instrumentation::new(self.name, self.leak_threshold)?,
         })
     }
 }
@@ -151,38 +97,17 @@ impl<DB: Database> InstrumentedPool<DB> {
     /// sqlx's: `PoolTimedOut` (also counted), `PoolClosed`, a connect error.
     pub async fn acquire(&self) -> Result<Held<DB>, sqlx::Error> {
         let started = Instant::now();
-        let waiting = Waiting::enter(&self.shared);
+        let waiting = self.shared.wait();
         let acquired = self.pool.acquire().await;
         drop(waiting);
         match acquired {
-            Ok(connection) => {
-                self.shared
-                    .metrics
-                    .acquire
-                    .record(started.elapsed().as_secs_f64());
-                let acquired = Instant::now();
-                let id = self.shared.leak_threshold.map(|_| {
-                    let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-                    self.shared.lent().insert(
-                        id,
-                        Lent {
-                            acquired,
-                            span: tracing::Span::current(),
-                            reported: false,
-                        },
-                    );
-                    id
-                });
-                Ok(Held {
-                    connection,
-                    acquired,
-                    id,
-                    shared: Arc::clone(&self.shared),
-                })
-            }
+            Ok(connection) => Ok(Held {
+                connection,
+                lease: self.shared.lease(started),
+            }),
             Err(error) => {
                 if matches!(error, sqlx::Error::PoolTimedOut) {
-                    self.shared.metrics.timeouts.increment(1);
+                    self.shared.timed_out();
                 }
                 Err(error)
             }
@@ -199,41 +124,21 @@ impl<DB: Database> InstrumentedPool<DB> {
     /// Callers waiting in [`acquire`](Self::acquire) now.
     #[must_use]
     pub fn waiting(&self) -> u64 {
-        u64::try_from(self.shared.waiting.load(Ordering::Acquire).max(0)).unwrap_or(0)
+        self.shared.waiting()
     }
 
     /// Reports the connections held past the leak threshold that were not
     /// reported yet (one `WARN` each, in the span each was acquired in);
     /// returns how many it reported. A no-op without a threshold.
     pub fn check_leaks(&self) -> usize {
-        let Some(threshold) = self.shared.leak_threshold else {
-            return 0;
-        };
-        let mut reported = 0;
-        for lent in self.shared.lent().values_mut() {
-            let held = lent.acquired.elapsed();
-            if lent.reported || held < threshold {
-                continue;
-            }
-            lent.reported = true;
-            reported += 1;
-            tracing::warn!(
-                parent: &lent.span,
-                pool = &*self.shared.name,
-                span = lent.span.metadata().map_or("none", |span| span.name()),
-                held_ms = held.as_secs_f64() * 1_000.0,
-                threshold_ms = threshold.as_secs_f64() * 1_000.0,
-                "connection held past the leak threshold"
-            );
-        }
-        reported
+        self.shared.check_leaks()
     }
 
     /// Takes a snapshot and sets the gauges from it
     /// (`perfkit_pool_connections{state}`, `perfkit_pool_waiting`).
     pub fn publish(&self) -> PoolSnapshot {
         let snapshot = self.snapshot();
-        self.shared.metrics.gauges.set(&snapshot);
+        self.shared.gauges.set(&snapshot);
         snapshot
     }
 }
@@ -248,12 +153,6 @@ impl<DB: Database> PoolSource for InstrumentedPool<DB> {
     /// Checks for leaks ([`check_leaks`](Self::check_leaks)).
     fn sampled(&self) {
         self.check_leaks();
-    }
-}
-
-impl Shared {
-    fn lent(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Lent>> {
-        self.lent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -275,38 +174,19 @@ impl<DB: Database> fmt::Debug for InstrumentedPool<DB> {
     }
 }
 
-/// Counts one caller as waiting while it lives.
-struct Waiting<'a>(&'a Shared);
-
-impl<'a> Waiting<'a> {
-    fn enter(shared: &'a Shared) -> Self {
-        shared.waiting.fetch_add(1, Ordering::AcqRel);
-        Self(shared)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// A connection from an [`InstrumentedPool`]: it dereferences to the
 /// database's connection (`&mut *held` is a `&mut PgConnection`), and goes
 /// back to the pool when dropped, its usage time recorded.
 pub struct Held<DB: Database> {
     connection: PoolConnection<DB>,
-    acquired: Instant,
-    /// Its entry among the lent connections, when leaks are watched.
-    id: Option<u64>,
-    shared: Arc<Shared>,
+    lease: Lease,
 }
 
 impl<DB: Database> Held<DB> {
     /// How long it has been held.
     #[must_use]
-    pub fn held_for(&self) -> std::time::Duration {
-        self.acquired.elapsed()
+    pub fn held_for(&self) -> Duration {
+        self.lease.held_for()
     }
 }
 
@@ -324,26 +204,10 @@ impl<DB: Database> DerefMut for Held<DB> {
     }
 }
 
-impl<DB: Database> Drop for Held<DB> {
-    fn drop(&mut self) {
-        let held = self.acquired.elapsed();
-        self.shared.metrics.usage.record(held.as_secs_f64());
-        let lent = self.id.and_then(|id| self.shared.lent().remove(&id));
-        if let Some(lent) = lent.filter(|lent| lent.reported) {
-            tracing::info!(
-                parent: &lent.span,
-                pool = &*self.shared.name,
-                held_ms = held.as_secs_f64() * 1_000.0,
-                "connection reported as held too long is back"
-            );
-        }
-    }
-}
-
 impl<DB: Database> fmt::Debug for Held<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Held")
-            .field("pool", &self.shared.name)
+            .field("pool", &self.lease.pool())
             .field("held_for", &self.held_for())
             .finish_non_exhaustive()
     }

@@ -8,8 +8,8 @@
 //! `InstrumentedPool` (feature `sqlx`), which gives sqlx the figures it
 //! lacks: acquire time, waiters (a cancelled acquire leaves the count),
 //! timeouts and usage time; [`PoolMonitor`]: pools sampled on an interval
-//! and held weakly, gauges, alerts with hysteresis; leak detection.
-//! Coming: deadpool and bb8.
+//! and held weakly, gauges, alerts with hysteresis; leak detection;
+//! deadpool's managed pools (feature `deadpool`). Coming: bb8.
 //!
 //! ```
 //! use perfkit_pool_monitor::PoolSnapshot;
@@ -24,12 +24,19 @@
 //! family; use it alone or through the `perfkit` facade (feature `pool`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "deadpool")]
+mod deadpool;
 mod error;
+#[cfg(any(feature = "sqlx", feature = "deadpool"))]
+mod instrument;
 #[cfg(feature = "sqlx")]
 mod instrumented;
 mod monitor;
 mod snapshot;
 
+#[cfg(feature = "deadpool")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
+pub use crate::deadpool::{InstrumentedDeadpool, InstrumentedDeadpoolBuilder, Lent};
 pub use crate::error::ConfigError;
 #[cfg(feature = "sqlx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
