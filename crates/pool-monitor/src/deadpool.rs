@@ -3,7 +3,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use deadpool::managed::{Manager, Object, Pool, PoolError};
 
@@ -107,7 +107,7 @@ impl<M: Manager, W: From<Object<M>>> InstrumentedDeadpool<M, W> {
     ///
     /// deadpool's [`PoolError`].
     pub async fn get(&self) -> Result<Lent<W>, PoolError<M::Error>> {
-        let started = Instant::now();
+        let started = self.shared.now();
         let waiting = self.shared.wait();
         let got = self.pool.get().await;
         drop(waiting);

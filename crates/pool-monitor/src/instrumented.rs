@@ -4,7 +4,7 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
@@ -96,7 +96,7 @@ impl<DB: Database> InstrumentedPool<DB> {
     ///
     /// sqlx's: `PoolTimedOut` (also counted), `PoolClosed`, a connect error.
     pub async fn acquire(&self) -> Result<Held<DB>, sqlx::Error> {
-        let started = Instant::now();
+        let started = self.shared.now();
         let waiting = self.shared.wait();
         let acquired = self.pool.acquire().await;
         drop(waiting);
