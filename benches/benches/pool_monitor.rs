@@ -48,7 +48,7 @@ fn pool_monitor(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("pool_monitor/sample");
     group.bench_function("snapshot", |b| {
-        b.iter(|| black_box(instrumented.snapshot()))
+        b.iter(|| black_box(instrumented.snapshot()));
     });
     group.bench_function("publish (snapshot and gauges)", |b| {
         b.iter(|| black_box(instrumented.publish()));
@@ -58,13 +58,15 @@ fn pool_monitor(c: &mut Criterion) {
     let mut group = c.benchmark_group("pool_monitor/acquire");
     group.bench_function("sqlx acquire + release", |b| {
         b.iter(|| {
-            runtime.block_on(async { drop(black_box(pool.acquire().await.expect("connection"))) })
+            runtime.block_on(async {
+                drop(black_box(pool.acquire().await.expect("connection")));
+            })
         });
     });
     group.bench_function("InstrumentedPool acquire + release", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                drop(black_box(instrumented.acquire().await.expect("connection")))
+                drop(black_box(instrumented.acquire().await.expect("connection")));
             });
         });
     });
@@ -73,7 +75,7 @@ fn pool_monitor(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 runtime.block_on(async {
-                    drop(black_box(watched.acquire().await.expect("connection")))
+                    drop(black_box(watched.acquire().await.expect("connection")));
                 })
             });
         },
