@@ -60,7 +60,7 @@ fn pool_monitor(c: &mut Criterion) {
         b.iter(|| {
             runtime.block_on(async {
                 drop(black_box(pool.acquire().await.expect("connection")));
-            })
+            });
         });
     });
     group.bench_function("InstrumentedPool acquire + release", |b| {
@@ -76,7 +76,7 @@ fn pool_monitor(c: &mut Criterion) {
             b.iter(|| {
                 runtime.block_on(async {
                     drop(black_box(watched.acquire().await.expect("connection")));
-                })
+                });
             });
         },
     );
