@@ -495,21 +495,17 @@ impl RateLimiter {
     /// Admits nobody before `until` (a provider's `retry-after`); a later
     /// pause than the current one replaces it, an earlier one is ignored.
     pub fn pause_until(&self, until: Instant) {
-        let until = self.shared.clock.nanos_at(until);
-        self.constrain(|constraints| {
-            if constraints
-                .paused_until
-                .is_none_or(|current| current < until)
-            {
-                constraints.paused_until = Some(until);
-            }
-        });
+        self.pause_to(self.shared.clock.nanos_at(until));
     }
 
     /// Admits nobody for `delay` from now: [`pause_until`](Self::pause_until)
     /// in the limiter's own time.
     pub fn pause_for(&self, delay: Duration) {
-        let until = self.shared.clock.now().saturating_add(nanos(delay));
+        self.pause_to(self.shared.clock.now().saturating_add(nanos(delay)));
+    }
+
+    /// A pause until `until` (limiter nanoseconds), unless a later one is set.
+    fn pause_to(&self, until: u64) {
         self.constrain(|constraints| {
             if constraints
                 .paused_until

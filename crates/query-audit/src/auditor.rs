@@ -332,11 +332,7 @@ impl Auditor {
     /// One statement's statistics, by fingerprint id.
     #[must_use]
     pub fn stats(&self, fingerprint: u64) -> Option<QueryStats> {
-        self.inner
-            .stats
-            .snapshots()
-            .into_iter()
-            .find(|stats| stats.id == fingerprint)
+        self.inner.stats.snapshot(fingerprint)
     }
 
     /// Distinct fingerprints kept (the overflow entry not counted).

@@ -211,6 +211,17 @@ impl Stats {
         Arc::clone(created.value())
     }
 
+    /// One fingerprint's statistics (id 0: the overflow entry), if it has
+    /// been called.
+    pub(crate) fn snapshot(&self, id: u64) -> Option<QueryStats> {
+        let stats = if id == 0 {
+            self.overflow.snapshot()
+        } else {
+            self.entries.get(&id)?.value().snapshot()
+        };
+        (stats.calls > 0).then_some(stats)
+    }
+
     /// Every entry with at least one call, the overflow included.
     pub(crate) fn snapshots(&self) -> Vec<QueryStats> {
         let mut all: Vec<QueryStats> = self

@@ -475,18 +475,16 @@ fn advise_sorts(
         let mut plain = true;
         for key in &node.sort_key {
             let tokens: Vec<Token<'_>> = Scanner::new(key.as_bytes()).collect();
-            let direction = match column(&tokens) {
-                Some((_, [])) => "",
-                Some((_, [Token::Word(word)])) if word.eq_ignore_ascii_case(b"desc") => " DESC",
+            let (column, direction) = match column(&tokens) {
+                Some((column, [])) => (column, ""),
+                Some((column, [Token::Word(word)])) if word.eq_ignore_ascii_case(b"desc") => {
+                    (column, " DESC")
+                }
                 // An expression, or NULLS FIRST/LAST: not a plain column.
                 _ => {
                     plain = false;
                     break;
                 }
-            };
-            let Some((column, _)) = column(&tokens) else {
-                plain = false;
-                break;
             };
             names.push(column.clone());
             columns.push(format!("{}{direction}", quote(&column)));
@@ -790,7 +788,7 @@ fn condition(tokens: &[Token<'_>]) -> Option<Condition> {
             }
             Some(written)
         }
-        Token::Placeholder => None,
+        Token::Placeholder(_) => None,
         _ => return None,
     };
     match *op {
