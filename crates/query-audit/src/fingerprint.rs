@@ -93,8 +93,8 @@ pub(crate) enum Token<'a> {
     String(&'a [u8]),
     /// A numeric constant, as written.
     Number(&'a [u8]),
-    /// A placeholder (`$1`, `?`, `?1`, `:name`, `@name`).
-    Placeholder,
+    /// A placeholder (`$1`, `?`, `?1`, `:name`, `@name`), as written.
+    Placeholder(&'a [u8]),
     /// An operator or punctuation, as written (`(`, `,`, `<=`, `::`…).
     Symbol(&'a [u8]),
 }
@@ -114,12 +114,6 @@ impl<'a> Scanner<'a> {
             at: 0,
             after_operand: false,
         }
-    }
-
-    /// Where the next token starts (or whitespace before it).
-    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
-    pub(crate) fn position(&self) -> usize {
-        self.at
     }
 
     fn peek(&self, ahead: usize) -> Option<u8> {
@@ -272,7 +266,7 @@ impl<'a> Iterator for Scanner<'a> {
                     if self.peek(1).is_some_and(|b| b.is_ascii_digit()) {
                         self.at += 1;
                         self.skip_while(|b| b.is_ascii_digit());
-                        Token::Placeholder
+                        Token::Placeholder(self.slice(start))
                     } else if let Some(tag) = self.dollar_tag() {
                         self.skip_dollar_quoted(tag);
                         Token::String(self.slice(start))
@@ -284,7 +278,7 @@ impl<'a> Iterator for Scanner<'a> {
                 b'?' if !matches!(self.peek(1), Some(b'|' | b'&' | b'-' | b'#')) => {
                     self.at += 1;
                     self.skip_while(|b| b.is_ascii_digit());
-                    Token::Placeholder
+                    Token::Placeholder(self.slice(start))
                 }
                 b':' | b'@'
                     if self
@@ -296,7 +290,7 @@ impl<'a> Iterator for Scanner<'a> {
                 {
                     self.at += 1;
                     self.skip_while(is_word_byte);
-                    Token::Placeholder
+                    Token::Placeholder(self.slice(start))
                 }
                 b'0'..=b'9' => self.number(start),
                 b'.' if self.peek(1).is_some_and(|b| b.is_ascii_digit()) && !self.after_operand => {
@@ -441,7 +435,7 @@ impl Normalizer {
                 (kind, String::from_utf8_lossy(word))
             }
             Token::Quoted(quoted) => (Kind::Other, String::from_utf8_lossy(quoted)),
-            Token::String(_) | Token::Number(_) | Token::Placeholder => {
+            Token::String(_) | Token::Number(_) | Token::Placeholder(_) => {
                 (Kind::Constant, Cow::Borrowed("?"))
             }
             Token::Symbol(symbol) => {

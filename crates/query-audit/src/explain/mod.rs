@@ -245,19 +245,19 @@ pub(crate) fn classify(statement: &str, dollar_only: bool) -> Result<(Kind, u32)
         }
     };
     let mut highest = 0;
-    let mut scanner = Scanner::new(statement.as_bytes());
-    let mut at = 0;
-    while let Some(token) = scanner.next() {
-        if token == Token::Placeholder {
-            let text = statement.get(at..scanner.position()).unwrap_or_default();
-            let digits: String = text.chars().filter(char::is_ascii_digit).collect();
-            match (text.trim_start().starts_with('$'), digits.parse::<u32>()) {
-                (true, Ok(number)) => highest = highest.max(number),
-                _ if !dollar_only => highest = highest.max(1),
-                _ => return Err(ExplainError::NotExplainable("placeholders other than $n")),
-            }
+    for token in tokens {
+        let Token::Placeholder(text) = token else {
+            continue;
+        };
+        let number = text
+            .strip_prefix(b"$")
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| digits.parse::<u32>().ok());
+        match number {
+            Some(number) => highest = highest.max(number),
+            None if !dollar_only => highest = highest.max(1),
+            None => return Err(ExplainError::NotExplainable("placeholders other than $n")),
         }
-        at = scanner.position();
     }
     Ok((kind, highest))
 }
