@@ -1,6 +1,6 @@
 //! `perfkit-query-audit`'s cost, in one run:
 //! - a primary-key SELECT over loopback to PostgreSQL, un-audited, audited
-//!   at the call site (`Auditor::audited`) and audited through the tracing
+//!   at the call site (`Auditor::audited`, and an `AuditedPool`) and audited through the tracing
 //!   layer (sqlx's own events; with the layer installed sqlx also formats
 //!   its event, which is part of what the layer path costs);
 //! - the fast path alone (`Auditor::record` of a statement seen before);
@@ -94,6 +94,16 @@ fn pk_select(c: &mut Criterion) {
                     .block_on(at_call_site.audited(PK_SELECT, query))
                     .expect("row"),
             )
+        });
+    });
+    let audited_pool = perfkit_query_audit::AuditedPool::new(pool.clone(), auditor());
+    group.bench_function("audited through AuditedPool", |b| {
+        b.iter(|| {
+            id = id % 10_000 + 1;
+            let query = sqlx::query_as::<_, (i32, String)>(PK_SELECT)
+                .bind(id)
+                .fetch_one(&audited_pool);
+            black_box(runtime.block_on(query).expect("row"))
         });
     });
     let layered = auditor();

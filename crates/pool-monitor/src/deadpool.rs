@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use deadpool::managed::{Manager, Object, Pool, PoolError};
 
+use crate::acquires::AcquireTotals;
 use crate::error::ConfigError;
 use crate::instrument::{Instrumentation, Lease};
 use crate::snapshot::{PoolSnapshot, PoolSource};
@@ -107,19 +108,14 @@ impl<M: Manager, W: From<Object<M>>> InstrumentedDeadpool<M, W> {
     ///
     /// deadpool's [`PoolError`].
     pub async fn get(&self) -> Result<Lent<W>, PoolError<M::Error>> {
-        let started = self.shared.now();
-        let waiting = self.shared.wait();
-        let got = self.pool.get().await;
-        drop(waiting);
-        match got {
+        let acquiring = self.shared.begin();
+        match self.pool.get().await {
             Ok(object) => Ok(Lent {
                 object,
-                lease: self.shared.lease(started),
+                lease: acquiring.leased(&self.shared),
             }),
             Err(error) => {
-                if matches!(error, PoolError::Timeout(_)) {
-                    self.shared.timed_out();
-                }
+                acquiring.failed(matches!(error, PoolError::Timeout(_)));
                 Err(error)
             }
         }
@@ -148,6 +144,10 @@ impl<M: Manager, W: From<Object<M>>> InstrumentedDeadpool<M, W> {
 impl<M: Manager, W: From<Object<M>>> PoolSource for InstrumentedDeadpool<M, W> {
     fn snapshot(&self) -> PoolSnapshot {
         self.pool.snapshot()
+    }
+
+    fn acquires(&self) -> Option<AcquireTotals> {
+        Some(self.shared.totals())
     }
 
     fn sampled(&self) {

@@ -2,12 +2,13 @@
 //! timeouts, and the connections lent out for leak detection.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram, counter, histogram};
 
+use crate::acquires::{AcquireTotals, WaitHistogram};
 use crate::error::ConfigError;
 use crate::snapshot::Gauges;
 
@@ -17,7 +18,17 @@ pub(crate) struct Instrumentation {
     /// Times acquires and leases (a counter read: cheaper than the OS clock
     /// on the acquire path).
     clock: quanta::Clock,
-    waiting: AtomicI64,
+    /// Acquires begun. Waiting = begun − got a connection (`waits`) −
+    /// `failed`: one atomic increment when an acquire begins and one when
+    /// it ends, the second also counting its wait time.
+    begun: AtomicU64,
+    /// Acquires that ended without a connection: errors, timeouts,
+    /// cancellations.
+    failed: AtomicU64,
+    /// Acquires that got a connection, by wait time.
+    waits: WaitHistogram,
+    /// Acquires that timed out (also in `failed`).
+    timed_out: AtomicU64,
     acquire: Histogram,
     usage: Histogram,
     timeouts: Counter,
@@ -57,65 +68,47 @@ impl Instrumentation {
             timeouts: counter!("perfkit_pool_acquire_timeouts_total", "pool" => pool()),
             gauges: Gauges::new(&name),
             name: Arc::from(name),
-            waiting: AtomicI64::new(0),
+            begun: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            waits: WaitHistogram::new(),
+            timed_out: AtomicU64::new(0),
             leak_threshold,
             lent: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         }))
     }
 
-    /// Callers waiting in an acquire now (deadpool counts its own).
-    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+    /// Callers waiting in an acquire now.
+    #[cfg_attr(not(any(feature = "sqlx", feature = "bb8")), allow(dead_code))]
     pub(crate) fn waiting(&self) -> u64 {
-        u64::try_from(self.waiting.load(Ordering::Acquire).max(0)).unwrap_or(0)
+        // The ends first: an acquire's begin is counted before its end, so
+        // the difference never goes below the true count of that moment.
+        let ended = self
+            .waits
+            .count()
+            .wrapping_add(self.failed.load(Ordering::Acquire));
+        self.begun.load(Ordering::Acquire).saturating_sub(ended)
     }
 
-    /// Counts the caller as waiting until the guard is dropped (by the
-    /// acquire's end, or by its cancellation).
-    pub(crate) fn wait(&self) -> Waiting<'_> {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
-        Waiting(self)
+    /// The acquires counted so far.
+    pub(crate) fn totals(&self) -> AcquireTotals {
+        self.waits.totals(self.timed_out.load(Ordering::Acquire))
     }
 
-    /// Now, in the instrumentation's clock (raw ticks).
-    pub(crate) fn now(&self) -> u64 {
-        self.clock.raw()
+    /// Begins an acquire: the caller counts as waiting until the acquire
+    /// ends ([`Acquiring::leased`], [`Acquiring::failed`]) or is dropped
+    /// (cancelled).
+    pub(crate) fn begin(&self) -> Acquiring<'_> {
+        self.begun.fetch_add(1, Ordering::AcqRel);
+        Acquiring {
+            shared: self,
+            started: self.clock.raw(),
+            ended: false,
+        }
     }
 
     fn since(&self, start: u64) -> Duration {
         Duration::from_nanos(self.clock.delta_as_nanos(start, self.clock.raw()))
-    }
-
-    /// An acquire that began at `started` (from [`now`](Self::now)) got its
-    /// connection: its time is recorded and the lease begins (registered for
-    /// leak detection). One clock read ends the acquire and starts the lease.
-    pub(crate) fn lease(self: &Arc<Self>, started: u64) -> Lease {
-        let acquired = self.clock.raw();
-        let waited = self.clock.delta_as_nanos(started, acquired);
-        #[allow(clippy::cast_precision_loss)]
-        self.acquire.record(waited as f64 / 1e9);
-        let id = self.leak_threshold.map(|_| {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            self.lent().insert(
-                id,
-                Lent {
-                    acquired,
-                    span: tracing::Span::current(),
-                    reported: false,
-                },
-            );
-            id
-        });
-        Lease {
-            acquired,
-            id,
-            shared: Arc::clone(self),
-        }
-    }
-
-    /// An acquire gave up waiting.
-    pub(crate) fn timed_out(&self) {
-        self.timeouts.increment(1);
     }
 
     /// Reports the connections held past the leak threshold that were not
@@ -150,12 +143,62 @@ impl Instrumentation {
     }
 }
 
-/// Counts one caller as waiting while it lives.
-pub(crate) struct Waiting<'a>(&'a Instrumentation);
+/// An acquire under way: the caller counts as waiting while it lives.
+pub(crate) struct Acquiring<'a> {
+    shared: &'a Instrumentation,
+    /// Raw clock ticks.
+    started: u64,
+    ended: bool,
+}
 
-impl Drop for Waiting<'_> {
+impl Acquiring<'_> {
+    /// The acquire got its connection: its wait is recorded and the lease
+    /// begins (registered for leak detection). One clock read ends the
+    /// acquire and starts the lease.
+    pub(crate) fn leased(mut self, shared: &Arc<Instrumentation>) -> Lease {
+        self.ended = true;
+        let acquired = shared.clock.raw();
+        let waited = shared.clock.delta_as_nanos(self.started, acquired);
+        shared.waits.record(waited);
+        #[allow(clippy::cast_precision_loss)]
+        shared.acquire.record(waited as f64 / 1e9);
+        let id = shared.leak_threshold.map(|_| {
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            shared.lent().insert(
+                id,
+                Lent {
+                    acquired,
+                    span: tracing::Span::current(),
+                    reported: false,
+                },
+            );
+            id
+        });
+        Lease {
+            acquired,
+            id,
+            shared: Arc::clone(shared),
+        }
+    }
+
+    /// The acquire ended without a connection; `timed_out` when it gave up
+    /// waiting (counted as a timeout too).
+    pub(crate) fn failed(mut self, timed_out: bool) {
+        self.ended = true;
+        if timed_out {
+            self.shared.timed_out.fetch_add(1, Ordering::AcqRel);
+            self.shared.timeouts.increment(1);
+        }
+        self.shared.failed.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Acquiring<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        if !self.ended {
+            // Cancelled: a timeout around it, an aborted task.
+            self.shared.failed.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::pool::PoolConnection;
 use sqlx::{Database, Pool};
 
+use crate::acquires::AcquireTotals;
 use crate::error::ConfigError;
 use crate::instrument::{Instrumentation, Lease};
 use crate::snapshot::{PoolSnapshot, PoolSource};
@@ -96,19 +97,14 @@ impl<DB: Database> InstrumentedPool<DB> {
     ///
     /// sqlx's: `PoolTimedOut` (also counted), `PoolClosed`, a connect error.
     pub async fn acquire(&self) -> Result<Held<DB>, sqlx::Error> {
-        let started = self.shared.now();
-        let waiting = self.shared.wait();
-        let acquired = self.pool.acquire().await;
-        drop(waiting);
-        match acquired {
+        let acquiring = self.shared.begin();
+        match self.pool.acquire().await {
             Ok(connection) => Ok(Held {
                 connection,
-                lease: self.shared.lease(started),
+                lease: acquiring.leased(&self.shared),
             }),
             Err(error) => {
-                if matches!(error, sqlx::Error::PoolTimedOut) {
-                    self.shared.timed_out();
-                }
+                acquiring.failed(matches!(error, sqlx::Error::PoolTimedOut));
                 Err(error)
             }
         }
@@ -148,6 +144,10 @@ impl<DB: Database> PoolSource for InstrumentedPool<DB> {
         let mut snapshot = self.pool.snapshot();
         snapshot.waiting = Some(self.waiting());
         snapshot
+    }
+
+    fn acquires(&self) -> Option<AcquireTotals> {
+        Some(self.shared.totals())
     }
 
     /// Checks for leaks ([`check_leaks`](Self::check_leaks)).

@@ -24,16 +24,23 @@
 //! family; use it alone or through the `perfkit` facade (feature `pool`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod acquires;
+#[cfg(feature = "bb8")]
+mod bb8;
 #[cfg(feature = "deadpool")]
 mod deadpool;
 mod error;
-#[cfg(any(feature = "sqlx", feature = "deadpool"))]
+#[cfg(any(feature = "sqlx", feature = "deadpool", feature = "bb8"))]
 mod instrument;
 #[cfg(feature = "sqlx")]
 mod instrumented;
 mod monitor;
 mod snapshot;
 
+pub use crate::acquires::{AcquireTotals, AcquireWindow};
+#[cfg(feature = "bb8")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
+pub use crate::bb8::{Checkout, InstrumentedBb8, InstrumentedBb8Builder};
 #[cfg(feature = "deadpool")]
 #[cfg_attr(docsrs, doc(cfg(feature = "deadpool")))]
 pub use crate::deadpool::{InstrumentedDeadpool, InstrumentedDeadpoolBuilder, Lent};

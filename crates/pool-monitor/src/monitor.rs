@@ -1,17 +1,21 @@
 //! The monitor: named pools sampled on an interval, gauges set, alerts
 //! raised and cleared.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 
+use crate::acquires::{AcquireTotals, AcquireWindow};
 use crate::error::ConfigError;
 use crate::snapshot::{Gauges, PoolSnapshot, PoolSource};
 
-/// A condition on a pool's snapshot that an [`Alert`] watches.
+/// A condition on a pool that an [`Alert`] watches, at every sample: on its
+/// snapshot, or on its acquires over the alert's duration (an
+/// [`AcquireWindow`], from the pools that count them: the instrumented
+/// ones).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub enum Condition {
@@ -19,19 +23,40 @@ pub enum Condition {
     WaitingAbove(u64),
     /// More than this share of the pool's maximum in use (0 to 1).
     UtilizationAbove(f64),
+    /// The 99th percentile wait of the acquires over the alert's last
+    /// `after` (a sliding window of samples) is over this. A window without
+    /// acquires does not hold it.
+    AcquireP99Above(Duration),
+    /// More than this share (0 to 1) of the acquires that ended over the
+    /// alert's last `after` timed out.
+    TimeoutRateAbove(f64),
 }
 
 impl Condition {
-    fn holds(self, snapshot: &PoolSnapshot) -> bool {
+    /// Whether it reads a window of acquires (rather than a snapshot).
+    fn on_acquires(self) -> bool {
+        matches!(self, Self::AcquireP99Above(_) | Self::TimeoutRateAbove(_))
+    }
+
+    fn holds(self, snapshot: &PoolSnapshot, acquires: Option<&AcquireWindow>) -> bool {
         match self {
             Self::WaitingAbove(limit) => snapshot.waiting.is_some_and(|waiting| waiting > limit),
             Self::UtilizationAbove(share) => snapshot.utilization() > share,
+            Self::AcquireP99Above(limit) => acquires
+                .and_then(|window| window.p99)
+                .is_some_and(|p99| p99 > limit),
+            Self::TimeoutRateAbove(share) => {
+                acquires.is_some_and(|window| window.timeout_rate() > share)
+            }
         }
     }
 }
 
 /// An alert: raised once its condition has held for `after`, cleared once it
 /// has not held for `after` — one event each way, never one per sample.
+/// A condition on acquires is evaluated over the acquires of the last
+/// `after` (a sliding window): raised when it holds over that window,
+/// cleared when it no longer does.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
     name: String,
@@ -63,6 +88,9 @@ pub struct AlertEvent {
     pub raised: bool,
     /// The snapshot that decided it.
     pub snapshot: PoolSnapshot,
+    /// The acquires the alert read (over its `after`), or for a condition
+    /// on the snapshot those since the sample before (pools that count them).
+    pub acquires: Option<AcquireWindow>,
 }
 
 /// Samples named pools on an interval: sets their gauges
@@ -112,6 +140,9 @@ struct Watched {
     source: Weak<dyn PoolSource>,
     alerts: Vec<AlertState>,
     gauges: Gauges,
+    /// The acquires counted at earlier samples, as far back as the longest
+    /// alert on acquires reads (one entry per change), oldest first.
+    history: VecDeque<(Instant, AcquireTotals)>,
 }
 
 struct AlertState {
@@ -196,6 +227,11 @@ impl PoolMonitor {
                 })
                 .collect(),
             gauges: Gauges::new(&name),
+            history: pool
+                .acquires()
+                .map(|totals| (Instant::now(), totals))
+                .into_iter()
+                .collect(),
         };
         self.inner.pools().insert(name, watched);
         Ok(())
@@ -275,25 +311,43 @@ async fn sample(inner: Weak<Inner>, interval: Duration, done: oneshot::Sender<()
                 return false;
             };
             let snapshot = source.snapshot();
+            let totals = source.acquires();
             source.sampled();
             watched.gauges.set(&snapshot);
+            let last = totals
+                .as_ref()
+                .zip(watched.history.back())
+                .map(|(totals, (_, before))| totals.since(before));
             for state in &mut watched.alerts {
-                if let Some(raised) = state.step(&snapshot, now) {
+                let acquires = if state.alert.condition.on_acquires() {
+                    let cutoff = now.checked_sub(state.alert.after).unwrap_or(now);
+                    totals
+                        .as_ref()
+                        .zip(as_of(&watched.history, cutoff))
+                        .map(|(totals, before)| totals.since(before))
+                } else {
+                    last
+                };
+                if let Some(raised) = state.step(&snapshot, acquires.as_ref(), now) {
                     events.push(AlertEvent {
                         pool: name.clone(),
                         alert: state.alert.name.clone(),
                         raised,
                         snapshot,
+                        acquires,
                     });
                 }
+            }
+            if let Some(totals) = totals {
+                watched.remember(now, totals);
             }
             true
         });
         for event in events {
             if event.raised {
-                tracing::warn!(pool = %event.pool, alert = %event.alert, snapshot = ?event.snapshot, "pool alert raised");
+                tracing::warn!(pool = %event.pool, alert = %event.alert, snapshot = ?event.snapshot, acquires = ?event.acquires, "pool alert raised");
             } else {
-                tracing::info!(pool = %event.pool, alert = %event.alert, snapshot = ?event.snapshot, "pool alert cleared");
+                tracing::info!(pool = %event.pool, alert = %event.alert, snapshot = ?event.snapshot, acquires = ?event.acquires, "pool alert cleared");
             }
             // Nobody subscribed: the log has it.
             let _ = monitor.events.send(event);
@@ -303,12 +357,58 @@ async fn sample(inner: Weak<Inner>, interval: Duration, done: oneshot::Sender<()
     let _ = done.send(());
 }
 
+/// The totals as of `cutoff`: the last entry at or before it (the oldest
+/// when the history starts after it).
+fn as_of(history: &VecDeque<(Instant, AcquireTotals)>, cutoff: Instant) -> Option<&AcquireTotals> {
+    history
+        .iter()
+        .rev()
+        .find(|(at, _)| *at <= cutoff)
+        .or_else(|| history.front())
+        .map(|(_, totals)| totals)
+}
+
+impl Watched {
+    /// Keeps `totals` (if they changed) and forgets what no alert reads.
+    fn remember(&mut self, now: Instant, totals: AcquireTotals) {
+        if self.history.back().is_none_or(|(_, last)| *last != totals) {
+            self.history.push_back((now, totals));
+        }
+        let keep = self
+            .alerts
+            .iter()
+            .filter(|state| state.alert.condition.on_acquires())
+            .map(|state| state.alert.after)
+            .max()
+            .unwrap_or(Duration::ZERO);
+        let cutoff = now.checked_sub(keep).unwrap_or(now);
+        // The entry at or before the cutoff stays: it is the window's start.
+        while self.history.len() > 1 && self.history.get(1).is_some_and(|(at, _)| *at <= cutoff) {
+            self.history.pop_front();
+        }
+    }
+}
+
 impl AlertState {
     /// One sample: `Some(true)` when the alert is raised now, `Some(false)`
     /// when it is cleared now, `None` otherwise.
-    fn step(&mut self, snapshot: &PoolSnapshot, now: Instant) -> Option<bool> {
+    fn step(
+        &mut self,
+        snapshot: &PoolSnapshot,
+        acquires: Option<&AcquireWindow>,
+        now: Instant,
+    ) -> Option<bool> {
+        let holds = self.alert.condition.holds(snapshot, acquires);
+        if self.alert.condition.on_acquires() {
+            // The window is the duration: no second wait.
+            if holds == self.raised {
+                return None;
+            }
+            self.raised = holds;
+            return Some(holds);
+        }
         // While raised, `since` counts the condition's absence; otherwise its presence.
-        let changing = self.alert.condition.holds(snapshot) != self.raised;
+        let changing = holds != self.raised;
         if !changing {
             self.since = None;
             return None;
@@ -343,18 +443,38 @@ mod tests {
             since: None,
         };
         // A blip shorter than `after` raises nothing.
-        assert_eq!(state.step(&busy, at(0)), None);
-        assert_eq!(state.step(&calm, at(50)), None);
-        assert_eq!(state.step(&busy, at(60)), None);
-        assert_eq!(state.step(&busy, at(160)), Some(true));
+        assert_eq!(state.step(&busy, None, at(0)), None);
+        assert_eq!(state.step(&calm, None, at(50)), None);
+        assert_eq!(state.step(&busy, None, at(60)), None);
+        assert_eq!(state.step(&busy, None, at(160)), Some(true));
         // Raised once, not again on every busy sample.
-        assert_eq!(state.step(&busy, at(200)), None);
-        assert_eq!(state.step(&busy, at(900)), None);
+        assert_eq!(state.step(&busy, None, at(200)), None);
+        assert_eq!(state.step(&busy, None, at(900)), None);
         // A calm blip does not clear it; lasting calm does, once.
-        assert_eq!(state.step(&calm, at(1_000)), None);
-        assert_eq!(state.step(&busy, at(1_050)), None);
-        assert_eq!(state.step(&calm, at(1_100)), None);
-        assert_eq!(state.step(&calm, at(1_200)), Some(false));
-        assert_eq!(state.step(&calm, at(1_300)), None);
+        assert_eq!(state.step(&calm, None, at(1_000)), None);
+        assert_eq!(state.step(&busy, None, at(1_050)), None);
+        assert_eq!(state.step(&calm, None, at(1_100)), None);
+        assert_eq!(state.step(&calm, None, at(1_200)), Some(false));
+        assert_eq!(state.step(&calm, None, at(1_300)), None);
+    }
+
+    #[test]
+    fn acquire_conditions_read_the_window_and_no_acquires_hold_nothing() {
+        let snapshot = PoolSnapshot::clamped(3, 0, 3, 0, Some(0));
+        let window = |acquired: u64, timeouts: u64, p99_ms: Option<u64>| AcquireWindow {
+            acquired,
+            timeouts,
+            p99: p99_ms.map(Duration::from_millis),
+        };
+        let slow = Condition::AcquireP99Above(Duration::from_millis(50));
+        assert!(slow.holds(&snapshot, Some(&window(10, 0, Some(80)))));
+        assert!(!slow.holds(&snapshot, Some(&window(10, 0, Some(20)))));
+        assert!(!slow.holds(&snapshot, Some(&window(0, 0, None))));
+        assert!(!slow.holds(&snapshot, None));
+        let timeouts = Condition::TimeoutRateAbove(0.1);
+        assert!(timeouts.holds(&snapshot, Some(&window(8, 2, Some(1)))));
+        assert!(!timeouts.holds(&snapshot, Some(&window(95, 5, Some(1)))));
+        assert!(!timeouts.holds(&snapshot, Some(&window(0, 0, None))));
+        assert!(!timeouts.holds(&snapshot, None));
     }
 }

@@ -94,6 +94,14 @@ pub trait PoolSource: Send + Sync {
     /// The pool's state now.
     fn snapshot(&self) -> PoolSnapshot;
 
+    /// The acquires counted since the source was built, where it counts
+    /// them (the instrumented pools do): a [`PoolMonitor`](crate::PoolMonitor)
+    /// takes the difference between two samples for the conditions on
+    /// acquire time and timeouts. `None` by default.
+    fn acquires(&self) -> Option<crate::AcquireTotals> {
+        None
+    }
+
     /// Called by a [`PoolMonitor`](crate::PoolMonitor) after each of its
     /// samples, for periodic work of the source's own (an
     /// `InstrumentedPool` checks for leaks). Does nothing by default.

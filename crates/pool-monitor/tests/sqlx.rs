@@ -124,6 +124,115 @@ async fn ten_holders_on_three_connections_raise_one_alert_and_clear_it_once() {
     .await;
 }
 
+/// Alerts on acquire time and on timeouts read the acquires of their last
+/// `after`: each is raised once while slow acquires or timeouts are in that
+/// window, and cleared once when they have left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_acquires_and_timeouts_raise_their_alerts_once_and_clear_them_once() {
+    let Some((_db, pool)) = pool(1, Duration::from_millis(300)).await else {
+        return;
+    };
+    let pool = Arc::new(
+        InstrumentedPool::builder(pool)
+            .name("windows")
+            .build()
+            .unwrap(),
+    );
+    let monitor = PoolMonitor::builder()
+        .interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let mut events = monitor.subscribe();
+    let window = Duration::from_millis(500);
+    monitor
+        .watch(
+            "windows",
+            &pool,
+            vec![
+                Alert::new(
+                    "slow",
+                    Condition::AcquireP99Above(Duration::from_millis(50)),
+                    window,
+                ),
+                Alert::new("timeouts", Condition::TimeoutRateAbove(0.2), window),
+            ],
+        )
+        .unwrap();
+
+    // A caller waits ~150 ms for the one connection: a slow acquire.
+    let held = pool.acquire().await.unwrap();
+    let waiter = {
+        let pool = Arc::clone(&pool);
+        tokio::spawn(async move { drop(pool.acquire().await.unwrap()) })
+    };
+    until("one waiting", || pool.snapshot().waiting == Some(1)).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(held);
+    waiter.await.unwrap();
+    let raised = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (raised.alert.as_str(), raised.raised),
+        ("slow", true),
+        "{raised:?}"
+    );
+    let p99 = raised.acquires.unwrap().p99.unwrap();
+    assert!(p99 >= Duration::from_millis(100), "{p99:?}");
+    // Nothing slow since: cleared once the slow acquire leaves the window.
+    let cleared = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (cleared.alert.as_str(), cleared.raised),
+        ("slow", false),
+        "{cleared:?}"
+    );
+
+    // Three callers time out behind a long holder.
+    let held = pool.acquire().await.unwrap();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.acquire().await.map(drop) })
+        })
+        .collect();
+    for waiter in waiters {
+        assert!(matches!(
+            waiter.await.unwrap(),
+            Err(sqlx::Error::PoolTimedOut)
+        ));
+    }
+    drop(held);
+    let raised = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (raised.alert.as_str(), raised.raised),
+        ("timeouts", true),
+        "{raised:?}"
+    );
+    assert_eq!(raised.acquires.unwrap().timeouts, 3);
+    let cleared = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (cleared.alert.as_str(), cleared.raised),
+        ("timeouts", false),
+        "{cleared:?}"
+    );
+    // One of each, nothing more while calm.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(matches!(
+        events.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_keeps_no_pool_alive_and_stops_when_dropped() {
     let Some((_db, pool)) = pool(2, Duration::from_secs(5)).await else {

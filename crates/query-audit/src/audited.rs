@@ -18,10 +18,10 @@ thread_local! {
 
 /// Marks the thread as polling an [`Audited`] future until dropped (also
 /// when the query's poll panics).
-struct Marked(bool);
+pub(crate) struct Marked(bool);
 
 impl Marked {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(AUDITING.with(|auditing| auditing.replace(true)))
     }
 }
@@ -71,6 +71,20 @@ impl RowCount for sqlx::postgres::PgQueryResult {
 
 #[cfg(feature = "postgres")]
 impl RowCount for sqlx::postgres::PgRow {
+    fn row_count(&self) -> u64 {
+        1
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl RowCount for sqlx::sqlite::SqliteQueryResult {
+    fn row_count(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl RowCount for sqlx::sqlite::SqliteRow {
     fn row_count(&self) -> u64 {
         1
     }

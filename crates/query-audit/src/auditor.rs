@@ -320,6 +320,35 @@ impl Auditor {
         Audited::new(self, statement, query)
     }
 
+    /// An sqlx executor that audits the queries run on `executor` (a
+    /// `&Pool`, a `&mut` connection or transaction): change a call site's
+    /// executor argument and its query is timed and recorded under its own
+    /// statement, with its rows. See [`AuditedExecutor`](crate::AuditedExecutor).
+    ///
+    /// ```no_run
+    /// # async fn run(pool: sqlx::PgPool, auditor: perfkit_query_audit::Auditor) -> Result<(), sqlx::Error> {
+    /// let names: Vec<String> = sqlx::query_scalar("SELECT name FROM users WHERE org = $1")
+    ///     .bind(7_i64)
+    ///     .fetch_all(auditor.on(&pool))
+    ///     .await?;
+    /// let mut tx = pool.begin().await?;
+    /// sqlx::query("UPDATE users SET org = $1 WHERE org = $2")
+    ///     .bind(8_i64)
+    ///     .bind(7_i64)
+    ///     .execute(auditor.on(&mut *tx))
+    ///     .await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    pub fn on<'a, E>(&'a self, executor: E) -> crate::AuditedExecutor<'a, E>
+    where
+        E: sqlx::Executor<'a>,
+    {
+        crate::AuditedExecutor::new(self, executor)
+    }
+
     /// The `top` statements by total time, slowest total first.
     #[must_use]
     pub fn report(&self, top: usize) -> Vec<QueryStats> {

@@ -4,10 +4,11 @@
 //! service: per-statement statistics like `pg_stat_statements`, slow
 //! statements and N+1 loops logged with their constants redacted.
 //!
-//! **Status:** in progress. Usable now: [`Fingerprint`]s, statistics
-//! ([`Auditor::report`]), slow-query and N+1 warnings, fed by sqlx's own
-//! query events ([`Auditor::layer`]), by [`Auditor::audited`] at the call
-//! site or by [`Auditor::record`]; EXPLAIN off the hot path with index advice
+//! Two ways in, one auditor behind both: sqlx's own query events
+//! ([`Auditor::layer`], one `tracing` layer) or the call site (with feature
+//! `postgres` or `sqlite`, `auditor.on(&pool)`: an sqlx executor that
+//! audits the queries run through it; or [`Auditor::audited`] around any
+//! query future). EXPLAIN runs off the hot path with index advice
 //! (`explain`, features `postgres` and `sqlite`).
 //!
 //! ```
@@ -35,6 +36,8 @@ mod audited;
 mod auditor;
 mod error;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod executor;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod explain;
 mod fingerprint;
@@ -46,6 +49,9 @@ mod worker;
 pub use crate::audited::{Audited, RowCount};
 pub use crate::auditor::{Auditor, AuditorBuilder, Recorded};
 pub use crate::error::ConfigError;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+pub use crate::executor::{AuditedExecutor, AuditedPool};
 pub use crate::fingerprint::{Fingerprint, MAX_TEXT_LEN};
 pub use crate::layer::{AuditLayer, FilteredAuditLayer, SQLX_TARGET, SqlxQueries};
 pub use crate::stats::{OVERFLOW_TEXT, QueryStats};

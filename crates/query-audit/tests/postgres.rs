@@ -4,7 +4,8 @@
 mod common;
 
 use common::{warnings, warnings_of};
-use perfkit_query_audit::{Auditor, Fingerprint};
+use futures_core::Stream;
+use perfkit_query_audit::{AuditedPool, Auditor, Fingerprint};
 use perfkit_test_support::postgres;
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
@@ -122,6 +123,143 @@ async fn a_query_audited_at_the_call_site_is_recorded_once_beside_the_layer() {
         auditor.stats(Fingerprint::of(missing).id()).unwrap().calls,
         1
     );
+}
+
+#[tokio::test]
+async fn queries_on_an_audited_executor_are_recorded_once_in_pools_connections_and_transactions() {
+    let _serial = SERIAL.lock().await;
+    let Some(db) = postgres().await else { return };
+    let pool = db.pool();
+    let auditor = Auditor::builder()
+        .name("pg-executor")
+        .n_plus_one(10)
+        .slow_threshold(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap();
+    warnings();
+    // The layer too: nothing run through the executor may count twice.
+    let _default =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(auditor.layer()));
+    let calls = |sql: &str| {
+        auditor
+            .stats(Fingerprint::of(sql).id())
+            .map(|s| (s.calls, s.rows))
+    };
+
+    let create = "CREATE TABLE users (id int PRIMARY KEY, org int NOT NULL, name text NOT NULL)";
+    sqlx::query(create).execute(auditor.on(pool)).await.unwrap();
+    let insert = "INSERT INTO users SELECT i, i % 3, 'user ' || i FROM generate_series(1, 30) AS i";
+    let done = sqlx::query(insert).execute(auditor.on(pool)).await.unwrap();
+    assert_eq!(done.rows_affected(), 30);
+    assert_eq!(calls(insert), Some((1, 30)));
+
+    // query_as and query_scalar, fetch_all / fetch_one / fetch_optional, on an AuditedPool.
+    let audited = AuditedPool::new(pool.clone(), auditor.clone());
+    let by_org = "SELECT id, name FROM users WHERE org = $1";
+    for org in 0..3 {
+        let users: Vec<(i32, String)> = sqlx::query_as(by_org)
+            .bind(org)
+            .fetch_all(&audited)
+            .await
+            .unwrap();
+        assert_eq!(users.len(), 10);
+    }
+    assert_eq!(calls(by_org), Some((3, 30)));
+    let by_id = "SELECT name FROM users WHERE id = $1";
+    let name: String = sqlx::query_scalar(by_id)
+        .bind(7)
+        .fetch_one(&audited)
+        .await
+        .unwrap();
+    assert_eq!(name, "user 7");
+    let none: Option<String> = sqlx::query_scalar(by_id)
+        .bind(70)
+        .fetch_optional(&audited)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert_eq!(calls(by_id), Some((2, 1)));
+
+    // A transaction (rolled back) and a connection with a statement it prepared.
+    let update = "UPDATE users SET org = $1 WHERE org = $2";
+    let mut tx = pool.begin().await.unwrap();
+    let moved = sqlx::query(update)
+        .bind(9)
+        .bind(1)
+        .execute(auditor.on(&mut *tx))
+        .await
+        .unwrap();
+    assert_eq!(moved.rows_affected(), 10);
+    tx.rollback().await.unwrap();
+    assert_eq!(calls(update), Some((1, 10)));
+    let mut conn = pool.acquire().await.unwrap();
+    let prepared = sqlx::Executor::prepare(
+        &mut *conn,
+        sqlx::SqlStr::from_static("SELECT count(*) FROM users WHERE org <= $1"),
+    )
+    .await
+    .unwrap();
+    let count: i64 = sqlx::Statement::query_scalar(&prepared)
+        .bind(1)
+        .fetch_one(auditor.on(&mut *conn))
+        .await
+        .unwrap();
+    assert_eq!(count, 20);
+    assert_eq!(
+        calls("SELECT count(*) FROM users WHERE org <= $1"),
+        Some((1, 1))
+    );
+
+    // A stream read in part, then dropped: recorded once, with the rows it gave.
+    let all = "SELECT id FROM users ORDER BY id";
+    {
+        let mut rows = sqlx::query_scalar::<_, i32>(all).fetch(auditor.on(pool));
+        for expected in 1..=5 {
+            let id = std::future::poll_fn(|cx| std::pin::Pin::new(&mut rows).poll_next(cx))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(id, expected);
+        }
+    }
+    let (all_calls, all_rows) = calls(all).unwrap();
+    assert_eq!(all_calls, 1);
+    assert!((5..=30).contains(&all_rows), "{all_rows}");
+
+    // A failed query, and a cancelled one: each recorded once, nothing hangs.
+    let missing = "SELECT * FROM missing_table";
+    assert!(
+        sqlx::query(missing)
+            .fetch_all(auditor.on(pool))
+            .await
+            .is_err()
+    );
+    assert_eq!(calls(missing), Some((1, 0)));
+    let sleep = "SELECT pg_sleep(5)";
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        sqlx::query(sleep).execute(auditor.on(pool)),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    assert_eq!(calls(sleep).map(|(calls, _)| calls), Some(1));
+
+    // An N+1 loop through the executor still warns once (the layer counts it).
+    async {
+        for id in 1..=12 {
+            let _: String = sqlx::query_scalar(by_id)
+                .bind(id)
+                .fetch_one(&audited)
+                .await
+                .unwrap();
+        }
+    }
+    .instrument(tracing::info_span!("request", path = "/users"))
+    .await;
+    assert_eq!(calls(by_id), Some((14, 13)));
+    let logged = warnings_of("pg-executor", 1);
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(logged[0].message.contains("N+1"), "{logged:?}");
 }
 
 /// Per-statement call counts equal `pg_stat_statements`' for a scripted

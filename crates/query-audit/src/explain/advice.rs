@@ -49,6 +49,68 @@ pub(crate) struct TableFacts {
     pub(crate) low_cardinality: Vec<String>,
     /// The table's indexes: name → the columns each holds, in order.
     pub(crate) indexes: Vec<(String, Vec<String>)>,
+    /// The key columns of each index, and for a partial index the columns
+    /// its predicate sets equal to a constant.
+    pub(crate) keys: Vec<IndexKeys>,
+}
+
+/// An index's key columns, and its predicate's equality columns if it is
+/// partial.
+#[cfg(feature = "postgres")]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IndexKeys {
+    pub(crate) keys: Vec<String>,
+    pub(crate) predicate: Option<Vec<String>>,
+}
+
+#[cfg(feature = "postgres")]
+impl IndexKeys {
+    /// An index of `keys` with a predicate as PostgreSQL prints it
+    /// (`pg_get_expr(indpred, indrelid)`), if any.
+    pub(crate) fn new(keys: Vec<String>, predicate: Option<&str>) -> Self {
+        let predicate = predicate.map(|predicate| {
+            conditions(predicate)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|condition| match condition {
+                    Condition::Equal { column, .. } => Some(column),
+                    Condition::Range { .. } => None,
+                })
+                .collect()
+        });
+        Self { keys, predicate }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl TableFacts {
+    /// Whether an index of the table already serves an index on
+    /// `columns` (`partial`: with a constant predicate): advising it again
+    /// would change nothing. The planner chose not to use it for this plan:
+    /// on skewed data a generic plan (planned for an average value) keeps a
+    /// Seq Scan or a Sort that the custom plans, for the actual values,
+    /// avoid with that index; and a generic plan never uses a partial
+    /// index for `status = $1`, which the custom plans for its constant do.
+    ///
+    /// A full index serves `columns` when it leads with them, in order. A
+    /// partial index serves them when it leads with the rest of them once
+    /// its predicate's columns are taken out (it answers `status = 'open'
+    /// AND org = $2` for `(org) WHERE status = 'open'`), or with all of
+    /// them for advice that is partial itself.
+    fn served(&self, columns: &[String], partial: bool) -> bool {
+        self.keys.iter().any(|index| match &index.predicate {
+            None => !partial && index.keys.starts_with(columns),
+            Some(fixed) => {
+                let rest: Vec<String> = columns
+                    .iter()
+                    .filter(|column| !fixed.contains(column))
+                    .cloned()
+                    .collect();
+                let leading = if partial { columns } else { &rest[..] };
+                !leading.is_empty() && index.keys.starts_with(leading)
+            }
+        })
+    }
 }
 
 /// Thresholds of the rules.
@@ -199,6 +261,9 @@ pub(crate) fn advise(
                 Some(Condition::Equal { column, .. }) => columns.push(column.clone()),
                 _ => continue,
             }
+        }
+        if facts.served(&columns, predicate.is_some()) {
+            continue;
         }
         let list = quoted(&columns).join(", ");
         let mut statement = format!("CREATE INDEX CONCURRENTLY ON {qualified} ({list})");
@@ -364,7 +429,8 @@ fn advise_joins(
             continue;
         };
         let (schema, qualified) = qualified_table(scan, table);
-        let rows = facts(&schema, table).rows;
+        let facts = facts(&schema, table);
+        let rows = facts.rows;
         if rows < gates.min_table_rows
             || driver.plan_rows > rows * 0.01
             || node.total_cost < gates.min_cost
@@ -375,6 +441,9 @@ fn advise_joins(
         let Some(column) = join_column(condition, alias) else {
             continue;
         };
+        if facts.served(std::slice::from_ref(&column), false) {
+            continue;
+        }
         let keys = [quote(&column)];
         advice.push(concurrent_index(
             "join",
@@ -454,7 +523,8 @@ fn advise_sorts(
             continue;
         };
         let (schema, qualified) = qualified_table(scan, table);
-        let rows = facts(&schema, table).rows;
+        let facts = facts(&schema, table);
+        let rows = facts.rows;
         let sort_cost = node.total_cost - scan.total_cost;
         if rows < gates.min_table_rows || sort_cost < gates.min_cost {
             continue;
@@ -489,7 +559,7 @@ fn advise_sorts(
             names.push(column.clone());
             columns.push(format!("{}{direction}", quote(&column)));
         }
-        if !plain {
+        if !plain || facts.served(&names, false) {
             continue;
         }
         advice.push(concurrent_index(
@@ -861,6 +931,7 @@ mod tests {
             rows,
             low_cardinality: low.clone(),
             indexes: vec![("t_org_idx".to_owned(), vec!["org".to_owned()])],
+            keys: vec![IndexKeys::new(vec!["org".to_owned()], None)],
         }
     }
 
@@ -907,6 +978,48 @@ mod tests {
         let advice = advise(&plan, Gates::default(), &facts(100_000.0, &["status"]));
         assert_eq!(advice[0].columns, ["status", "org"]);
         assert_eq!(advice[0].predicate, None);
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn an_index_that_exists_is_not_advised_again_partial_ones_included() {
+        let with = |keys: Vec<IndexKeys>| {
+            move |_: &str, _: &str| TableFacts {
+                rows: 100_000.0,
+                low_cardinality: vec!["status".to_owned()],
+                indexes: Vec::new(),
+                keys: keys.clone(),
+            }
+        };
+        let owned = |columns: &[&str]| columns.iter().map(|c| (*c).to_owned()).collect();
+        // A generic plan (placeholders) cannot use `(total) WHERE status = 'open'`.
+        let generic = scan("orders", "((status = $1) AND (total > $2))", 2_000.0, 5.0);
+        let advice = advise(&generic, Gates::default(), &with(Vec::new()));
+        assert_eq!(advice[0].columns, ["status", "total"]);
+        let partial = IndexKeys::new(owned(&["total"]), Some("(status = 'open'::text)"));
+        assert!(advise(&generic, Gates::default(), &with(vec![partial.clone()])).is_empty());
+        // A full index leading with the advised columns serves them too ...
+        let full = IndexKeys::new(owned(&["status", "total", "id"]), None);
+        assert!(advise(&generic, Gates::default(), &with(vec![full.clone()])).is_empty());
+        // ... but not in another order, and a full index is no partial one.
+        let other = IndexKeys::new(owned(&["total", "status"]), None);
+        assert_eq!(
+            advise(&generic, Gates::default(), &with(vec![other])).len(),
+            1
+        );
+        let literal = scan(
+            "orders",
+            "((status = 'open'::text) AND (total > 7))",
+            2_000.0,
+            5.0,
+        );
+        let advice = advise(
+            &literal,
+            Gates::default(),
+            &with(vec![IndexKeys::new(owned(&["total"]), None)]),
+        );
+        assert_eq!(advice[0].rule, "partial_index");
+        assert!(advise(&literal, Gates::default(), &with(vec![partial])).is_empty());
     }
 
     #[cfg(feature = "postgres")]

@@ -8,7 +8,7 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::advice::{Advice, Gates, TableFacts, advise, quote};
+use super::advice::{Advice, Gates, IndexKeys, TableFacts, advise, quote};
 use super::plan::PlanNode;
 use super::{Analyze, ExplainError, Explained, Kind, classify};
 
@@ -309,28 +309,46 @@ async fn facts(
         .fetch_all(&mut *connection)
         .await
         .map_err(ExplainError::Database)?;
-        // Each index's columns in order (key columns, then included ones).
-        let indexes: Vec<(String, Vec<String>)> = sqlx::query_as(
-            "SELECT ic.relname::text, array_agg(a.attname::text ORDER BY k.ord) \
+        // Each index's columns in order (key columns, then included ones),
+        // how many are keys, and its predicate if it is partial.
+        let found: Vec<(String, Vec<String>, i32, Option<String>)> = sqlx::query_as(
+            "SELECT ic.relname::text, array_agg(a.attname::text ORDER BY k.ord), \
+             i.indnkeyatts::int4, pg_get_expr(i.indpred, i.indrelid) \
              FROM pg_index i \
              JOIN pg_class ic ON ic.oid = i.indexrelid \
              JOIN pg_class t ON t.oid = i.indrelid \
              JOIN pg_namespace n ON n.oid = t.relnamespace \
              CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) \
              JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
-             WHERE n.nspname = $1 AND t.relname = $2 GROUP BY ic.relname",
+             WHERE n.nspname = $1 AND t.relname = $2 \
+             GROUP BY ic.relname, i.indnkeyatts, i.indpred, i.indrelid",
         )
         .bind(schema)
         .bind(table)
         .fetch_all(&mut *connection)
         .await
         .map_err(ExplainError::Database)?;
+        let keys = found
+            .iter()
+            .map(|(_, columns, keys, predicate)| {
+                let keys = usize::try_from(*keys).unwrap_or(0);
+                IndexKeys::new(
+                    columns.iter().take(keys).cloned().collect(),
+                    predicate.as_deref(),
+                )
+            })
+            .collect();
+        let indexes = found
+            .into_iter()
+            .map(|(name, columns, _, _)| (name, columns))
+            .collect();
         facts.insert(
             key,
             TableFacts {
                 rows: f64::from(rows.unwrap_or(0.0)),
                 low_cardinality,
                 indexes,
+                keys,
             },
         );
     }
