@@ -19,6 +19,7 @@
 //! | `pool`        | `perfkit::pool`        | `perfkit-pool-monitor` |
 //! | `pool-sqlx`   | `perfkit::pool::InstrumentedPool` | `perfkit-pool-monitor/sqlx`: sqlx |
 //! | `pool-deadpool` | `perfkit::pool::InstrumentedDeadpool` | `perfkit-pool-monitor/deadpool`: deadpool |
+//! | `pool-bb8`    | `perfkit::pool::InstrumentedBb8` | `perfkit-pool-monitor/bb8`: bb8 |
 //! | `full`        | all of the above       |                        |
 //!
 //! No feature is on by default: with default features this crate has no
@@ -104,7 +105,7 @@ pub use perfkit_llm_batcher as batcher;
 #[cfg(feature = "audit")]
 pub use perfkit_query_audit as audit;
 
-/// Gauges for sqlx and deadpool connection pools (feature `pool`).
+/// Gauges for sqlx, deadpool and bb8 connection pools (feature `pool`).
 #[cfg(feature = "pool")]
 pub use perfkit_pool_monitor as pool;
 

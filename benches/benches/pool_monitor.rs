@@ -53,6 +53,14 @@ fn pool_monitor(c: &mut Criterion) {
     group.bench_function("publish (snapshot and gauges)", |b| {
         b.iter(|| black_box(instrumented.publish()));
     });
+    // What a monitor adds per sample for alerts on acquires: the totals,
+    // and a window from two of them.
+    let earlier = instrumented
+        .acquires()
+        .expect("an instrumented pool counts acquires");
+    group.bench_function("acquire totals and window", |b| {
+        b.iter(|| black_box(instrumented.acquires().map(|now| now.since(&earlier))));
+    });
     group.finish();
 
     let mut group = c.benchmark_group("pool_monitor/acquire");

@@ -1,15 +1,18 @@
 //! # perfkit-pool-monitor
 //!
-//! Gauges for sqlx and deadpool pools: total/idle/in-use/waiting
-//! connections, acquire latency, and exhaustion alerts.
+//! Gauges for sqlx, deadpool and bb8 pools: total/idle/in-use/waiting
+//! connections, acquire latency, timeouts, usage time, leak detection and
+//! exhaustion alerts, on the `metrics` facade.
 //!
-//! **Status:** in progress. Usable now: [`PoolSnapshot`] (clamped, never
-//! torn) from any [`PoolSource`] — sqlx's `Pool` with feature `sqlx`;
-//! `InstrumentedPool` (feature `sqlx`), which gives sqlx the figures it
-//! lacks: acquire time, waiters (a cancelled acquire leaves the count),
-//! timeouts and usage time; [`PoolMonitor`]: pools sampled on an interval
-//! and held weakly, gauges, alerts with hysteresis; leak detection;
-//! deadpool's managed pools (feature `deadpool`). Coming: bb8.
+//! - [`PoolSnapshot`] (clamped, never torn) from any [`PoolSource`]: sqlx's
+//!   `Pool` (feature `sqlx`), deadpool's managed pools (feature `deadpool`),
+//!   bb8's pools (feature `bb8`), or a pool of your own.
+//! - Instrumented pools (`InstrumentedPool`, `InstrumentedDeadpool`,
+//!   `InstrumentedBb8`) add what each pool lacks: acquire time, waiters (a
+//!   cancelled acquire leaves the count), timeouts, usage time, leaks.
+//! - [`PoolMonitor`]: pools sampled on an interval and held weakly, gauges,
+//!   [`Alert`]s with hysteresis on waiters, utilization, acquire p99 and
+//!   timeout rate.
 //!
 //! ```
 //! use perfkit_pool_monitor::PoolSnapshot;

@@ -233,6 +233,62 @@ async fn slow_acquires_and_timeouts_raise_their_alerts_once_and_clear_them_once(
     ));
 }
 
+/// sqlx's MySQL pool (on MariaDB), raw and instrumented: the same figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_pool_shows_its_holders_and_waiters() {
+    let Some(db) = perfkit_test_support::mysql().await else {
+        return;
+    };
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(3)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    let pool = Arc::new(
+        InstrumentedPool::builder(pool)
+            .name("mariadb")
+            .build()
+            .unwrap(),
+    );
+    let (release, released) = watch::channel(false);
+    let holders: Vec<_> = (0..5)
+        .map(|_| {
+            let pool = Arc::clone(&pool);
+            let mut released = released.clone();
+            tokio::spawn(async move {
+                let mut held = pool.acquire().await.unwrap();
+                let one: i32 = sqlx::query_scalar("SELECT 1")
+                    .fetch_one(&mut *held)
+                    .await
+                    .unwrap();
+                assert_eq!(one, 1);
+                released.wait_for(|released| *released).await.unwrap();
+                drop(held);
+            })
+        })
+        .collect();
+    until("3 in use and 2 waiting", || {
+        let snapshot = pool.snapshot();
+        snapshot.in_use == 3 && snapshot.waiting == Some(2)
+    })
+    .await;
+    let raw = pool.pool().snapshot();
+    assert_eq!(
+        (raw.max, raw.size, raw.in_use, raw.waiting),
+        (3, 3, 3, None)
+    );
+    release.send(true).unwrap();
+    for holder in holders {
+        holder.await.unwrap();
+    }
+    until("all back", || {
+        let snapshot = pool.snapshot();
+        snapshot.in_use == 0 && snapshot.waiting == Some(0) && snapshot.idle == 3
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_keeps_no_pool_alive_and_stops_when_dropped() {
     let Some((_db, pool)) = pool(2, Duration::from_secs(5)).await else {

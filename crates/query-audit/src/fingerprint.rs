@@ -129,17 +129,28 @@ impl<'a> Scanner<'a> {
     /// `backslashes`. An unterminated run ends the input.
     fn skip_quoted(&mut self, quote: u8, backslashes: bool) {
         self.at += 1;
+        // Backslashes right before the current byte.
+        let mut run = 0_usize;
         while let Some(byte) = self.peek(0) {
             self.at += 1;
             if backslashes && byte == b'\\' {
                 self.at = (self.at + 1).min(self.sql.len());
             } else if byte == quote {
+                if quote == b'\'' && !backslashes && run % 2 == 1 {
+                    // `\'`: PostgreSQL ends the string here ('C:\'), MySQL
+                    // escapes the quote ('O\'Brien'). Read either way, part
+                    // of a constant could come out as words: the rest of
+                    // the statement is taken as the constant instead.
+                    self.at = self.sql.len();
+                    return;
+                }
                 if self.peek(0) == Some(quote) {
                     self.at += 1;
                 } else {
                     return;
                 }
             }
+            run = if byte == b'\\' { run + 1 } else { 0 };
         }
     }
 
@@ -595,6 +606,25 @@ mod tests {
             "select ?, ?, ? from t"
         );
         assert_eq!(text("select a::text from t"), "select a::text from t");
+    }
+
+    #[test]
+    fn a_backslash_before_a_quote_never_lets_a_constant_out() {
+        // MySQL escapes the quote, PostgreSQL ends the string: either way
+        // the rest is one constant, and no word of it comes out.
+        assert_eq!(
+            text("SELECT * FROM users WHERE name = 'O\\'Brien' AND id = 3"),
+            "select * from users where name = ?"
+        );
+        assert_eq!(
+            text("select * from files where path = 'C:\\' and owner = 'ann'"),
+            "select * from files where path = ?"
+        );
+        // An even run of backslashes ends the string in both readings.
+        assert_eq!(
+            text("select * from files where path = 'C:\\\\' and id = 3"),
+            "select * from files where path = ? and id = ?"
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! - [`redis_url`] / [`database_url`]: `REDIS_URL` and `DATABASE_URL`, with the
 //!   workspace defaults (`redis://127.0.0.1:6379`,
 //!   `postgres://postgres@127.0.0.1:5432/test`).
-//! - [`redis`] / [`postgres`]: a live connection in a namespace of its own, or
+//! - [`redis`] / [`postgres`] (and with feature `mysql`, `mysql` on
+//!   `MYSQL_URL`, default `mysql://root@127.0.0.1:3306/test`, in a database
+//!   of its own): a live connection in a namespace of its own, or
 //!   `None` after printing why the test is skipped. With
 //!   `PERFKIT_REQUIRE_SERVICES=1` (set by `.ci/run`) an absent service fails the
 //!   test instead, with a message that says how to start it ([`Requirement`]).
@@ -44,6 +46,8 @@
 
 pub mod concurrency;
 pub mod metrics;
+#[cfg(feature = "mysql")]
+mod mysql;
 mod namespace;
 mod postgres;
 mod redis;
@@ -51,12 +55,16 @@ mod redis_server;
 mod requirement;
 mod service;
 
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use crate::mysql::{TestMysql, mysql};
 pub use crate::postgres::{TestPostgres, postgres};
 pub use crate::redis::{TestRedis, redis};
 pub use crate::redis_server::RedisServer;
 pub use crate::requirement::{Decision, Requirement, Unavailable};
 pub use crate::service::{
-    DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, REQUIRE_SERVICES_VAR, Service, database_url, redis_url,
+    DEFAULT_DATABASE_URL, DEFAULT_MYSQL_URL, DEFAULT_REDIS_URL, REQUIRE_SERVICES_VAR, Service,
+    database_url, mysql_url, redis_url,
 };
 
 /// The README's examples, compiled (and run, unless marked `no_run`) as doctests.

@@ -8,6 +8,9 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// `DATABASE_URL` when it is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// `MYSQL_URL` when it is not set (MariaDB or MySQL).
+pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
 /// Set this variable to `1` to turn every skipped service test into a failure.
 pub const REQUIRE_SERVICES_VAR: &str = "PERFKIT_REQUIRE_SERVICES";
 
@@ -21,6 +24,12 @@ pub fn redis_url() -> String {
 #[must_use]
 pub fn database_url() -> String {
     env_or("DATABASE_URL", DEFAULT_DATABASE_URL)
+}
+
+/// The MySQL (MariaDB) server tests use: `MYSQL_URL`, or [`DEFAULT_MYSQL_URL`].
+#[must_use]
+pub fn mysql_url() -> String {
+    env_or("MYSQL_URL", DEFAULT_MYSQL_URL)
 }
 
 fn env_or(var: &str, default: &str) -> String {
@@ -38,6 +47,8 @@ pub enum Service {
     Redis,
     /// PostgreSQL, found through `DATABASE_URL`.
     Postgres,
+    /// MySQL or MariaDB, found through `MYSQL_URL`.
+    Mysql,
 }
 
 impl Service {
@@ -47,6 +58,7 @@ impl Service {
         match self {
             Self::Redis => "REDIS_URL",
             Self::Postgres => "DATABASE_URL",
+            Self::Mysql => "MYSQL_URL",
         }
     }
 
@@ -64,6 +76,12 @@ impl Service {
                  (Debian/Ubuntu: `apt install postgresql`; container: \
                  `docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test postgres:16`)"
             }
+            Self::Mysql => {
+                "start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd` and make sure \
+                 `root` connects without a password on 127.0.0.1 \
+                 (Debian/Ubuntu: `apt install mariadb-server`; container: \
+                 `docker run -d -p 3306:3306 -e MARIADB_ALLOW_EMPTY_ROOT_PASSWORD=1 -e MARIADB_DATABASE=test mariadb:10.11`)"
+            }
         }
     }
 }
@@ -73,6 +91,7 @@ impl fmt::Display for Service {
         f.write_str(match self {
             Self::Redis => "Redis",
             Self::Postgres => "PostgreSQL",
+            Self::Mysql => "MySQL",
         })
     }
 }
