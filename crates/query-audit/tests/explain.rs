@@ -362,6 +362,34 @@ async fn a_slow_update_is_explained_without_running_twice_even_with_analyze() {
         .await
         .unwrap();
     assert_eq!(n, 1, "the update ran once, by the service");
+    // The row's value cannot tell an update rolled back from one never
+    // run; the table's statistics can: `n_tup_upd` counts rolled-back
+    // updates too. Only `SelectAndDml` runs it (in a transaction rolled
+    // back): 2 in all, never 3 or 4. (The explainers' sessions have ended,
+    // which flushes their statistics; the service's flushes when idle.)
+    let updates = || async {
+        let mut connection = db.pool().acquire().await.unwrap();
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, i64>(
+            "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'counters'::regclass",
+        )
+        .fetch_one(&mut *connection)
+        .await
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while updates().await < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(
+        updates().await,
+        2,
+        "the service's update and ANALYZE's rolled-back one"
+    );
 }
 
 #[tokio::test]
