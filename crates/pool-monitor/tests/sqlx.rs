@@ -215,7 +215,13 @@ async fn slow_acquires_and_timeouts_raise_their_alerts_once_and_clear_them_once(
         ("timeouts", true),
         "{raised:?}"
     );
-    assert_eq!(raised.acquires.unwrap().timeouts, 3);
+    // Raised at the first sample that saw a timeout (the three may end in
+    // different samples).
+    let window = raised.acquires.unwrap();
+    assert!(
+        window.timeouts >= 1 && window.timeout_rate() > 0.2,
+        "{window:?}"
+    );
     let cleared = tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await
         .unwrap()

@@ -1,6 +1,5 @@
 //! The audit at the call site: a query's future, timed and recorded.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,32 +9,50 @@ use pin_project_lite::pin_project;
 
 use crate::auditor::Auditor;
 
-thread_local! {
-    /// Set while an [`Audited`] future is polled: sqlx's event for the same
-    /// query is then not recorded a second time by the layer.
-    static AUDITING: Cell<bool> = const { Cell::new(false) };
+/// The span a query audited at the call site runs in: the layer does not
+/// record sqlx's event for it a second time (it still counts it for N+1
+/// loops). A span, not a thread-local flag: sqlx's SQLite driver runs
+/// queries (and emits their events) on a thread of its own, inside the
+/// caller's span.
+pub(crate) const AUDITED_SPAN: &str = "query_audit.audited";
+/// The span the auditor's own statements run in (EXPLAIN and the catalog
+/// reads around it): the layer ignores their events altogether.
+pub(crate) const EXPLAIN_SPAN: &str = "query_audit.explain";
+
+/// A span marking a query audited at the call site (`TRACE`, target
+/// `perfkit_query_audit`; enabled where the auditor's layer is installed).
+pub(crate) fn audited_span() -> tracing::Span {
+    tracing::trace_span!(target: "perfkit_query_audit", "query_audit.audited")
 }
 
-/// Marks the thread as polling an [`Audited`] future until dropped (also
-/// when the query's poll panics).
-pub(crate) struct Marked(bool);
-
-impl Marked {
-    pub(crate) fn new() -> Self {
-        Self(AUDITING.with(|auditing| auditing.replace(true)))
+pin_project! {
+    /// A future whose sqlx queries the layer ignores (the explainer's).
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+    pub(crate) struct Unaudited<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
     }
 }
 
-impl Drop for Marked {
-    fn drop(&mut self) {
-        let before = self.0;
-        AUDITING.with(|auditing| auditing.set(before));
+impl<F> Unaudited<F> {
+    #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+    pub(crate) fn new(inner: F) -> Self {
+        Self {
+            inner,
+            span: tracing::trace_span!(target: "perfkit_query_audit", "query_audit.explain"),
+        }
     }
 }
 
-/// Whether the current thread is polling an [`Audited`] future.
-pub(crate) fn auditing() -> bool {
-    AUDITING.with(Cell::get)
+impl<F: Future> Future for Unaudited<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        this.inner.poll(cx)
+    }
 }
 
 /// The rows a query's result holds or touched, for [`Auditor::audited`].
@@ -76,6 +93,20 @@ impl RowCount for sqlx::postgres::PgRow {
     }
 }
 
+#[cfg(feature = "any")]
+impl RowCount for sqlx::any::AnyQueryResult {
+    fn row_count(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+#[cfg(feature = "any")]
+impl RowCount for sqlx::any::AnyRow {
+    fn row_count(&self) -> u64 {
+        1
+    }
+}
+
 #[cfg(feature = "sqlite")]
 impl RowCount for sqlx::sqlite::SqliteQueryResult {
     fn row_count(&self) -> u64 {
@@ -98,6 +129,7 @@ pin_project! {
         auditor: &'a Auditor,
         statement: &'a str,
         started: Option<Instant>,
+        span: tracing::Span,
         #[pin]
         query: F,
     }
@@ -109,6 +141,7 @@ impl<'a, F> Audited<'a, F> {
             auditor,
             statement,
             started: None,
+            span: audited_span(),
             query,
         }
     }
@@ -125,7 +158,7 @@ where
         let this = self.project();
         let started = *this.started.get_or_insert_with(Instant::now);
         let polled = {
-            let _marked = Marked::new();
+            let _entered = this.span.enter();
             this.query.poll(cx)
         };
         let Poll::Ready(outcome) = polled else {

@@ -340,8 +340,11 @@ impl Auditor {
     /// tx.commit().await?;
     /// # Ok(()) }
     /// ```
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+    #[cfg(any(feature = "postgres", feature = "sqlite", feature = "any"))]
+    #[cfg_attr(
+        docsrs,
+        doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "any")))
+    )]
     pub fn on<'a, E>(&'a self, executor: E) -> crate::AuditedExecutor<'a, E>
     where
         E: sqlx::Executor<'a>,
@@ -396,9 +399,51 @@ impl Auditor {
     }
 
     /// The layer without its filter, to combine with a filter of your own.
+    /// That filter must let through sqlx's query events (target
+    /// `sqlx::query`, `DEBUG`) and this crate's `TRACE` spans (target
+    /// `perfkit_query_audit`): they mark the queries recorded at their call
+    /// site and the auditor's own EXPLAIN statements, which the layer must
+    /// not record again.
     #[must_use]
     pub fn unfiltered_layer(&self) -> AuditLayer {
         AuditLayer::new(Arc::clone(&self.inner))
+    }
+}
+
+/// A statement's rows: what a read returned; for a write, the larger of
+/// what it returned and what it changed (PostgreSQL reports a `SELECT`'s
+/// rows as affected too, as `pg_stat_statements` counts them; SQLite
+/// reports the connection's last write's changes for a read).
+pub(crate) fn rows(entry: &Entry, returned: u64, affected: u64) -> u64 {
+    if entry.fingerprint.reads() {
+        returned
+    } else {
+        returned.max(affected)
+    }
+}
+
+impl Auditor {
+    /// [`record`](Self::record) with the rows as sqlx counts them: returned
+    /// and affected.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "sqlite", feature = "any")),
+        allow(dead_code)
+    )]
+    pub(crate) fn record_counted(
+        &self,
+        statement: &str,
+        elapsed: Duration,
+        returned: u64,
+        affected: u64,
+    ) -> Recorded {
+        let entry = self.inner.entry(statement);
+        let recorded = self
+            .inner
+            .observe(&entry, elapsed, rows(&entry, returned, affected));
+        if recorded.slow {
+            self.inner.explain_later(&entry, || statement.to_owned());
+        }
+        recorded
     }
 }
 
@@ -478,6 +523,7 @@ impl Inner {
 
     pub(crate) fn n_plus_one_found(&self, entry: &Entry, count: u32, span: &'static str) {
         self.metrics.n_plus_one.increment(1);
+        entry.n_plus_one_found();
         self.notify(Notice::NPlusOne {
             id: entry.fingerprint.id(),
             text: Box::from(entry.fingerprint.text()),

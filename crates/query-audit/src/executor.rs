@@ -12,7 +12,7 @@ use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use sqlx::{Database, Describe, Either, Error, Execute, Executor, Pool, SqlStr};
 
-use crate::audited::{Marked, RowCount};
+use crate::audited::{RowCount, audited_span};
 use crate::auditor::Auditor;
 
 /// An sqlx [`Executor`] whose queries the auditor records: a pool
@@ -277,6 +277,8 @@ impl<'q, DB: Database, Q: Execute<'q, DB>> Execute<'q, DB> for Tapped<Q> {
 /// One audited run: its start, and its record (once).
 struct Run<'a> {
     auditor: &'a Auditor,
+    /// Entered while the query is polled or dropped (see `AUDITED_SPAN`).
+    span: tracing::Span,
     statement: Statement,
     started: Option<Instant>,
     recorded: bool,
@@ -286,6 +288,7 @@ impl<'a> Run<'a> {
     fn new(auditor: &'a Auditor, statement: Statement) -> Self {
         Self {
             auditor,
+            span: audited_span(),
             statement,
             started: None,
             recorded: false,
@@ -297,14 +300,14 @@ impl<'a> Run<'a> {
     }
 
     /// Records the run, once, if it started and sqlx took its statement.
-    fn record(&mut self, rows: u64) {
+    fn record(&mut self, returned: u64, affected: u64) {
         if self.recorded {
             return;
         }
         self.recorded = true;
         if let (Some(started), Some(statement)) = (self.started, self.statement.get()) {
             self.auditor
-                .record(statement.as_str(), started.elapsed(), rows);
+                .record_counted(statement.as_str(), started.elapsed(), returned, affected);
         }
     }
 }
@@ -316,14 +319,6 @@ struct AuditedStream<'a, S> {
     run: Run<'a>,
     returned: u64,
     affected: u64,
-}
-
-impl<S> AuditedStream<'_, S> {
-    /// PostgreSQL reports a SELECT's rows as affected too: the larger of
-    /// the two is the statement's rows (as the layer counts them).
-    fn rows(&self) -> u64 {
-        self.returned.max(self.affected)
-    }
 }
 
 impl<S, R, T> Stream for AuditedStream<'_, S>
@@ -340,7 +335,7 @@ where
         };
         this.run.start();
         let polled = {
-            let _marked = Marked::new();
+            let _entered = this.run.span.enter();
             Pin::new(rows).poll_next(cx)
         };
         match &polled {
@@ -351,10 +346,7 @@ where
             Poll::Ready(Some(Ok(Either::Right(_)))) => {
                 this.returned = this.returned.saturating_add(1);
             }
-            Poll::Ready(Some(Err(_)) | None) => {
-                let rows = this.rows();
-                this.run.record(rows);
-            }
+            Poll::Ready(Some(Err(_)) | None) => this.run.record(this.returned, this.affected),
         }
         polled
     }
@@ -368,11 +360,13 @@ impl<S> Drop for AuditedStream<'_, S> {
     fn drop(&mut self) {
         // Dropped before its end (`fetch` read partly, or cancelled): record
         // what ran. sqlx's own event fires as its query is dropped, here
-        // (not after this function, as a field would be), while marked.
-        let _marked = Marked::new();
-        drop(self.rows.take());
-        let rows = self.rows();
-        self.run.record(rows);
+        // (not after this function, as a field would be), in the span that
+        // tells the layer the call site records it.
+        {
+            let _entered = self.run.span.enter();
+            drop(self.rows.take());
+        }
+        self.run.record(self.returned, self.affected);
     }
 }
 
@@ -396,11 +390,12 @@ where
         };
         this.run.start();
         let polled = {
-            let _marked = Marked::new();
+            let _entered = this.run.span.enter();
             Pin::new(row).poll(cx)
         };
         if let Poll::Ready(row) = &polled {
-            this.run.record(row.as_ref().map_or(0, RowCount::row_count));
+            let returned = row.as_ref().map_or(0, RowCount::row_count);
+            this.run.record(returned, returned);
         }
         polled
     }
@@ -408,8 +403,10 @@ where
 
 impl<F> Drop for AuditedRow<'_, F> {
     fn drop(&mut self) {
-        let _marked = Marked::new();
-        drop(self.row.take());
-        self.run.record(0);
+        {
+            let _entered = self.run.span.enter();
+            drop(self.row.take());
+        }
+        self.run.record(0, 0);
     }
 }

@@ -62,6 +62,21 @@ impl Fingerprint {
         self.id
     }
 
+    /// Whether the statement only reads (`SELECT`, `VALUES`, a `WITH`
+    /// without a write): its rows are the rows it returned. (SQLite reports
+    /// the rows changed by the connection's last write as a read's rows
+    /// affected.)
+    pub(crate) fn reads(&self) -> bool {
+        let first = self.text.split([' ', '(']).next().unwrap_or_default();
+        matches!(
+            first,
+            "select" | "values" | "show" | "table" | "pragma" | "explain"
+        ) || (first == "with"
+            && ![" insert ", " update ", " delete ", " merge "]
+                .iter()
+                .any(|verb| self.text.contains(verb)))
+    }
+
     /// The normalized text, constants redacted (at most [`MAX_TEXT_LEN`]
     /// bytes, cut at a character boundary with `…` when longer).
     #[must_use]

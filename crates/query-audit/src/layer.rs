@@ -106,8 +106,8 @@ struct QueryFields<'a> {
     entry: Option<Arc<Entry>>,
     /// `summary`: the whole statement when `db.statement` is empty.
     summary: Option<String>,
-    /// Rows returned or affected, whichever is larger.
-    rows: u64,
+    rows_returned: u64,
+    rows_affected: u64,
     elapsed: Option<Duration>,
 }
 
@@ -126,10 +126,10 @@ impl Visit for QueryFields<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        // PostgreSQL reports a SELECT's rows as affected too: the larger of
-        // the two is the statement's rows (as `pg_stat_statements` counts).
-        if matches!(field.name(), "rows_affected" | "rows_returned") {
-            self.rows = self.rows.max(value);
+        match field.name() {
+            "rows_returned" => self.rows_returned = value,
+            "rows_affected" => self.rows_affected = value,
+            _ => {}
         }
     }
 
@@ -180,11 +180,22 @@ where
         if event.metadata().target() != SQLX_TARGET {
             return;
         }
+        // The auditor's own statements are not recorded; a query audited
+        // at its call site is recorded there (but counts for N+1 loops).
+        let mut audited = false;
+        for span in ctx.event_scope(event).into_iter().flatten() {
+            match span.name() {
+                crate::audited::EXPLAIN_SPAN => return,
+                crate::audited::AUDITED_SPAN => audited = true,
+                _ => {}
+            }
+        }
         let mut fields = QueryFields {
             inner: &self.inner,
             entry: None,
             summary: None,
-            rows: 0,
+            rows_returned: 0,
+            rows_affected: 0,
             elapsed: None,
         };
         event.record(&mut fields);
@@ -197,8 +208,8 @@ where
         let Some(elapsed) = fields.elapsed else {
             return;
         };
-        // Inside `Auditor::audited`, the call site records the query.
-        if !crate::audited::auditing() && self.inner.observe(&entry, elapsed, fields.rows).slow {
+        let rows = crate::auditor::rows(&entry, fields.rows_returned, fields.rows_affected);
+        if !audited && self.inner.observe(&entry, elapsed, rows).slow {
             // The statement is copied out of the event only when it goes to EXPLAIN.
             self.inner.explain_later(&entry, || statement_of(event));
         }

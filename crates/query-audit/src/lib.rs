@@ -35,7 +35,7 @@
 mod audited;
 mod auditor;
 mod error;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "any"))]
 mod executor;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
@@ -49,8 +49,11 @@ mod worker;
 pub use crate::audited::{Audited, RowCount};
 pub use crate::auditor::{Auditor, AuditorBuilder, Recorded};
 pub use crate::error::ConfigError;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "any"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "any")))
+)]
 pub use crate::executor::{AuditedExecutor, AuditedPool};
 pub use crate::fingerprint::{Fingerprint, MAX_TEXT_LEN};
 pub use crate::layer::{AuditLayer, FilteredAuditLayer, SQLX_TARGET, SqlxQueries};

@@ -43,6 +43,10 @@ pub struct QueryStats {
     pub rows: u64,
     /// Executions over the slow threshold.
     pub slow_calls: u64,
+    /// N+1 loops found: requests that ran the statement
+    /// [`n_plus_one`](crate::AuditorBuilder::n_plus_one) times or more
+    /// (counted by the layer, which sees the requests' spans).
+    pub n_plus_one: u64,
     /// Index advice from the latest EXPLAIN of the statement (each a
     /// `CREATE INDEX` and its evidence; constants redacted unless the
     /// auditor reveals them); empty when not explained or nothing to advise.
@@ -68,6 +72,7 @@ struct Counters {
     max: Duration,
     rows: u64,
     slow_calls: u64,
+    n_plus_one: u64,
     /// Seconds.
     sketch: DDSketch,
 }
@@ -93,6 +98,7 @@ impl Entry {
                 max: Duration::ZERO,
                 rows: 0,
                 slow_calls: 0,
+                n_plus_one: 0,
                 sketch: DDSketch::new(Config::defaults()),
             }),
             advice: Mutex::new(Vec::new()),
@@ -127,6 +133,12 @@ impl Entry {
         }
     }
 
+    /// One more N+1 loop of this statement.
+    pub(crate) fn n_plus_one_found(&self) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        counters.n_plus_one += 1;
+    }
+
     pub(crate) fn snapshot(&self) -> QueryStats {
         let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
         let quantile = |q: f64| {
@@ -159,6 +171,7 @@ impl Entry {
             p99: quantile(0.99),
             rows: counters.rows,
             slow_calls: counters.slow_calls,
+            n_plus_one: counters.n_plus_one,
             advice: self
                 .advice
                 .lock()

@@ -58,7 +58,10 @@ async fn sqlx_queries_are_recorded_with_their_rows_and_an_n_plus_one_loop_is_fou
     let by_item = auditor
         .stats(Fingerprint::of("select name from items where id = 1").id())
         .expect("the per-item select was recorded");
-    assert_eq!((by_item.calls, by_item.rows), (20, 20));
+    assert_eq!(
+        (by_item.calls, by_item.rows, by_item.n_plus_one),
+        (20, 20, 1)
+    );
     assert!(by_item.total > std::time::Duration::ZERO);
     let range = auditor
         .stats(Fingerprint::of("select id from items where id <= 1 order by id").id())

@@ -144,3 +144,39 @@ async fn the_auditor_explains_slow_sqlite_statements() {
     pool.close().await;
     let _ = std::fs::remove_file(path);
 }
+
+/// SQLite reports the rows its connection's last write changed as a read's
+/// rows affected: a read's rows are the rows it returned.
+#[tokio::test]
+async fn a_read_after_a_write_on_sqlite_counts_the_rows_it_returned() {
+    let (pool, _options, path) = database().await;
+    let auditor = Auditor::builder().name("sqlite-rows").build().unwrap();
+    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")
+        .execute(auditor.on(&pool))
+        .await
+        .unwrap();
+    let insert = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) \
+                  INSERT INTO t SELECT i, i FROM n";
+    sqlx::query(insert)
+        .execute(auditor.on(&pool))
+        .await
+        .unwrap();
+    let none = "SELECT id FROM t WHERE v < 0";
+    let rows: Vec<(i64,)> = sqlx::query_as(none)
+        .fetch_all(auditor.on(&pool))
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    let three = "SELECT id FROM t WHERE v <= 3";
+    let rows: Vec<(i64,)> = sqlx::query_as(three)
+        .fetch_all(auditor.on(&pool))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    let rows_of = |sql: &str| auditor.stats(Fingerprint::of(sql).id()).unwrap().rows;
+    assert_eq!(rows_of(insert), 500);
+    assert_eq!(rows_of(none), 0);
+    assert_eq!(rows_of(three), 3);
+    drop(pool);
+    let _ = std::fs::remove_file(path);
+}

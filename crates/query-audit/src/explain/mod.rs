@@ -129,12 +129,17 @@ impl Explainer {
     ///
     /// [`ExplainError`]: not explainable, no connection, refused, too slow.
     pub async fn explain(&self, statement: &str) -> Result<Explained, ExplainError> {
-        match &*self.inner {
-            #[cfg(feature = "postgres")]
-            Backend::Postgres(postgres) => postgres.explain(statement).await,
-            #[cfg(feature = "sqlite")]
-            Backend::Sqlite(sqlite) => sqlite.explain(statement).await,
-        }
+        // The explainer's own statements are not the service's: an auditor's
+        // layer does not record them.
+        crate::audited::Unaudited::new(async {
+            match &*self.inner {
+                #[cfg(feature = "postgres")]
+                Backend::Postgres(postgres) => postgres.explain(statement).await,
+                #[cfg(feature = "sqlite")]
+                Backend::Sqlite(sqlite) => sqlite.explain(statement).await,
+            }
+        })
+        .await
     }
 }
 
