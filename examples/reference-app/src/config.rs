@@ -30,6 +30,11 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Prefix of every Redis key and channel the app uses (instances that
+    /// share data must share it).
+    #[arg(long, env = "REDIS_PREFIX", default_value = "perfkit-app:")]
+    pub redis_prefix: String,
+
     /// An OpenAI-compatible provider's base URL for `/v1/embeddings`
     /// (`https://api.openai.com/v1`). Without it: a built-in deterministic
     /// model.

@@ -63,7 +63,9 @@ pub(crate) struct Shared {
     pub(crate) idempotency: IdempotencyLayer,
 }
 
-/// A built app: its router and what must be drained when it stops.
+/// A built app: its router and what must be drained when it stops. Cheap
+/// to clone: clones share everything.
+#[derive(Clone)]
 pub struct App {
     shared: Arc<Shared>,
 }
@@ -103,19 +105,19 @@ impl App {
                 agents = agents
                     .tier(
                         RedisTier::builder(url)
-                            .prefix("perfkit-app:agents:")
+                            .prefix(format!("{}agents:", config.redis_prefix))
                             .build()
                             .map_err(|e| component(&e))?,
                     )
                     .invalidation_bus(
                         RedisBus::builder(url)
-                            .channel("perfkit-app:agents:invalidations")
+                            .channel(format!("{}agents:invalidations", config.redis_prefix))
                             .build()
                             .map_err(|e| component(&e))?,
                     );
                 IdempotencyLayer::builder(
                     RedisStore::builder(url)
-                        .prefix("perfkit-app:idempotency:")
+                        .prefix(format!("{}idempotency:", config.redis_prefix))
                         .build()
                         .map_err(|e| component(&e))?,
                 )
