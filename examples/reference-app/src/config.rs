@@ -77,6 +77,17 @@ pub struct Config {
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
 
+    /// Serve `/payments`, `/agents/{id}` and `/prices` without the perfkit
+    /// layers (no idempotency layer, no cache, no single-flight), to measure
+    /// what each costs or saves under load.
+    #[arg(
+        long,
+        env = "BARE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub bare: bool,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -158,7 +169,14 @@ impl fmt::Display for Config {
             f,
             "  slow queries    over {} ms are logged and explained",
             self.slow_query_ms
-        )
+        )?;
+        if self.bare {
+            write!(
+                f,
+                "\n  BARE            /payments, /agents, /prices served without the perfkit layers"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -189,5 +207,7 @@ mod tests {
             "{printed}"
         );
         assert!(printed.contains("key set, hidden"), "{printed}");
+        assert!(Config::parse_from(["app", "--bare"]).bare);
+        assert!(!Config::parse_from(["app"]).bare);
     }
 }

@@ -26,6 +26,17 @@ type AppState = Arc<Shared>;
 
 pub(crate) fn router(shared: AppState) -> Router {
     let max_body = shared.config.max_body_bytes;
+    if shared.config.bare {
+        return common(
+            Router::new()
+                .route("/payments", post(bare_create_payment).get(list_payments))
+                .layer(middleware::from_fn(authenticate))
+                .route("/prices", get(bare_prices))
+                .route("/agents/{id}", get(bare_get_agent).put(bare_put_agent)),
+        )
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(shared);
+    }
     let payments = Router::new()
         .route("/payments", post(create_payment).get(list_payments))
         .layer(shared.idempotency.clone())
@@ -40,18 +51,25 @@ pub(crate) fn router(shared: AppState) -> Router {
                 .unwrap_or_else(|_| DedupLayer::new()),
         ),
     );
-    Router::new()
-        .merge(payments)
-        .merge(prices)
-        .route("/agents/{id}", get(get_agent).put(put_agent))
+    common(
+        Router::new()
+            .merge(payments)
+            .merge(prices)
+            .route("/agents/{id}", get(get_agent).put(put_agent)),
+    )
+    .layer(DefaultBodyLimit::max(max_body))
+    .with_state(shared)
+}
+
+/// The routes that are the same with and without the perfkit layers.
+fn common(router: Router<AppState>) -> Router<AppState> {
+    router
         .route("/v1/embeddings", post(embeddings))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/debug/slow-queries", get(slow_queries))
         .route("/", get(status))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(shared)
 }
 
 /// The account a request is made for: `Authorization: Bearer <account>`,
@@ -113,6 +131,84 @@ async fn create_payment(
         .create_payment(account, key.key(), payment.amount_cents, &payment.currency)
         .await?;
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Validates a new payment's body.
+fn checked(payment: &NewPayment) -> Result<(), AppError> {
+    if !(1..=100_000_000).contains(&payment.amount_cents) {
+        return Err(AppError::Unprocessable(
+            "amount_cents must be between 1 and 100000000".to_owned(),
+        ));
+    }
+    if payment.currency.len() != 3 || !payment.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(AppError::Unprocessable(
+            "currency must be an ISO 4217 code such as EUR".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /payments` without the idempotency layer: the key is read from the
+/// header and made unique by the database alone (no replay of the response,
+/// no 409 while the first request runs).
+async fn bare_create_payment(
+    State(shared): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<NewPayment>, JsonRejection>,
+) -> Result<(StatusCode, Json<Payment>), AppError> {
+    let Json(payment) = body?;
+    let account = account(&headers)
+        .ok_or_else(|| AppError::Unauthorized("no account".to_owned()))?;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|key| key.to_str().ok())
+        .filter(|key| (1..=255).contains(&key.len()))
+        .ok_or_else(|| AppError::BadRequest("send an Idempotency-Key".to_owned()))?;
+    checked(&payment)?;
+    let created = shared
+        .db
+        .create_payment(account, key, payment.amount_cents, &payment.currency)
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `GET /agents/{id}` from the database every time.
+async fn bare_get_agent(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Agent>, AppError> {
+    let id = agent_id(&id)?;
+    let agent = shared
+        .db
+        .agent(id)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no agent {id}")))?;
+    Ok(Json(agent))
+}
+
+async fn bare_put_agent(
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<AgentUpdate>, JsonRejection>,
+) -> Result<Json<Agent>, AppError> {
+    let id = agent_id(&id)?;
+    let Json(update) = body?;
+    let agent = shared
+        .db
+        .update_agent(id, update.name.trim(), &update.status)
+        .await?
+        .ok_or_else(|| AppError::NotFound(format!("no agent {id}")))?;
+    Ok(Json(agent))
+}
+
+/// `GET /prices` straight from the upstream.
+async fn bare_prices(
+    State(shared): State<AppState>,
+    query: Result<Query<PricesQuery>, QueryRejection>,
+) -> Result<Json<Prices>, AppError> {
+    let Query(query) = query?;
+    let coins = coins(&query.coins)?;
+    Ok(Json(shared.upstream.quote(&coins).await))
 }
 
 async fn list_payments(
