@@ -157,8 +157,8 @@ async fn bare_create_payment(
     body: Result<Json<NewPayment>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Payment>), AppError> {
     let Json(payment) = body?;
-    let account = account(&headers)
-        .ok_or_else(|| AppError::Unauthorized("no account".to_owned()))?;
+    let account =
+        account(&headers).ok_or_else(|| AppError::Unauthorized("no account".to_owned()))?;
     let key = headers
         .get("idempotency-key")
         .and_then(|key| key.to_str().ok())

@@ -514,3 +514,38 @@ async fn shutdown_finishes_requests_in_flight() {
     assert_eq!(embedding.await.unwrap().unwrap().status(), StatusCode::OK);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// Redis configured but down: `/health` says so with a 503, payments are
+/// refused (the idempotency store fails closed: 503 + Retry-After), reads
+/// go on from the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_is_down_is_a_503_on_health_and_payments_while_reads_go_on() {
+    let (mut config, dir) = common::embedded();
+    // Nothing listens on port 1.
+    config.redis_url = Some("redis://127.0.0.1:1".to_owned());
+    let app = common::serve(config, Some(dir)).await;
+    let http = client();
+    let agent = http.get(app.url("/agents/5")).send().await.unwrap();
+    assert_eq!(agent.status(), StatusCode::OK);
+    let payment = http
+        .post(app.url("/payments"))
+        .bearer_auth("acct-down")
+        .header("Idempotency-Key", "k-down")
+        .json(&json!({"amount_cents": 1, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(payment.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(payment.headers().contains_key("retry-after"));
+    let health = http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let health: Value = health.json().await.unwrap();
+    assert_eq!(health["status"], "unavailable");
+    assert_eq!(health["database"]["up"], true);
+    assert_eq!(health["redis"]["up"], false, "{health}");
+    assert_eq!(
+        app.app.count_payments("acct-down", "k-down").await.unwrap(),
+        0
+    );
+    app.stop().await;
+}

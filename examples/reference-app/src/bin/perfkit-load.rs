@@ -34,7 +34,10 @@ enum Route {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "perfkit-load", about = "Load generator for the perfkit reference app")]
+#[command(
+    name = "perfkit-load",
+    about = "Load generator for the perfkit reference app"
+)]
 struct Args {
     /// The app's base URL (http only).
     #[arg(long, default_value = "http://127.0.0.1:3000")]
@@ -163,7 +166,8 @@ async fn worker(
         match outcome {
             Ok(()) => {
                 totals.ok += 1;
-                let micros = u64::try_from(done.duration_since(due).as_micros()).unwrap_or(u64::MAX);
+                let micros =
+                    u64::try_from(done.duration_since(due).as_micros()).unwrap_or(u64::MAX);
                 let _ = totals.histogram.record(micros.max(1));
             }
             Err(error) => {
@@ -190,7 +194,9 @@ async fn main() -> std::process::ExitCode {
     };
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(0));
+        .map_or(0, |d| {
+            u64::try_from(d.as_nanos() & u128::from(u64::MAX)).unwrap_or(0)
+        });
     let measure_from = Instant::now() + Duration::from_secs(args.warmup);
     let until = measure_from + Duration::from_secs(args.duration);
     let sent = Arc::new(AtomicU64::new(0));
@@ -241,8 +247,10 @@ async fn main() -> std::process::ExitCode {
         "{:?} {} {}, {} connections, {} s measured after {} s warm-up",
         args.route,
         args.url,
-        args.rate
-            .map_or_else(|| "closed loop".to_owned(), |rate| format!("{rate} req/s offered")),
+        args.rate.map_or_else(
+            || "closed loop".to_owned(),
+            |rate| format!("{rate} req/s offered")
+        ),
         args.concurrency,
         args.duration,
         args.warmup
