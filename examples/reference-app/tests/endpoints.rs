@@ -169,7 +169,37 @@ async fn payments_are_created_replayed_and_scoped_by_account() {
         .send()
         .await
         .unwrap();
-    assert_eq!(oversized.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    problem(oversized, StatusCode::PAYLOAD_TOO_LARGE).await;
+    let bad_key = http
+        .post(app.url("/payments"))
+        .bearer_auth("acct-a")
+        .header("Idempotency-Key", "k".repeat(300))
+        .json(&json!({"amount_cents": 1, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    problem(bad_key, StatusCode::BAD_REQUEST).await;
+    let bad_bearer = http
+        .post(app.url("/payments"))
+        .bearer_auth("not an account!")
+        .header("Idempotency-Key", "k")
+        .json(&json!({"amount_cents": 1, "currency": "EUR"}))
+        .send()
+        .await
+        .unwrap();
+    problem(bad_bearer, StatusCode::UNAUTHORIZED).await;
+    // Past the app's own body limit (64 KiB) on a route without the layer.
+    let big_update = http
+        .put(app.url("/agents/1"))
+        .header("content-type", "application/json")
+        .body(format!(
+            "{{\"name\": \"{}\", \"status\": \"active\"}}",
+            "n".repeat(100_000)
+        ))
+        .send()
+        .await
+        .unwrap();
+    problem(big_update, StatusCode::PAYLOAD_TOO_LARGE).await;
     app.stop().await;
 }
 
