@@ -141,7 +141,18 @@ impl Entry {
 
     pub(crate) fn snapshot(&self) -> QueryStats {
         let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        // The nearest-rank quantile (the ⌈q·n⌉-th smallest: the p99 of 3
+        // executions is the slowest), which the sketch's own rank
+        // (⌊q·(n−1)⌋, the second slowest of 3) is not for few samples.
         let quantile = |q: f64| {
+            #[allow(clippy::cast_precision_loss)]
+            let n = counters.sketch.count() as f64;
+            let rank = (q * n).ceil().max(1.0);
+            let q = if n > 1.0 {
+                ((rank - 0.5) / (n - 1.0)).min(1.0)
+            } else {
+                1.0
+            };
             counters
                 .sketch
                 .quantile(q)

@@ -38,16 +38,11 @@ fn statements_differing_in_constants_share_statistics() {
     let near = |value: Duration, millis: f64| {
         (value.as_secs_f64() * 1_000.0 / millis - 1.0).abs() <= 0.011
     };
-    assert!(
-        near(users.p50, 10.0) || near(users.p50, 15.0),
-        "{:?}",
-        users.p50
-    );
-    assert!(
-        near(users.p99, 15.0) || near(users.p99, 20.0),
-        "{:?}",
-        users.p99
-    );
+    // Nearest rank: the p50 of 4 is the 2nd, the p99 the slowest (never
+    // below the mean for want of samples).
+    assert!(near(users.p50, 10.0), "{:?}", users.p50);
+    assert!(near(users.p95, 20.0), "{:?}", users.p95);
+    assert!(near(users.p99, 20.0), "{:?}", users.p99);
     assert_eq!(report[1].text, "select count(*) from users");
     assert_eq!(auditor.report(1).len(), 1);
     auditor.reset();
