@@ -195,7 +195,7 @@ async fn bare_put_agent(
     let Json(update) = body?;
     let agent = shared
         .db
-        .update_agent(id, update.name.trim(), &update.status)
+        .update_agent(id, update.name()?, update.status()?)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no agent {id}")))?;
     Ok(Json(agent))
@@ -265,6 +265,27 @@ struct AgentUpdate {
     status: String,
 }
 
+impl AgentUpdate {
+    fn name(&self) -> Result<&str, AppError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(AppError::Unprocessable(
+                "name must have 1 to 100 characters".to_owned(),
+            ));
+        }
+        Ok(name)
+    }
+
+    fn status(&self) -> Result<&str, AppError> {
+        match self.status.as_str() {
+            status @ ("active" | "retired") => Ok(status),
+            _ => Err(AppError::Unprocessable(
+                "status must be active or retired".to_owned(),
+            )),
+        }
+    }
+}
+
 async fn put_agent(
     State(shared): State<AppState>,
     Path(id): Path<String>,
@@ -272,20 +293,9 @@ async fn put_agent(
 ) -> Result<Json<Agent>, AppError> {
     let id = agent_id(&id)?;
     let Json(update) = body?;
-    let name = update.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(AppError::Unprocessable(
-            "name must have 1 to 100 characters".to_owned(),
-        ));
-    }
-    if !matches!(update.status.as_str(), "active" | "retired") {
-        return Err(AppError::Unprocessable(
-            "status must be active or retired".to_owned(),
-        ));
-    }
     let agent = shared
         .db
-        .update_agent(id, name, &update.status)
+        .update_agent(id, update.name()?, update.status()?)
         .await?
         .ok_or_else(|| AppError::NotFound(format!("no agent {id}")))?;
     // Every tier here, and the first tier of every other instance.

@@ -579,3 +579,57 @@ async fn a_redis_that_is_down_is_a_503_on_health_and_payments_while_reads_go_on(
     );
     app.stop().await;
 }
+
+/// `BARE=1`, the load comparison's baseline: the same routes and answers
+/// without the perfkit layers (no replay header, no cache, every price
+/// lookup reaches the upstream), the same validation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bare_mode_serves_the_same_routes_without_the_layers() {
+    let (mut config, dir) = common::embedded();
+    config.bare = true;
+    config.upstream_latency_ms = 10;
+    let app = common::serve(config, Some(dir)).await;
+    let http = client();
+    let pay = || {
+        http.post(app.url("/payments"))
+            .bearer_auth("acct-bare")
+            .header("Idempotency-Key", "bare-1")
+            .json(&json!({"amount_cents": 10, "currency": "EUR"}))
+            .send()
+    };
+    let first: Value = pay().await.unwrap().json().await.unwrap();
+    let second = pay().await.unwrap();
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert!(second.headers().get("idempotent-replayed").is_none());
+    assert_eq!(
+        second.json::<Value>().await.unwrap(),
+        first,
+        "the database's unique key"
+    );
+    assert_eq!(
+        app.app.count_payments("acct-bare", "bare-1").await.unwrap(),
+        1
+    );
+    for _ in 0..3 {
+        let prices = http.get(app.url("/prices?coins=btc")).send().await.unwrap();
+        assert_eq!(prices.status(), StatusCode::OK);
+    }
+    assert_eq!(app.app.upstream_calls(), 3);
+    let agent: Value = http
+        .get(app.url("/agents/9"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(agent["id"], 9);
+    let invalid = http
+        .put(app.url("/agents/9"))
+        .json(&json!({"name": "", "status": "active"}))
+        .send()
+        .await
+        .unwrap();
+    problem(invalid, StatusCode::UNPROCESSABLE_ENTITY).await;
+    app.stop().await;
+}
