@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 /// What to load.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Route {
-    /// `GET /agents/{id}`, ids 1 to 1,000 in turn (cached after their first read).
+    /// `GET /agents/{id}`, ids 1 to `--ids` in turn (cached after their first read).
     Agents,
     /// `GET /prices?coins=btc,eth` (cached; one upstream call per TTL).
     Prices,
@@ -55,6 +55,9 @@ struct Args {
     /// Seconds measured.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Agent ids to cycle through (the app seeds 10,000).
+    #[arg(long, default_value_t = 1_000)]
+    ids: u64,
     /// Seconds of load before measuring (warms caches and connections).
     #[arg(long, default_value_t = 2)]
     warmup: u64,
@@ -79,12 +82,12 @@ fn authority(url: &str) -> Result<String, String> {
     }
 }
 
-fn request(route: Route, host: &str, worker: usize, n: u64, run: u64) -> Request<Full<Bytes>> {
+fn request(args: &Args, host: &str, worker: usize, n: u64, run: u64) -> Request<Full<Bytes>> {
     let builder = Request::builder().header("host", host);
-    let built = match route {
+    let built = match args.route {
         Route::Agents => builder
             .method(Method::GET)
-            .uri(format!("/agents/{}", n % 1_000 + 1))
+            .uri(format!("/agents/{}", n % args.ids.max(1) + 1))
             .body(Full::default()),
         Route::Prices => builder
             .method(Method::GET)
@@ -145,7 +148,7 @@ async fn worker(
         if due >= until {
             break;
         }
-        let request = request(args.route, &host, index, n, run);
+        let request = request(&args, &host, index, n, run);
         n += 1;
         sent.fetch_add(1, Ordering::Relaxed);
         let outcome = match sender.send_request(request).await {
