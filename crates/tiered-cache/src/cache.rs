@@ -10,7 +10,7 @@ use crate::builder::CacheBuilder;
 use crate::bus::Target;
 use crate::engine::{Erased, Inner};
 use crate::error::{Error, LoadError};
-use crate::invalidation::BusMetrics;
+use crate::invalidation::{BusLink, BusMetrics};
 use crate::lookups::{Turn, Waited};
 use crate::options::{LoadOptions, SetOptions};
 use crate::stats::{Stats, TierStats};
@@ -564,6 +564,7 @@ where
             invalidations_received: bus.map_or(0, |m| m.received.get()),
             l1_flushes: bus.map_or(0, BusMetrics::flushes),
             bus_reconnects: bus.map_or(0, |m| m.reconnects.get()),
+            bus_up: self.inner.bus.as_ref().map(BusLink::is_up),
         }
     }
 

@@ -106,6 +106,11 @@ impl BusMetrics {
 }
 
 impl BusLink {
+    /// Whether the subscription is up now.
+    pub(crate) fn is_up(&self) -> bool {
+        !self.down.load(Ordering::Acquire)
+    }
+
     pub(crate) fn new(
         bus: Arc<dyn InvalidationBus>,
         cache: &str,

@@ -34,6 +34,10 @@ pub struct Stats {
     pub l1_flushes: u64,
     /// Times the invalidation bus came back after being down.
     pub bus_reconnects: u64,
+    /// Whether the invalidation bus's subscription is up now (`None`
+    /// without a bus): while it is down, other instances' invalidations
+    /// may be missed.
+    pub bus_up: Option<bool>,
 }
 
 /// Counters of one tier.

@@ -485,6 +485,7 @@ async fn a_killed_subscription_or_a_restarted_redis_flushes_l1_then_propagation_
     // 1. CLIENT KILL TYPE pubsub: both subscriptions drop.
     a.set("k", "1".to_owned()).await;
     assert!(b.get("k").await.is_some());
+    assert_eq!(b.stats().bus_up, Some(true));
     let flushes = b.stats().l1_flushes;
     let () = redis::cmd("CLIENT")
         .arg("KILL")
@@ -500,6 +501,7 @@ async fn a_killed_subscription_or_a_restarted_redis_flushes_l1_then_propagation_
         }
     })
     .await;
+    assert_eq!(b.stats().bus_up, Some(true), "up again");
     assert!(
         b.stats().l1_flushes >= flushes + 2,
         "flushed when the subscription dropped and again when it came back"

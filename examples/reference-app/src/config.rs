@@ -94,10 +94,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults, as with no flag and no environment variable.
+    /// The defaults, as with no flag and no environment variable (the
+    /// environment is not read).
     #[must_use]
     pub fn embedded() -> Self {
-        Self::parse_from(["perfkit-reference-app"])
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Self::command().mut_args(|arg| arg.env(None::<&str>));
+        command
+            .try_get_matches_from(["perfkit-reference-app"])
+            .ok()
+            .and_then(|matches| Self::from_arg_matches(&matches).ok())
+            // Unreachable: every flag has a default.
+            .unwrap_or_else(|| Self::parse_from(["perfkit-reference-app"]))
     }
 
     pub(crate) fn upstream_latency(&self) -> Duration {
@@ -208,6 +216,11 @@ mod tests {
         );
         assert!(printed.contains("key set, hidden"), "{printed}");
         assert!(Config::parse_from(["app", "--bare"]).bare);
+        // The embedded defaults ignore the environment (CI exports REDIS_URL).
+        // SAFETY-free: no other test of this binary reads these variables.
+        let embedded = Config::embedded();
+        assert_eq!(embedded.redis_url, None);
+        assert_eq!(embedded.database_url, "sqlite://perfkit-reference-app.db");
         assert!(!Config::parse_from(["app"]).bare);
     }
 }

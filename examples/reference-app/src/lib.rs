@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) monitor: PoolMonitor,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub(crate) idempotency: IdempotencyLayer,
+    /// For `/health`'s own ping, when Redis is configured.
+    pub(crate) redis: Option<perfkit_redis::LazyConnection>,
 }
 
 /// A built app: its router and what must be drained when it stops. Cheap
@@ -166,7 +168,15 @@ impl App {
             )
             .map_err(|e| component(&e))?;
 
+        let redis = match &config.redis_url {
+            Some(url) => Some(
+                perfkit_redis::LazyConnection::open(url, Duration::from_millis(500))
+                    .map_err(|e| component(&e))?,
+            ),
+            None => None,
+        };
         let shared = Shared {
+            redis,
             upstream: Upstream::new(config.upstream_latency()),
             embeddings: Embeddings::new(&config)?,
             config,

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::Shared;
 use crate::db::{Agent, Payment};
 use crate::error::AppError;
-use crate::services::{Figures, Prices};
+use crate::services::Prices;
 
 type AppState = Arc<Shared>;
 
@@ -437,25 +437,30 @@ async fn metrics(State(shared): State<AppState>) -> Response {
 
 async fn health(State(shared): State<AppState>) -> Response {
     let database_up = shared.db.ping(Duration::from_secs(2)).await;
-    let figures = Figures::parse(&shared.metrics.render());
     let stats = shared.agents.stats();
-    let redis = shared.config.redis_url.as_ref().map(|_| {
-        let l2_open = figures.sum(
-            "perfkit_cache_breaker_open",
-            &[("name", "agents"), ("tier", "redis")],
-        ) > 0.0;
-        let bus_up = figures.sum("perfkit_cache_bus_up", &[("name", "agents")]) > 0.0;
-        let store_open = figures.sum(
-            "perfkit_idempotency_store_breaker_open",
-            &[("name", "payments")],
-        ) > 0.0;
-        json!({
-            "up": !l2_open && bus_up && !store_open,
-            "cache_breaker_open": l2_open,
-            "bus_up": bus_up,
-            "idempotency_breaker_open": store_open,
-        })
-    });
+    let redis = match &shared.redis {
+        Some(connection) => {
+            let mut connection = connection.clone();
+            let command = redis::cmd("PING");
+            let ping = command.query_async::<String>(&mut connection);
+            let answered = matches!(
+                tokio::time::timeout(Duration::from_secs(1), ping).await,
+                Ok(Ok(_))
+            );
+            // This instance's L2 breaker and bus subscription.
+            let breaker_open = stats.tiers.iter().any(|tier| tier.breaker_open);
+            let bus_up = stats.bus_up.unwrap_or(false);
+            Some(json!({
+                "up": answered && bus_up && !breaker_open,
+                "answers_ping": answered,
+                "cache_breaker_open": breaker_open,
+                "bus_up": bus_up,
+                "bus_reconnects": stats.bus_reconnects,
+                "l1_flushes": stats.l1_flushes,
+            }))
+        }
+        None => None,
+    };
     let redis_up = redis
         .as_ref()
         .is_none_or(|redis| redis["up"].as_bool().unwrap_or(false));

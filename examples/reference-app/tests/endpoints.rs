@@ -573,6 +573,8 @@ async fn a_redis_that_is_down_is_a_503_on_health_and_payments_while_reads_go_on(
     assert_eq!(health["status"], "unavailable");
     assert_eq!(health["database"]["up"], true);
     assert_eq!(health["redis"]["up"], false, "{health}");
+    assert_eq!(health["redis"]["answers_ping"], false, "{health}");
+    assert_eq!(health["redis"]["bus_up"], false, "{health}");
     assert_eq!(
         app.app.count_payments("acct-down", "k-down").await.unwrap(),
         0

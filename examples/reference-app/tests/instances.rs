@@ -40,6 +40,7 @@ async fn two_instances_share_updates_and_idempotent_retries() {
         .unwrap();
     assert_eq!(health["database"]["backend"], "postgres");
     assert_eq!(health["redis"]["up"], true, "{health}");
+    assert_eq!(health["redis"]["bus_up"], true, "{health}");
 
     // B holds agent 11 in its first tier; A updates it.
     let before: Value = http
