@@ -239,6 +239,7 @@ async fn without_the_unique_row_a_crash_after_commit_charges_twice() {
         name: "memory",
         store: Arc::new(perfkit_idempotency::MemoryStore::new()),
         redis: None,
+        cluster: None,
     };
     crash_after_commit(&backend, postgres.connect_options(), "\"naive\"", false);
     let store = backend.store;

@@ -461,3 +461,36 @@ async fn a_store_runs_on_a_connection_the_application_has() {
     let key = StoreKey::new(None, &IdempotencyKey::new("k").unwrap());
     assert!(store.lookup(&key).await.unwrap().is_none());
 }
+
+/// On a Redis Cluster the records of one layer spread over every master
+/// (no hash tag for the whole store) and every request is answered: each
+/// claim, completion and replay touches one key, so one slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_records_spread_over_every_master() {
+    let Some(cluster) = perfkit_test_support::redis_cluster().await else {
+        return;
+    };
+    let store: Arc<dyn IdempotencyStore> = Arc::new(
+        RedisStore::builder_with_connection(cluster.connection())
+            .prefix(cluster.prefix())
+            .build()
+            .unwrap(),
+    );
+    let handlers = Handlers::default();
+    let app = app(&handlers, layer(&store, |b| b));
+    for n in 0..60 {
+        let key = format!("spread-{n}");
+        let first = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        let replay = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
+        assert!(replay.replayed());
+    }
+    assert_eq!(handlers.payments(), 60);
+    let per_master = cluster.keys_per_master().await.unwrap();
+    assert_eq!(per_master.len(), 3, "{per_master:?}");
+    assert!(
+        per_master.iter().all(|(_, keys)| *keys > 0),
+        "every master holds some records: {per_master:?}"
+    );
+    assert_eq!(per_master.iter().map(|(_, keys)| keys).sum::<usize>(), 60);
+}

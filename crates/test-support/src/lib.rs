@@ -51,6 +51,8 @@ mod mysql;
 mod namespace;
 mod postgres;
 mod redis;
+#[cfg(feature = "cluster")]
+mod redis_cluster;
 mod redis_server;
 mod requirement;
 mod service;
@@ -60,11 +62,14 @@ mod service;
 pub use crate::mysql::{TestMysql, mysql};
 pub use crate::postgres::{TestPostgres, postgres};
 pub use crate::redis::{TestRedis, redis};
+#[cfg(feature = "cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+pub use crate::redis_cluster::{TestRedisCluster, redis_cluster};
 pub use crate::redis_server::RedisServer;
 pub use crate::requirement::{Decision, Requirement, Unavailable};
 pub use crate::service::{
-    DEFAULT_DATABASE_URL, DEFAULT_MYSQL_URL, DEFAULT_REDIS_URL, REQUIRE_SERVICES_VAR, Service,
-    database_url, mysql_url, redis_url,
+    DEFAULT_DATABASE_URL, DEFAULT_MYSQL_URL, DEFAULT_REDIS_CLUSTER_URLS, DEFAULT_REDIS_URL,
+    REQUIRE_SERVICES_VAR, Service, database_url, mysql_url, redis_cluster_urls, redis_url,
 };
 
 /// The README's examples, compiled (and run, unless marked `no_run`) as doctests.

@@ -8,6 +8,10 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// `DATABASE_URL` when it is not set.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// `REDIS_CLUSTER_URLS` when it is not set: the local cluster `.ci/run`
+/// starts (3 masters, 3 replicas).
+pub const DEFAULT_REDIS_CLUSTER_URLS: &str = "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003,redis://127.0.0.1:7004,redis://127.0.0.1:7005";
+
 /// `MYSQL_URL` when it is not set (MariaDB or MySQL).
 pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
@@ -24,6 +28,18 @@ pub fn redis_url() -> String {
 #[must_use]
 pub fn database_url() -> String {
     env_or("DATABASE_URL", DEFAULT_DATABASE_URL)
+}
+
+/// The Redis Cluster tests use: `REDIS_CLUSTER_URLS` (comma-separated node
+/// URLs), or [`DEFAULT_REDIS_CLUSTER_URLS`].
+#[must_use]
+pub fn redis_cluster_urls() -> Vec<String> {
+    env_or("REDIS_CLUSTER_URLS", DEFAULT_REDIS_CLUSTER_URLS)
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The MySQL (MariaDB) server tests use: `MYSQL_URL`, or [`DEFAULT_MYSQL_URL`].
@@ -49,6 +65,8 @@ pub enum Service {
     Postgres,
     /// MySQL or MariaDB, found through `MYSQL_URL`.
     Mysql,
+    /// A Redis Cluster, found through `REDIS_CLUSTER_URLS`.
+    RedisCluster,
 }
 
 impl Service {
@@ -59,6 +77,7 @@ impl Service {
             Self::Redis => "REDIS_URL",
             Self::Postgres => "DATABASE_URL",
             Self::Mysql => "MYSQL_URL",
+            Self::RedisCluster => "REDIS_CLUSTER_URLS",
         }
     }
 
@@ -76,6 +95,11 @@ impl Service {
                  (Debian/Ubuntu: `apt install postgresql`; container: \
                  `docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust -e POSTGRES_DB=test postgres:16`)"
             }
+            Self::RedisCluster => {
+                "start one as `.ci/run` does: six `redis-server --port 700N --cluster-enabled yes \
+                 --cluster-config-file nodes-700N.conf --save \"\" --appendonly no --daemonize yes` (N = 0..5), then \
+                 `redis-cli --cluster create 127.0.0.1:7000 … 127.0.0.1:7005 --cluster-replicas 1 --cluster-yes`"
+            }
             Self::Mysql => {
                 "start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd` and make sure \
                  `root` connects without a password on 127.0.0.1 \
@@ -92,6 +116,7 @@ impl fmt::Display for Service {
             Self::Redis => "Redis",
             Self::Postgres => "PostgreSQL",
             Self::Mysql => "MySQL",
+            Self::RedisCluster => "Redis Cluster",
         })
     }
 }

@@ -98,6 +98,7 @@ pub struct Backend {
     pub name: &'static str,
     pub store: Arc<dyn IdempotencyStore>,
     pub redis: Option<TestRedis>,
+    pub cluster: Option<perfkit_test_support::TestRedisCluster>,
 }
 
 /// The in-memory store, and the Redis store when Redis is available (the
@@ -107,6 +108,7 @@ pub async fn backends() -> Vec<Backend> {
         name: "memory",
         store: Arc::new(MemoryStore::new()),
         redis: None,
+        cluster: None,
     }];
     if let Some(redis) = perfkit_test_support::redis().await {
         let store = RedisStore::builder(redis.url())
@@ -117,6 +119,21 @@ pub async fn backends() -> Vec<Backend> {
             name: "redis",
             store: Arc::new(store),
             redis: Some(redis),
+            cluster: None,
+        });
+    }
+    // The same store on a Redis Cluster: every operation touches one key,
+    // so one slot; keys spread over every master.
+    if let Some(cluster) = perfkit_test_support::redis_cluster().await {
+        let store = RedisStore::builder_with_connection(cluster.connection())
+            .prefix(cluster.prefix())
+            .build()
+            .unwrap();
+        backends.push(Backend {
+            name: "redis-cluster",
+            store: Arc::new(store),
+            redis: None,
+            cluster: Some(cluster),
         });
     }
     backends

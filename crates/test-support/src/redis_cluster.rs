@@ -1,0 +1,229 @@
+//! A live Redis Cluster connection in a key prefix of its own, and the
+//! commands that start a local cluster (3 masters, 3 replicas).
+
+use std::time::Duration;
+
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+
+use crate::namespace::unique_id;
+use crate::requirement::{Requirement, Unavailable};
+use crate::service::{Service, redis_cluster_urls};
+
+/// How long connecting (or answering `CLUSTER INFO`) may take before the
+/// cluster counts as absent.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to the cluster at [`redis_cluster_urls`] in a fresh key prefix,
+/// or returns `None` after printing why the test is skipped.
+///
+/// # Panics
+///
+/// When the cluster does not answer (or is not `cluster_state:ok`) and
+/// `PERFKIT_REQUIRE_SERVICES=1`, with a message that says how to start one.
+pub async fn redis_cluster() -> Option<TestRedisCluster> {
+    let urls = redis_cluster_urls();
+    match TestRedisCluster::try_connect(&urls).await {
+        Ok(cluster) => Some(cluster),
+        Err(unavailable) => {
+            Requirement::from_env().enforce(&unavailable);
+            None
+        }
+    }
+}
+
+/// A cluster connection for one test, with a key prefix no other test uses.
+/// Keys under the prefix spread over every master (no hash tag): tests see
+/// the cluster as a service would.
+pub struct TestRedisCluster {
+    urls: Vec<String>,
+    client: ClusterClient,
+    connection: ClusterConnection,
+    prefix: String,
+}
+
+impl std::fmt::Debug for TestRedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestRedisCluster")
+            .field("urls", &self.urls)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestRedisCluster {
+    /// Connects to the cluster through `urls` and checks it is
+    /// `cluster_state:ok`, within a short timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`Unavailable`] when no URL is given, the cluster does not answer, or
+    /// its state is not `ok`.
+    pub async fn try_connect(urls: &[String]) -> Result<Self, Unavailable> {
+        let unavailable = |reason: String| Unavailable {
+            service: Service::RedisCluster,
+            url: urls.join(","),
+            reason,
+        };
+        if urls.is_empty() {
+            return Err(unavailable("REDIS_CLUSTER_URLS is empty".to_owned()));
+        }
+        let client = ClusterClient::builder(urls.to_vec())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| unavailable(format!("invalid URLs: {e}")))?;
+        let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_connection())
+            .await
+            .map_err(|_| unavailable(format!("no answer within {CONNECT_TIMEOUT:?}")))?
+            .map_err(|e| unavailable(e.to_string()))?;
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| unavailable(format!("CLUSTER INFO failed: {e}")))?;
+        if !info.contains("cluster_state:ok") {
+            return Err(unavailable(format!(
+                "the cluster is not ok: {}",
+                info.lines().next().unwrap_or_default()
+            )));
+        }
+        Ok(Self {
+            urls: urls.to_vec(),
+            client,
+            connection,
+            prefix: format!("perfkit-test:{}:", unique_id()),
+        })
+    }
+
+    /// The nodes' URLs, as given.
+    #[must_use]
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The client, for connections of one's own.
+    #[must_use]
+    pub fn client(&self) -> &ClusterClient {
+        &self.client
+    }
+
+    /// A handle on the shared cluster connection (it routes each command by
+    /// its key's slot).
+    #[must_use]
+    pub fn connection(&self) -> ClusterConnection {
+        self.connection.clone()
+    }
+
+    /// This test's key prefix, ending in `:`.
+    #[must_use]
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `prefix` + `name`.
+    #[must_use]
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Keys under this test's prefix on each master, by master URL:
+    /// `SCAN MATCH prefix*` on every master (`DBSIZE` would count other
+    /// tests' keys).
+    ///
+    /// # Errors
+    ///
+    /// When a master cannot be reached.
+    pub async fn keys_per_master(&self) -> redis::RedisResult<Vec<(String, usize)>> {
+        let mut counts = Vec::new();
+        for url in &self.urls {
+            let client = redis::Client::open(url.as_str())?;
+            let mut node = client.get_multiplexed_async_connection().await?;
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut node).await?;
+            let is_master = matches!(
+                role.first(),
+                Some(redis::Value::BulkString(role)) if role.as_slice() == b"master"
+            );
+            if !is_master {
+                continue;
+            }
+            let mut cursor: u64 = 0;
+            let mut count = 0;
+            loop {
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{}*", self.prefix))
+                    .arg("COUNT")
+                    .arg(1_000)
+                    .query_async(&mut node)
+                    .await?;
+                count += keys.len();
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            counts.push((url.clone(), count));
+        }
+        Ok(counts)
+    }
+}
+
+impl Drop for TestRedisCluster {
+    fn drop(&mut self) {
+        // Delete this test's keys on every master, from a thread and a
+        // runtime of its own (a Drop cannot await).
+        let urls = self.urls.clone();
+        let pattern = format!("{}*", self.prefix);
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                for url in urls {
+                    let Ok(client) = redis::Client::open(url.as_str()) else {
+                        continue;
+                    };
+                    let Ok(Ok(mut node)) = tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        client.get_multiplexed_async_connection(),
+                    )
+                    .await
+                    else {
+                        continue;
+                    };
+                    let mut cursor: u64 = 0;
+                    loop {
+                        let Ok((next, keys)) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1_000)
+                            .query_async::<(u64, Vec<Vec<u8>>)>(&mut node)
+                            .await
+                        else {
+                            break;
+                        };
+                        for key in keys {
+                            // Replicas refuse writes: only masters delete.
+                            let _ = redis::cmd("DEL")
+                                .arg(key)
+                                .query_async::<i64>(&mut node)
+                                .await;
+                        }
+                        cursor = next;
+                        if cursor == 0 {
+                            break;
+                        }
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
