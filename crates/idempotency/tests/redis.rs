@@ -462,11 +462,15 @@ async fn a_store_runs_on_a_connection_the_application_has() {
     assert!(store.lookup(&key).await.unwrap().is_none());
 }
 
+/// The cluster tests of this binary, one at a time (one counts commands).
+static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// On a Redis Cluster the records of one layer spread over every master
 /// (no hash tag for the whole store) and every request is answered: each
 /// claim, completion and replay touches one key, so one slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_records_spread_over_every_master() {
+    let _serial = CLUSTER.lock().await;
     let Some(cluster) = perfkit_test_support::redis_cluster().await else {
         return;
     };
@@ -493,4 +497,85 @@ async fn on_a_cluster_records_spread_over_every_master() {
         "every master holds some records: {per_master:?}"
     );
     assert_eq!(per_master.iter().map(|(_, keys)| keys).sum::<usize>(), 60);
+}
+
+/// Commands run on the cluster's masters since the last call, summed over
+/// them (each master's `INFO commandstats`, then `CONFIG RESETSTAT`); the
+/// client's own topology and health commands left out.
+async fn cluster_commands(urls: &[String]) -> Vec<(String, u64)> {
+    let mut totals: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for url in urls {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut node = client.get_multiplexed_async_connection().await.unwrap();
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut node).await.unwrap();
+        if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r.as_slice() == b"master") {
+            continue;
+        }
+        for (name, calls) in commands(&mut node).await {
+            let topology = ["cluster", "ping", "readonly", "role", "hello", "client"]
+                .iter()
+                .any(|own| name.starts_with(own));
+            if !topology {
+                *totals.entry(name).or_default() += calls;
+            }
+        }
+    }
+    totals.into_iter().collect()
+}
+
+/// On a cluster a request costs the round trips it costs on one node: a
+/// new key two (claim, record), a replay one read, a replay on another
+/// instance one claim — each on the one master that holds the key's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_a_new_key_costs_two_round_trips_and_a_replay_one() {
+    let _serial = CLUSTER.lock().await;
+    let Some(cluster) = perfkit_test_support::redis_cluster().await else {
+        return;
+    };
+    let store: Arc<dyn IdempotencyStore> = Arc::new(
+        RedisStore::builder_with_connection(cluster.connection())
+            .prefix(cluster.prefix())
+            .build()
+            .unwrap(),
+    );
+    let handlers = Handlers::default();
+    let a = app(&handlers, layer(&store, |b| b.name("a")));
+    let b = app(&handlers, layer(&store, |b| b.name("b")));
+    // Warm-up: scripts loaded on every master.
+    for n in 0..30 {
+        send(
+            &a,
+            request("POST", "/payments", Some(&format!("warm-{n}")), "{}"),
+        )
+        .await;
+    }
+    cluster_commands(cluster.urls()).await;
+
+    let key = fresh_key();
+    send(&a, request("POST", "/payments", Some(&key), "{}")).await;
+    assert_eq!(
+        cluster_commands(cluster.urls()).await,
+        [("evalsha".to_owned(), 2)],
+        "new key: claim + record"
+    );
+    assert!(
+        send(&a, request("POST", "/payments", Some(&key), "{}"))
+            .await
+            .replayed()
+    );
+    assert_eq!(
+        cluster_commands(cluster.urls()).await,
+        [("hmget".to_owned(), 1)],
+        "replay on the instance that saw the key: one read"
+    );
+    assert!(
+        send(&b, request("POST", "/payments", Some(&key), "{}"))
+            .await
+            .replayed()
+    );
+    assert_eq!(
+        cluster_commands(cluster.urls()).await,
+        [("evalsha".to_owned(), 1)],
+        "replay on another instance: one claim that returns the record"
+    );
 }
