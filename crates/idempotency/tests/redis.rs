@@ -462,6 +462,16 @@ async fn a_store_runs_on_a_connection_the_application_has() {
     assert!(store.lookup(&key).await.unwrap().is_none());
 }
 
+/// A store on the cluster, in the test's key prefix.
+fn cluster_store(cluster: &perfkit_test_support::TestRedisCluster) -> Arc<dyn IdempotencyStore> {
+    Arc::new(
+        RedisStore::builder_with_connection(cluster.connection())
+            .prefix(cluster.prefix())
+            .build()
+            .unwrap(),
+    )
+}
+
 /// The cluster tests of this binary, one at a time (one counts commands).
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -474,12 +484,7 @@ async fn on_a_cluster_records_spread_over_every_master() {
     let Some(cluster) = perfkit_test_support::redis_cluster().await else {
         return;
     };
-    let store: Arc<dyn IdempotencyStore> = Arc::new(
-        RedisStore::builder_with_connection(cluster.connection())
-            .prefix(cluster.prefix())
-            .build()
-            .unwrap(),
-    );
+    let store = cluster_store(&cluster);
     let handlers = Handlers::default();
     let app = app(&handlers, layer(&store, |b| b));
     for n in 0..60 {
@@ -532,12 +537,7 @@ async fn on_a_cluster_a_new_key_costs_two_round_trips_and_a_replay_one() {
     let Some(cluster) = perfkit_test_support::redis_cluster().await else {
         return;
     };
-    let store: Arc<dyn IdempotencyStore> = Arc::new(
-        RedisStore::builder_with_connection(cluster.connection())
-            .prefix(cluster.prefix())
-            .build()
-            .unwrap(),
-    );
+    let store = cluster_store(&cluster);
     let handlers = Handlers::default();
     let a = app(&handlers, layer(&store, |b| b.name("a")));
     let b = app(&handlers, layer(&store, |b| b.name("b")));

@@ -191,14 +191,22 @@ async fn bare_put_agent(
     Path(id): Path<String>,
     body: Result<Json<AgentUpdate>, JsonRejection>,
 ) -> Result<Json<Agent>, AppError> {
-    let id = agent_id(&id)?;
+    Ok(Json(update_agent(&shared, &id, body).await?))
+}
+
+/// Validates an update and writes it to the row.
+async fn update_agent(
+    shared: &Shared,
+    id: &str,
+    body: Result<Json<AgentUpdate>, JsonRejection>,
+) -> Result<Agent, AppError> {
+    let id = agent_id(id)?;
     let Json(update) = body?;
-    let agent = shared
+    shared
         .db
         .update_agent(id, update.name()?, update.status()?)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("no agent {id}")))?;
-    Ok(Json(agent))
+        .ok_or_else(|| AppError::NotFound(format!("no agent {id}")))
 }
 
 /// `GET /prices` straight from the upstream.
@@ -291,15 +299,12 @@ async fn put_agent(
     Path(id): Path<String>,
     body: Result<Json<AgentUpdate>, JsonRejection>,
 ) -> Result<Json<Agent>, AppError> {
-    let id = agent_id(&id)?;
-    let Json(update) = body?;
-    let agent = shared
-        .db
-        .update_agent(id, update.name()?, update.status()?)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("no agent {id}")))?;
+    let agent = update_agent(&shared, &id, body).await?;
     // Every tier here, and the first tier of every other instance.
-    shared.agents.invalidate(&format!("agent:{id}")).await;
+    shared
+        .agents
+        .invalidate(&format!("agent:{}", agent.id))
+        .await;
     Ok(Json(agent))
 }
 
