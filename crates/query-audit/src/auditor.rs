@@ -286,8 +286,34 @@ impl Auditor {
     /// Records one execution of `statement`: `elapsed` long, `rows` rows
     /// returned or affected. Logs it if it is slow.
     pub fn record(&self, statement: &str, elapsed: Duration, rows: u64) -> Recorded {
+        self.record_with(statement, elapsed, |_| rows)
+    }
+
+    /// [`record`](Self::record) with the rows as sqlx counts them: returned
+    /// and affected.
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "sqlite", feature = "any")),
+        allow(dead_code)
+    )]
+    pub(crate) fn record_counted(
+        &self,
+        statement: &str,
+        elapsed: Duration,
+        returned: u64,
+        affected: u64,
+    ) -> Recorded {
+        self.record_with(statement, elapsed, |entry| rows(entry, returned, affected))
+    }
+
+    /// Records one execution, its rows as `rows` says for its entry.
+    fn record_with(
+        &self,
+        statement: &str,
+        elapsed: Duration,
+        rows: impl FnOnce(&Entry) -> u64,
+    ) -> Recorded {
         let entry = self.inner.entry(statement);
-        let recorded = self.inner.observe(&entry, elapsed, rows);
+        let recorded = self.inner.observe(&entry, elapsed, rows(&entry));
         if recorded.slow {
             self.inner.explain_later(&entry, || statement.to_owned());
         }
@@ -419,31 +445,6 @@ pub(crate) fn rows(entry: &Entry, returned: u64, affected: u64) -> u64 {
         returned
     } else {
         returned.max(affected)
-    }
-}
-
-impl Auditor {
-    /// [`record`](Self::record) with the rows as sqlx counts them: returned
-    /// and affected.
-    #[cfg_attr(
-        not(any(feature = "postgres", feature = "sqlite", feature = "any")),
-        allow(dead_code)
-    )]
-    pub(crate) fn record_counted(
-        &self,
-        statement: &str,
-        elapsed: Duration,
-        returned: u64,
-        affected: u64,
-    ) -> Recorded {
-        let entry = self.inner.entry(statement);
-        let recorded = self
-            .inner
-            .observe(&entry, elapsed, rows(&entry, returned, affected));
-        if recorded.slow {
-            self.inner.explain_later(&entry, || statement.to_owned());
-        }
-        recorded
     }
 }
 

@@ -182,13 +182,16 @@ where
         }
         // The auditor's own statements are not recorded; a query audited
         // at its call site is recorded there (but counts for N+1 loops).
+        // One walk from the event's span to the outermost one, the request.
         let mut audited = false;
+        let mut root = None;
         for span in ctx.event_scope(event).into_iter().flatten() {
             match span.name() {
                 crate::audited::EXPLAIN_SPAN => return,
                 crate::audited::AUDITED_SPAN => audited = true,
                 _ => {}
             }
+            root = Some(span);
         }
         let mut fields = QueryFields {
             inner: &self.inner,
@@ -208,15 +211,14 @@ where
         let Some(elapsed) = fields.elapsed else {
             return;
         };
-        let rows = crate::auditor::rows(&entry, fields.rows_returned, fields.rows_affected);
-        if !audited && self.inner.observe(&entry, elapsed, rows).slow {
-            // The statement is copied out of the event only when it goes to EXPLAIN.
-            self.inner.explain_later(&entry, || statement_of(event));
+        if !audited {
+            let rows = crate::auditor::rows(&entry, fields.rows_returned, fields.rows_affected);
+            if self.inner.observe(&entry, elapsed, rows).slow {
+                // The statement is copied out of the event only when it goes to EXPLAIN.
+                self.inner.explain_later(&entry, || statement_of(event));
+            }
         }
-        let Some(root) = ctx
-            .event_scope(event)
-            .and_then(|scope| scope.from_root().next())
-        else {
+        let Some(root) = root else {
             return;
         };
         let count = {

@@ -47,27 +47,34 @@ pub(crate) struct TableFacts {
     /// Columns with few distinct values (`pg_stats.n_distinct`), which make
     /// a better partial-index predicate than a key.
     pub(crate) low_cardinality: Vec<String>,
-    /// The table's indexes: name → the columns each holds, in order.
-    pub(crate) indexes: Vec<(String, Vec<String>)>,
-    /// The key columns of each index, and for a partial index the columns
-    /// its predicate sets equal to a constant.
-    pub(crate) keys: Vec<IndexKeys>,
+    /// The table's indexes.
+    pub(crate) indexes: Vec<IndexFacts>,
 }
 
-/// An index's key columns, and its predicate's equality columns if it is
-/// partial.
+/// One index of a table, from the catalog.
 #[cfg(feature = "postgres")]
 #[derive(Debug, Clone, Default)]
-pub(crate) struct IndexKeys {
-    pub(crate) keys: Vec<String>,
-    pub(crate) predicate: Option<Vec<String>>,
+pub(crate) struct IndexFacts {
+    pub(crate) name: String,
+    /// Every column it holds, in order: its keys, then its included columns.
+    pub(crate) columns: Vec<String>,
+    /// How many of `columns` are keys.
+    keys: usize,
+    /// A partial index's predicate's equality columns.
+    predicate: Option<Vec<String>>,
 }
 
 #[cfg(feature = "postgres")]
-impl IndexKeys {
-    /// An index of `keys` with a predicate as PostgreSQL prints it
-    /// (`pg_get_expr(indpred, indrelid)`), if any.
-    pub(crate) fn new(keys: Vec<String>, predicate: Option<&str>) -> Self {
+impl IndexFacts {
+    /// An index named `name` of `columns`, the first `keys` of them keys,
+    /// with a predicate as PostgreSQL prints it (`pg_get_expr(indpred,
+    /// indrelid)`), if any.
+    pub(crate) fn new(
+        name: String,
+        columns: Vec<String>,
+        keys: usize,
+        predicate: Option<&str>,
+    ) -> Self {
         let predicate = predicate.map(|predicate| {
             conditions(predicate)
                 .unwrap_or_default()
@@ -78,7 +85,18 @@ impl IndexKeys {
                 })
                 .collect()
         });
-        Self { keys, predicate }
+        Self {
+            name,
+            keys: keys.min(columns.len()),
+            columns,
+            predicate,
+        }
+    }
+
+    /// Whether its keys begin with `leading`, in order.
+    fn leads_with<'c>(&self, leading: impl ExactSizeIterator<Item = &'c String>) -> bool {
+        let keys = self.columns.get(..self.keys).unwrap_or_default();
+        leading.len() <= keys.len() && leading.zip(keys).all(|(column, key)| column == key)
     }
 }
 
@@ -98,16 +116,15 @@ impl TableFacts {
     /// AND org = $2` for `(org) WHERE status = 'open'`), or with all of
     /// them for advice that is partial itself.
     fn served(&self, columns: &[String], partial: bool) -> bool {
-        self.keys.iter().any(|index| match &index.predicate {
-            None => !partial && index.keys.starts_with(columns),
+        self.indexes.iter().any(|index| match &index.predicate {
+            None => !partial && index.leads_with(columns.iter()),
+            Some(_) if partial => !columns.is_empty() && index.leads_with(columns.iter()),
             Some(fixed) => {
-                let rest: Vec<String> = columns
+                let rest: Vec<&String> = columns
                     .iter()
                     .filter(|column| !fixed.contains(column))
-                    .cloned()
                     .collect();
-                let leading = if partial { columns } else { &rest[..] };
-                !leading.is_empty() && index.keys.starts_with(leading)
+                !rest.is_empty() && index.leads_with(rest.into_iter())
             }
         })
     }
@@ -352,7 +369,12 @@ fn advise_covering(plan: &PlanNode, facts: &dyn Fn(&str, &str) -> TableFacts) ->
         }
         let (schema, qualified) = qualified_table(node, table);
         let facts = facts(&schema, table);
-        let Some((_, held)) = facts.indexes.iter().find(|(name, _)| *name == index) else {
+        let Some(held) = facts
+            .indexes
+            .iter()
+            .find(|held| held.name == index)
+            .map(|held| &held.columns)
+        else {
             continue;
         };
         let mut missing: Vec<String> = needed
@@ -930,8 +952,12 @@ mod tests {
         move |_, _| TableFacts {
             rows,
             low_cardinality: low.clone(),
-            indexes: vec![("t_org_idx".to_owned(), vec!["org".to_owned()])],
-            keys: vec![IndexKeys::new(vec!["org".to_owned()], None)],
+            indexes: vec![IndexFacts::new(
+                "t_org_idx".to_owned(),
+                vec!["org".to_owned()],
+                1,
+                None,
+            )],
         }
     }
 
@@ -983,12 +1009,11 @@ mod tests {
     #[cfg(feature = "postgres")]
     #[test]
     fn an_index_that_exists_is_not_advised_again_partial_ones_included() {
-        let with = |keys: Vec<IndexKeys>| {
+        let with = |indexes: Vec<IndexFacts>| {
             move |_: &str, _: &str| TableFacts {
                 rows: 100_000.0,
                 low_cardinality: vec!["status".to_owned()],
-                indexes: Vec::new(),
-                keys: keys.clone(),
+                indexes: indexes.clone(),
             }
         };
         let owned = |columns: &[&str]| columns.iter().map(|c| (*c).to_owned()).collect();
@@ -996,13 +1021,16 @@ mod tests {
         let generic = scan("orders", "((status = $1) AND (total > $2))", 2_000.0, 5.0);
         let advice = advise(&generic, Gates::default(), &with(Vec::new()));
         assert_eq!(advice[0].columns, ["status", "total"]);
-        let partial = IndexKeys::new(owned(&["total"]), Some("(status = 'open'::text)"));
+        let index = |columns: &[&str], predicate| {
+            IndexFacts::new("i".to_owned(), owned(columns), columns.len(), predicate)
+        };
+        let partial = index(&["total"], Some("(status = 'open'::text)"));
         assert!(advise(&generic, Gates::default(), &with(vec![partial.clone()])).is_empty());
         // A full index leading with the advised columns serves them too ...
-        let full = IndexKeys::new(owned(&["status", "total", "id"]), None);
+        let full = index(&["status", "total", "id"], None);
         assert!(advise(&generic, Gates::default(), &with(vec![full.clone()])).is_empty());
         // ... but not in another order, and a full index is no partial one.
-        let other = IndexKeys::new(owned(&["total", "status"]), None);
+        let other = index(&["total", "status"], None);
         assert_eq!(
             advise(&generic, Gates::default(), &with(vec![other])).len(),
             1
@@ -1016,7 +1044,7 @@ mod tests {
         let advice = advise(
             &literal,
             Gates::default(),
-            &with(vec![IndexKeys::new(owned(&["total"]), None)]),
+            &with(vec![index(&["total"], None)]),
         );
         assert_eq!(advice[0].rule, "partial_index");
         assert!(advise(&literal, Gates::default(), &with(vec![partial])).is_empty());

@@ -8,7 +8,7 @@ use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::Mutex;
 
-use super::advice::{Advice, Gates, IndexKeys, TableFacts, advise, quote};
+use super::advice::{Advice, Gates, IndexFacts, TableFacts, advise, quote};
 use super::plan::PlanNode;
 use super::{Analyze, ExplainError, Explained, Kind, classify};
 
@@ -328,19 +328,12 @@ async fn facts(
         .fetch_all(&mut *connection)
         .await
         .map_err(ExplainError::Database)?;
-        let keys = found
-            .iter()
-            .map(|(_, columns, keys, predicate)| {
-                let keys = usize::try_from(*keys).unwrap_or(0);
-                IndexKeys::new(
-                    columns.iter().take(keys).cloned().collect(),
-                    predicate.as_deref(),
-                )
-            })
-            .collect();
         let indexes = found
             .into_iter()
-            .map(|(name, columns, _, _)| (name, columns))
+            .map(|(name, columns, keys, predicate)| {
+                let keys = usize::try_from(keys).unwrap_or(0);
+                IndexFacts::new(name, columns, keys, predicate.as_deref())
+            })
             .collect();
         facts.insert(
             key,
@@ -348,7 +341,6 @@ async fn facts(
                 rows: f64::from(rows.unwrap_or(0.0)),
                 low_cardinality,
                 indexes,
-                keys,
             },
         );
     }
