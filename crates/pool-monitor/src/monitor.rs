@@ -140,9 +140,11 @@ struct Watched {
     source: Weak<dyn PoolSource>,
     alerts: Vec<AlertState>,
     gauges: Gauges,
-    /// The acquires counted at earlier samples, as far back as the longest
-    /// alert on acquires reads (one entry per change), oldest first.
+    /// The acquires counted at earlier samples, as far back as
+    /// `history_span` (one entry per change), oldest first.
     history: VecDeque<(Instant, AcquireTotals)>,
+    /// The longest window an alert on acquires reads (zero without one).
+    history_span: Duration,
 }
 
 struct AlertState {
@@ -216,6 +218,12 @@ impl PoolMonitor {
             return Err(ConfigError::EmptyName);
         }
         let source: Arc<dyn PoolSource> = Arc::clone(pool) as Arc<dyn PoolSource>;
+        let history_span = alerts
+            .iter()
+            .filter(|alert| alert.condition.on_acquires())
+            .map(|alert| alert.after)
+            .max()
+            .unwrap_or(Duration::ZERO);
         let watched = Watched {
             source: Arc::downgrade(&source),
             alerts: alerts
@@ -232,6 +240,7 @@ impl PoolMonitor {
                 .map(|totals| (Instant::now(), totals))
                 .into_iter()
                 .collect(),
+            history_span,
         };
         self.inner.pools().insert(name, watched);
         Ok(())
@@ -374,14 +383,7 @@ impl Watched {
         if self.history.back().is_none_or(|(_, last)| *last != totals) {
             self.history.push_back((now, totals));
         }
-        let keep = self
-            .alerts
-            .iter()
-            .filter(|state| state.alert.condition.on_acquires())
-            .map(|state| state.alert.after)
-            .max()
-            .unwrap_or(Duration::ZERO);
-        let cutoff = now.checked_sub(keep).unwrap_or(now);
+        let cutoff = now.checked_sub(self.history_span).unwrap_or(now);
         // The entry at or before the cutoff stays: it is the window's start.
         while self.history.len() > 1 && self.history.get(1).is_some_and(|(at, _)| *at <= cutoff) {
             self.history.pop_front();
