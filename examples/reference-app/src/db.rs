@@ -98,8 +98,6 @@ fn agent(row: &AnyRow) -> Result<Agent, sqlx::Error> {
     })
 }
 
-const PAYMENT_COLUMNS: &str = "id, account, amount_cents, currency, created_ms";
-
 impl Db {
     /// Connects, migrates and seeds an empty database.
     pub(crate) async fn open(
@@ -195,9 +193,10 @@ impl Db {
         limit: i64,
     ) -> Result<(Vec<Payment>, i64, i64), AppError> {
         let mut connection = self.pool.acquire().await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE account = $1 ORDER BY id DESC LIMIT $2"
-        )))
+        let rows = sqlx::query(
+            "SELECT id, account, amount_cents, currency, created_ms FROM payments \
+             WHERE account = $1 ORDER BY id DESC LIMIT $2",
+        )
         .bind(account)
         .bind(limit)
         .fetch_all(self.auditor.on(&mut *connection))

@@ -113,39 +113,7 @@ async fn create_payment(
     headers: HeaderMap,
     body: Result<Json<NewPayment>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Payment>), AppError> {
-    let Json(payment) = body?;
-    let account =
-        account(&headers).ok_or_else(|| AppError::Unauthorized("no account".to_owned()))?;
-    if !(1..=100_000_000).contains(&payment.amount_cents) {
-        return Err(AppError::Unprocessable(
-            "amount_cents must be between 1 and 100000000".to_owned(),
-        ));
-    }
-    if payment.currency.len() != 3 || !payment.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(AppError::Unprocessable(
-            "currency must be an ISO 4217 code such as EUR".to_owned(),
-        ));
-    }
-    let created = shared
-        .db
-        .create_payment(account, key.key(), payment.amount_cents, &payment.currency)
-        .await?;
-    Ok((StatusCode::CREATED, Json(created)))
-}
-
-/// Validates a new payment's body.
-fn checked(payment: &NewPayment) -> Result<(), AppError> {
-    if !(1..=100_000_000).contains(&payment.amount_cents) {
-        return Err(AppError::Unprocessable(
-            "amount_cents must be between 1 and 100000000".to_owned(),
-        ));
-    }
-    if payment.currency.len() != 3 || !payment.currency.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(AppError::Unprocessable(
-            "currency must be an ISO 4217 code such as EUR".to_owned(),
-        ));
-    }
-    Ok(())
+    insert_payment(&shared, &headers, Ok(key.key()), body).await
 }
 
 /// `POST /payments` without the idempotency layer: the key is read from the
@@ -156,15 +124,40 @@ async fn bare_create_payment(
     headers: HeaderMap,
     body: Result<Json<NewPayment>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Payment>), AppError> {
-    let Json(payment) = body?;
-    let account =
-        account(&headers).ok_or_else(|| AppError::Unauthorized("no account".to_owned()))?;
     let key = headers
         .get("idempotency-key")
         .and_then(|key| key.to_str().ok())
         .filter(|key| (1..=255).contains(&key.len()))
-        .ok_or_else(|| AppError::BadRequest("send an Idempotency-Key".to_owned()))?;
-    checked(&payment)?;
+        .ok_or_else(|| AppError::BadRequest("send an Idempotency-Key".to_owned()));
+    insert_payment(&shared, &headers, key, body).await
+}
+
+/// The caller's account, or a 401.
+fn caller(headers: &HeaderMap) -> Result<&str, AppError> {
+    account(headers).ok_or_else(|| AppError::Unauthorized("no account".to_owned()))
+}
+
+/// Validates a new payment and records it under `(key, account)` (the
+/// body's errors first, then the caller's, then the key's).
+async fn insert_payment(
+    shared: &Shared,
+    headers: &HeaderMap,
+    key: Result<&str, AppError>,
+    body: Result<Json<NewPayment>, JsonRejection>,
+) -> Result<(StatusCode, Json<Payment>), AppError> {
+    let Json(payment) = body?;
+    let account = caller(headers)?;
+    let key = key?;
+    if !(1..=100_000_000).contains(&payment.amount_cents) {
+        return Err(AppError::Unprocessable(
+            "amount_cents must be between 1 and 100000000".to_owned(),
+        ));
+    }
+    if payment.currency.len() != 3 || !payment.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(AppError::Unprocessable(
+            "currency must be an ISO 4217 code such as EUR".to_owned(),
+        ));
+    }
     let created = shared
         .db
         .create_payment(account, key, payment.amount_cents, &payment.currency)
@@ -223,8 +216,7 @@ async fn list_payments(
     State(shared): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, AppError> {
-    let account =
-        account(&headers).ok_or_else(|| AppError::Unauthorized("no account".to_owned()))?;
+    let account = caller(&headers)?;
     let (payments, count, total_cents) = shared.db.payments(account, 20).await?;
     Ok(Json(json!({
         "account": account,
