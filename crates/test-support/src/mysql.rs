@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, MySqlConnection};
 
-use crate::namespace::unique_id;
+use crate::namespace::{clean_up, unique_id};
 use crate::requirement::{Requirement, Unavailable};
 use crate::service::{Service, mysql_url};
 
@@ -109,42 +109,26 @@ impl TestMysql {
 
 impl Drop for TestMysql {
     fn drop(&mut self) {
-        // As `TestPostgres`: a thread and a runtime of its own for the cleanup.
         let base = self.base.clone();
         let database = self.database.clone();
-        let outcome = std::thread::spawn(move || drop_database(&base, &database))
-            .join()
-            .unwrap_or_else(|_| Err("cleanup thread panicked".to_owned()));
-        if let Err(e) = outcome {
-            let _ = std::io::Write::write_fmt(
-                &mut std::io::stderr(),
-                format_args!(
-                    "perfkit-test-support: could not drop database {}: {e}\n",
-                    self.database
-                ),
-            );
-        }
+        clean_up(&format!("database {}", self.database), move || async move {
+            drop_database(&base, &database).await
+        });
     }
 }
 
-fn drop_database(options: &MySqlConnectOptions, database: &str) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let mut connection =
-            tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(options))
-                .await
-                .map_err(|_| "connect timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS `{database}`"
-        )))
-        .execute(&mut connection)
-        .await
-        .map_err(|e| e.to_string())?;
-        let _ = connection.close().await;
-        Ok(())
-    })
+async fn drop_database(options: &MySqlConnectOptions, database: &str) -> Result<(), String> {
+    let mut connection =
+        tokio::time::timeout(CONNECT_TIMEOUT, MySqlConnection::connect_with(options))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS `{database}`"
+    )))
+    .execute(&mut connection)
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = connection.close().await;
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-use crate::namespace::unique_id;
+use crate::namespace::{clean_up, unique_id};
 use crate::requirement::{Requirement, Unavailable};
 use crate::service::{Service, database_url};
 
@@ -125,48 +125,30 @@ impl TestPostgres {
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
-        // A Drop cannot await and may run on any runtime flavour (or none), so
-        // the cleanup gets a thread and a runtime of its own.
         let base = self.options.clone().options([("search_path", "public")]);
         let schema = self.schema.clone();
-        let outcome = std::thread::spawn(move || drop_schema(&base, &schema))
-            .join()
-            .unwrap_or_else(|_| Err("cleanup thread panicked".to_owned()));
-        if let Err(e) = outcome {
-            let _ = std::io::Write::write_fmt(
-                &mut std::io::stderr(),
-                format_args!(
-                    "perfkit-test-support: could not drop schema {}: {e}\n",
-                    self.schema
-                ),
-            );
-        }
+        clean_up(&format!("schema {}", self.schema), move || async move {
+            drop_schema(&base, &schema).await
+        });
     }
 }
 
-fn drop_schema(options: &PgConnectOptions, schema: &str) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+async fn drop_schema(options: &PgConnectOptions, schema: &str) -> Result<(), String> {
+    let mut connection = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
         .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let mut connection =
-            tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options))
-                .await
-                .map_err(|_| "connect timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
-        // Never wait forever on a lock a test left behind in an open transaction.
-        sqlx::query("SET lock_timeout = '5s'")
-            .execute(&mut connection)
-            .await
-            .map_err(|e| e.to_string())?;
-        sqlx::query(AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
-        )))
+    // Never wait forever on a lock a test left behind in an open transaction.
+    sqlx::query("SET lock_timeout = '5s'")
         .execute(&mut connection)
         .await
         .map_err(|e| e.to_string())?;
-        let _ = connection.close().await;
-        Ok(())
-    })
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(&mut connection)
+    .await
+    .map_err(|e| e.to_string())?;
+    let _ = connection.close().await;
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
-use crate::namespace::unique_id;
+use crate::namespace::{clean_up, unique_id};
 use crate::requirement::{Requirement, Unavailable};
 use crate::service::{Service, redis_cluster_urls};
 
@@ -147,23 +147,9 @@ impl TestRedisCluster {
             if !is_master {
                 continue;
             }
-            let mut cursor: u64 = 0;
-            let mut count = 0;
-            loop {
-                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{}*", self.prefix))
-                    .arg("COUNT")
-                    .arg(1_000)
-                    .query_async(&mut node)
-                    .await?;
-                count += keys.len();
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
+            let count = keys_matching(&mut node, &format!("{}*", self.prefix))
+                .await?
+                .len();
             counts.push((url.clone(), count));
         }
         Ok(counts)
@@ -172,58 +158,55 @@ impl TestRedisCluster {
 
 impl Drop for TestRedisCluster {
     fn drop(&mut self) {
-        // Delete this test's keys on every master, from a thread and a
-        // runtime of its own (a Drop cannot await).
+        // Delete this test's keys on every master (replicas refuse writes:
+        // their keys fail to delete and are gone with their master's).
         let urls = self.urls.clone();
         let pattern = format!("{}*", self.prefix);
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                for url in urls {
-                    let Ok(client) = redis::Client::open(url.as_str()) else {
-                        continue;
-                    };
-                    let Ok(Ok(mut node)) = tokio::time::timeout(
-                        CONNECT_TIMEOUT,
-                        client.get_multiplexed_async_connection(),
-                    )
-                    .await
-                    else {
-                        continue;
-                    };
-                    let mut cursor: u64 = 0;
-                    loop {
-                        let Ok((next, keys)) = redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(1_000)
-                            .query_async::<(u64, Vec<Vec<u8>>)>(&mut node)
-                            .await
-                        else {
-                            break;
-                        };
-                        for key in keys {
-                            // Replicas refuse writes: only masters delete.
-                            let _ = redis::cmd("DEL")
-                                .arg(key)
-                                .query_async::<i64>(&mut node)
-                                .await;
-                        }
-                        cursor = next;
-                        if cursor == 0 {
-                            break;
-                        }
-                    }
+        clean_up("a cluster key prefix", move || async move {
+            for url in urls {
+                let Ok(client) = redis::Client::open(url.as_str()) else {
+                    continue;
+                };
+                let Ok(Ok(mut node)) = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    client.get_multiplexed_async_connection(),
+                )
+                .await
+                else {
+                    continue;
+                };
+                for key in keys_matching(&mut node, &pattern).await.unwrap_or_default() {
+                    let _ = redis::cmd("DEL")
+                        .arg(key)
+                        .query_async::<i64>(&mut node)
+                        .await;
                 }
-            });
-        })
-        .join();
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Every key of one node matching `pattern` (cursor-based `SCAN`).
+async fn keys_matching(
+    node: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> redis::RedisResult<Vec<Vec<u8>>> {
+    let mut found = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(node)
+            .await?;
+        found.extend(keys);
+        cursor = next;
+        if cursor == 0 {
+            return Ok(found);
+        }
     }
 }
