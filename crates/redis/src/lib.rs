@@ -41,21 +41,37 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
+#[cfg(feature = "cluster")]
+mod cluster;
+
+#[cfg(feature = "cluster")]
+pub use self::cluster::Node;
+
 /// A redis-rs [`ConnectionManager`] opened by the first command, not when it
 /// is built: building needs neither a runtime nor a reachable server.
 ///
 /// Clones share one connection. Commands sent before Redis answers fail
 /// (each after at most the connect timeout); the first one after it answers
 /// opens the connection, which then reconnects by itself.
+///
+/// With the feature `cluster`, the same type holds a Redis Cluster
+/// connection ([`LazyConnection::open_cluster`]): a redis-rs
+/// `cluster_async::ClusterConnection`, which routes each command by its
+/// key's slot and follows `MOVED`/`ASK` redirections. Code written against
+/// `LazyConnection` then runs on either, unchanged.
 #[derive(Clone)]
 pub struct LazyConnection {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    cell: OnceCell<ConnectionManager>,
+enum Inner {
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        cell: OnceCell<ConnectionManager>,
+    },
+    #[cfg(feature = "cluster")]
+    Cluster(cluster::LazyCluster),
 }
 
 impl LazyConnection {
@@ -87,7 +103,7 @@ impl LazyConnection {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Inner::Single {
                 client,
                 config,
                 cell: OnceCell::new(),
@@ -95,40 +111,76 @@ impl LazyConnection {
         }
     }
 
-    /// The connection manager, opened now if this is the first call.
+    /// The connection manager of a single-node connection, opened now if
+    /// this is the first call.
     ///
     /// # Errors
     ///
-    /// When the connection cannot be opened (the next call tries again).
+    /// When the connection cannot be opened (the next call tries again), or
+    /// when this is a cluster connection (it has no `ConnectionManager`).
     pub async fn manager(&self) -> RedisResult<ConnectionManager> {
-        self.inner
-            .cell
-            .get_or_try_init(|| {
-                ConnectionManager::new_with_config(
-                    self.inner.client.clone(),
-                    self.inner.config.clone(),
-                )
-            })
-            .await
-            .cloned()
+        match &*self.inner {
+            Inner::Single {
+                client,
+                config,
+                cell,
+            } => cell
+                .get_or_try_init(|| {
+                    ConnectionManager::new_with_config(client.clone(), config.clone())
+                })
+                .await
+                .cloned(),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(_) => Err(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a cluster connection has no ConnectionManager",
+            ))),
+        }
     }
 
-    /// The client, for connections of another kind (pub/sub).
+    /// The client of a single-node connection, for connections of another
+    /// kind (pub/sub); `None` for a cluster connection.
     #[must_use]
-    pub fn client(&self) -> &redis::Client {
-        &self.inner.client
+    pub fn client(&self) -> Option<&redis::Client> {
+        match &*self.inner {
+            Inner::Single { client, .. } => Some(client),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(_) => None,
+        }
     }
 
     /// Whether the connection has been opened.
     #[must_use]
     pub fn is_open(&self) -> bool {
-        self.inner.cell.initialized()
+        match &*self.inner {
+            Inner::Single { cell, .. } => cell.initialized(),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(cluster) => cluster.is_open(),
+        }
+    }
+
+    /// Whether this is a Redis Cluster connection.
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        match &*self.inner {
+            Inner::Single { .. } => false,
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(_) => true,
+        }
     }
 }
 
 impl ConnectionLike for LazyConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move { self.manager().await?.req_packed_command(cmd).await })
+        Box::pin(async move {
+            match &*self.inner {
+                Inner::Single { .. } => self.manager().await?.req_packed_command(cmd).await,
+                #[cfg(feature = "cluster")]
+                Inner::Cluster(cluster) => {
+                    cluster.connection().await?.req_packed_command(cmd).await
+                }
+            }
+        })
     }
 
     fn req_packed_commands<'a>(
@@ -138,25 +190,38 @@ impl ConnectionLike for LazyConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            self.manager()
-                .await?
-                .req_packed_commands(pipeline, offset, count)
-                .await
+            match &*self.inner {
+                Inner::Single { .. } => {
+                    self.manager()
+                        .await?
+                        .req_packed_commands(pipeline, offset, count)
+                        .await
+                }
+                #[cfg(feature = "cluster")]
+                Inner::Cluster(cluster) => {
+                    cluster
+                        .connection()
+                        .await?
+                        .req_packed_commands(pipeline, offset, count)
+                        .await
+                }
+            }
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.inner
-            .client
-            .get_connection_info()
-            .redis_settings()
-            .db()
+        match &*self.inner {
+            Inner::Single { client, .. } => client.get_connection_info().redis_settings().db(),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(_) => 0,
+        }
     }
 }
 
 impl std::fmt::Debug for LazyConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LazyConnection")
+            .field("cluster", &self.is_cluster())
             .field("open", &self.is_open())
             .finish_non_exhaustive()
     }

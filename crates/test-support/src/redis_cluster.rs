@@ -135,7 +135,34 @@ impl TestRedisCluster {
     ///
     /// When a master cannot be reached.
     pub async fn keys_per_master(&self) -> redis::RedisResult<Vec<(String, usize)>> {
-        let mut counts = Vec::new();
+        Ok(self
+            .keys_by_master()
+            .await?
+            .into_iter()
+            .map(|(url, keys)| (url, keys.len()))
+            .collect())
+    }
+
+    /// Every key under this test's prefix, on every master, as bytes, sorted.
+    ///
+    /// # Errors
+    ///
+    /// When a master cannot be reached.
+    pub async fn raw_keys(&self) -> redis::RedisResult<Vec<Vec<u8>>> {
+        let mut keys: Vec<Vec<u8>> = self
+            .keys_by_master()
+            .await?
+            .into_iter()
+            .flat_map(|(_, keys)| keys)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    /// The keys under this test's prefix on each master.
+    async fn keys_by_master(&self) -> redis::RedisResult<Vec<(String, Vec<Vec<u8>>)>> {
+        let mut found = Vec::new();
         for url in &self.urls {
             let client = redis::Client::open(url.as_str())?;
             let mut node = client.get_multiplexed_async_connection().await?;
@@ -147,12 +174,10 @@ impl TestRedisCluster {
             if !is_master {
                 continue;
             }
-            let count = keys_matching(&mut node, &format!("{}*", self.prefix))
-                .await?
-                .len();
-            counts.push((url.clone(), count));
+            let keys = keys_matching(&mut node, &format!("{}*", self.prefix)).await?;
+            found.push((url.clone(), keys));
         }
-        Ok(counts)
+        Ok(found)
     }
 }
 

@@ -111,6 +111,13 @@ pub enum ConfigError {
     /// The key prefix is empty; every key perfkit writes must carry one.
     #[error("the key prefix must not be empty")]
     EmptyPrefix,
+    /// On a Redis Cluster the prefix may hold no brace: the tier's own hash
+    /// tag must be the first `{…}` of every key.
+    #[error("on a Redis Cluster the key prefix must not contain '{{' or '}}', got {0:?}")]
+    ClusterPrefix(String),
+    /// A Redis Cluster tier's bucket count must be between 1 and 4096.
+    #[error("cluster_buckets must be between 1 and 4096, got {0}")]
+    ClusterBuckets(u16),
     /// The group name labels metrics and spans, so it cannot be empty.
     #[error("the cache name must not be empty")]
     EmptyName,

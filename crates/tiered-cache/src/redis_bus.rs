@@ -1,6 +1,7 @@
 //! Invalidations over Redis pub/sub.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -44,26 +45,42 @@ use crate::error::{ConfigError, TierError};
 pub struct RedisBus {
     channel: String,
     publisher: LazyConnection,
+    /// Where the subscription may run, tried in turn after each loss: the
+    /// one server, or every node given of a cluster.
+    subscribers: Arc<[redis::Client]>,
     connect_timeout: Duration,
     health_check: Duration,
 }
 
 /// Configures a [`RedisBus`]: [`RedisBus::builder`] from a URL,
-/// [`RedisBus::builder_with_client`] from a client you have.
+/// [`RedisBus::builder_with_client`] from a client you have,
+/// `RedisBus::cluster_builder` (feature `cluster`) from a cluster's nodes.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RedisBusBuilder {
-    client: Result<redis::Client, String>,
+    target: Result<Target, String>,
     channel: String,
     connect_timeout: Duration,
     health_check: Duration,
+}
+
+/// Where a bus publishes and subscribes.
+#[derive(Debug, Clone)]
+enum Target {
+    Single(redis::Client),
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<String>),
 }
 
 impl RedisBus {
     /// Configures a bus on the Redis at `url` (a bad URL is reported by
     /// `build`; neither needs a runtime or a reachable Redis).
     pub fn builder(url: &str) -> RedisBusBuilder {
-        Self::builder_from(redis::Client::open(url).map_err(|error| error.to_string()))
+        Self::builder_from(
+            redis::Client::open(url)
+                .map(Target::Single)
+                .map_err(|error| error.to_string()),
+        )
     }
 
     /// Configures a bus through a redis-rs client you already have. A bus
@@ -71,12 +88,29 @@ impl RedisBus {
     /// connection of its own (pub/sub), which it opens again after every
     /// loss; publishes go through a multiplexed connection opened on first use.
     pub fn builder_with_client(client: redis::Client) -> RedisBusBuilder {
-        Self::builder_from(Ok(client))
+        Self::builder_from(Ok(Target::Single(client)))
     }
 
-    fn builder_from(client: Result<redis::Client, String>) -> RedisBusBuilder {
+    /// Configures a bus on the Redis Cluster reached through `urls`:
+    /// invalidations are published with `PUBLISH`, which the cluster
+    /// delivers to subscribers on every node, so the subscription runs on
+    /// any node given, and moves to the next one in `urls` when its node is
+    /// lost (see [Redis Cluster](RedisTier#redis-cluster) for why not
+    /// sharded pub/sub). Give every node, or at least one per shard, so
+    /// that a failover leaves one to subscribe to.
+    ///
+    /// [`RedisTier`]: crate::RedisTier
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub fn cluster_builder<S: AsRef<str>>(urls: &[S]) -> RedisBusBuilder {
+        Self::builder_from(Ok(Target::Cluster(
+            urls.iter().map(|url| url.as_ref().to_owned()).collect(),
+        )))
+    }
+
+    fn builder_from(target: Result<Target, String>) -> RedisBusBuilder {
         RedisBusBuilder {
-            client,
+            target,
             channel: "perfkit:cache:invalidations".to_owned(),
             connect_timeout: Duration::from_millis(250),
             health_check: Duration::from_secs(1),
@@ -130,11 +164,28 @@ impl RedisBusBuilder {
         if self.health_check.is_zero() {
             return Err(ConfigError::ZeroDuration("health_check"));
         }
-        let client = self.client.map_err(ConfigError::RedisUrl)?;
-        let publisher = LazyConnection::from_client(client, self.connect_timeout);
+        let (publisher, subscribers) = match self.target.map_err(ConfigError::RedisUrl)? {
+            Target::Single(client) => (
+                LazyConnection::from_client(client.clone(), self.connect_timeout),
+                vec![client],
+            ),
+            #[cfg(feature = "cluster")]
+            Target::Cluster(urls) => {
+                let redis_url = |error: redis::RedisError| ConfigError::RedisUrl(error.to_string());
+                let publisher =
+                    LazyConnection::open_cluster(&urls, self.connect_timeout).map_err(redis_url)?;
+                let subscribers = urls
+                    .iter()
+                    .map(|url| redis::Client::open(url.as_str()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(redis_url)?;
+                (publisher, subscribers)
+            }
+        };
         Ok(RedisBus {
             channel: self.channel,
             publisher,
+            subscribers: subscribers.into(),
             connect_timeout: self.connect_timeout,
             health_check: self.health_check,
         })
@@ -168,7 +219,7 @@ impl InvalidationBus for RedisBus {
     fn subscribe_with_checks(&self, every: Duration) -> mpsc::Receiver<BusEvent> {
         let (events, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let subscriber = Subscriber {
-            client: self.publisher.client().clone(),
+            clients: Arc::clone(&self.subscribers),
             channel: self.channel.clone(),
             connect_timeout: self.connect_timeout,
             health_check: self.health_check.min(every),
@@ -183,7 +234,8 @@ impl InvalidationBus for RedisBus {
 
 /// The subscription task.
 struct Subscriber {
-    client: redis::Client,
+    /// Tried in turn: the next one after each failure or loss.
+    clients: Arc<[redis::Client]>,
     channel: String,
     connect_timeout: Duration,
     health_check: Duration,
@@ -198,9 +250,14 @@ impl Subscriber {
     /// once the cache has dropped its receiver.
     async fn run(self) {
         let mut retry = FIRST_RETRY;
+        let mut turn = 0_usize;
         loop {
             let subscribing = std::time::Instant::now();
-            let (mut sink, mut stream) = match self.connect().await {
+            let Some(client) = self.clients.get(turn % self.clients.len().max(1)) else {
+                return;
+            };
+            turn = turn.wrapping_add(1);
+            let (mut sink, mut stream) = match self.connect(client).await {
                 Ok(halves) => halves,
                 Err(error) => {
                     tracing::debug!(bus.channel = %self.channel, %error, "cannot subscribe yet");
@@ -269,9 +326,12 @@ impl Subscriber {
         }
     }
 
-    async fn connect(&self) -> Result<(redis::aio::PubSubSink, PubSubStream), TierError> {
+    async fn connect(
+        &self,
+        client: &redis::Client,
+    ) -> Result<(redis::aio::PubSubSink, PubSubStream), TierError> {
         let attempt = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&self.channel).await?;
             Ok::<_, redis::RedisError>(pubsub.split())
         };

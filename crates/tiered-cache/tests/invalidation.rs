@@ -4,25 +4,36 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{Backend, backends};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use perfkit_test_support::RedisServer;
 use perfkit_test_support::concurrency::within;
-use perfkit_test_support::{RedisServer, TestRedis};
 use perfkit_tiered_cache::{
-    Cache, LoadOptions, LocalBus, MemoryTier, RedisBus, RedisTier, SetOptions,
+    Cache, LoadOptions, LocalBus, MemoryTier, RedisBus, RedisBusBuilder, RedisTier,
+    RedisTierBuilder, SetOptions,
 };
 use redis::AsyncCommands;
 
 /// One service instance: L1, Redis under `prefix`, and a Redis bus on `channel`.
 fn instance(url: &str, prefix: &str, channel: &str) -> Cache<String> {
-    instance_with(url, prefix, channel, None)
+    instance_with(
+        RedisTier::builder(url),
+        RedisBus::builder(url),
+        prefix,
+        channel,
+        None,
+    )
 }
 
 fn instance_with(
-    url: &str,
+    tier: RedisTierBuilder,
+    bus: RedisBusBuilder,
     prefix: &str,
     channel: &str,
     strict: Option<Duration>,
@@ -30,13 +41,12 @@ fn instance_with(
     let builder = Cache::builder()
         .name("invalidation")
         .tier(MemoryTier::with_max_entries(10_000))
-        .tier(RedisTier::builder(url).prefix(prefix).build().unwrap())
+        .tier(tier.prefix(prefix).build().unwrap())
         // Generous: these tests run in parallel on a small machine, and a
         // timed-out lookup would read as a miss.
         .remote_timeout(Duration::from_secs(2))
         .invalidation_bus(
-            RedisBus::builder(url)
-                .channel(channel)
+            bus.channel(channel)
                 .health_check(Duration::from_millis(200))
                 .build()
                 .unwrap(),
@@ -47,12 +57,10 @@ fn instance_with(
     }
 }
 
-fn pair(redis: &TestRedis) -> (Cache<String>, Cache<String>) {
+fn pair(redis: &Backend) -> (Cache<String>, Cache<String>) {
     let channel = format!("{}bus", redis.prefix());
-    (
-        instance(redis.url(), redis.prefix(), &channel),
-        instance(redis.url(), redis.prefix(), &channel),
-    )
+    let one = || instance_with(redis.tier(), redis.bus(), redis.prefix(), &channel, None);
+    (one(), one())
 }
 
 /// Waits until every cache has subscribed (its first subscription flushes L1 once).
@@ -133,56 +141,57 @@ async fn local_bus_drops_the_other_instances_l1_and_ignores_its_own_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidation_on_a_stops_b_serving_the_old_value_and_the_window_is_measured() {
-    let Some(redis) = perfkit_test_support::redis().await else {
-        return;
-    };
-    let (a, b) = pair(&redis);
-    subscribed(&[&a, &b]).await;
-    // The same, through Redis: B reads A's value from Redis into its L1, A
-    // invalidates, B stops serving it.
-    for i in 0..100 {
-        let value = format!("v{i}");
-        a.set("agent:1", value.clone()).await;
-        within("B seeing A's set", async {
-            while b.get("agent:1").await.as_deref() != Some(&value) {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
-        a.invalidate("agent:1").await;
-        until_not(&b, "agent:1", &value).await;
-        assert_eq!(b.get("agent:1").await, None, "gone from every tier");
-    }
+    for redis in backends().await {
+        eprintln!("on {}", redis.name);
+        let (a, b) = pair(&redis);
+        subscribed(&[&a, &b]).await;
+        // The same, through Redis: B reads A's value from Redis into its L1, A
+        // invalidates, B stops serving it.
+        for i in 0..100 {
+            let value = format!("v{i}");
+            a.set("agent:1", value.clone()).await;
+            within("B seeing A's set", async {
+                while b.get("agent:1").await.as_deref() != Some(&value) {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await;
+            a.invalidate("agent:1").await;
+            until_not(&b, "agent:1", &value).await;
+            assert_eq!(b.get("agent:1").await, None, "gone from every tier");
+        }
 
-    // The window itself: an observer whose only tier is its L1, so that
-    // "no longer served" is not blurred by a Redis read.
-    let observer: Cache<String> = Cache::builder()
-        .name("invalidation")
-        .tier(MemoryTier::with_max_entries(100))
-        .invalidation_bus(
-            RedisBus::builder(redis.url())
-                .channel(format!("{}bus", redis.prefix()))
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    subscribed(&[&observer]).await;
-    let mut windows = Vec::with_capacity(1_000);
-    for i in 0..1_000 {
-        let value = format!("w{i}");
-        observer.set("agent:2", value.clone()).await;
-        a.invalidate("agent:2").await;
-        windows.push(until_not(&observer, "agent:2", &value).await);
+        // The window itself: an observer whose only tier is its L1, so that
+        // "no longer served" is not blurred by a Redis read.
+        let observer: Cache<String> = Cache::builder()
+            .name("invalidation")
+            .tier(MemoryTier::with_max_entries(100))
+            .invalidation_bus(
+                redis
+                    .bus()
+                    .channel(format!("{}bus", redis.prefix()))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        subscribed(&[&observer]).await;
+        let mut windows = Vec::with_capacity(1_000);
+        for i in 0..1_000 {
+            let value = format!("w{i}");
+            observer.set("agent:2", value.clone()).await;
+            a.invalidate("agent:2").await;
+            windows.push(until_not(&observer, "agent:2", &value).await);
+        }
+        windows.sort_unstable();
+        println!(
+            "propagation window over {} invalidations (invalidate() returned on A -> B's L1 stops serving; debug build, tests in parallel): p50 {:?}, p99 {:?}, max {:?}",
+            windows.len(),
+            percentile(&windows, 0.50),
+            percentile(&windows, 0.99),
+            windows[windows.len() - 1],
+        );
     }
-    windows.sort_unstable();
-    println!(
-        "propagation window over {} invalidations (invalidate() returned on A -> B's L1 stops serving; debug build, tests in parallel): p50 {:?}, p99 {:?}, max {:?}",
-        windows.len(),
-        percentile(&windows, 0.50),
-        percentile(&windows, 0.99),
-        windows[windows.len() - 1],
-    );
 }
 
 /// The stale-set race: loads on A and B read the "database" before an
@@ -190,84 +199,84 @@ async fn an_invalidation_on_a_stops_b_serving_the_old_value_and_the_window_is_me
 /// tier may hold a value older than the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_that_began_before_an_invalidation_never_write_their_old_value_afterwards() {
-    let Some(redis) = perfkit_test_support::redis().await else {
-        return;
-    };
-    let (a, b) = pair(&redis);
-    subscribed(&[&a, &b]).await;
-    let database = Arc::new(AtomicU64::new(0));
-    let mut seed: u64 = 0x5EED;
-    let mut random = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound
-    };
-    let iterations = 2_000;
-    for i in 0..iterations {
-        let key = format!("race:{}", i % 50);
-        let loader = |delay: u64| {
-            let database = Arc::clone(&database);
-            move || async move {
-                // The read happens when the loader starts; the answer comes later.
-                let read = database.load(Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_micros(delay)).await;
-                Ok::<_, std::io::Error>(format!("{read}"))
-            }
+    for redis in backends().await {
+        eprintln!("on {}", redis.name);
+        let (a, b) = pair(&redis);
+        subscribed(&[&a, &b]).await;
+        let database = Arc::new(AtomicU64::new(0));
+        let mut seed: u64 = 0x5EED;
+        let mut random = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
         };
-        let (da, db, dw) = (random(1_500), random(1_500), random(1_000));
-        let (ka, kb) = (key.clone(), key.clone());
-        let (ca, cb) = (a.clone(), b.clone());
-        let on_a = tokio::spawn({
-            let load = loader(da);
-            async move { ca.get_or_load(&ka, load).await }
-        });
-        let on_b = tokio::spawn({
-            let load = loader(db);
-            async move { cb.get_or_load(&kb, load).await }
-        });
-        tokio::time::sleep(Duration::from_micros(dw)).await;
-        // The write: update the database, then invalidate (through A or B).
-        let now = database.fetch_add(1, Ordering::SeqCst) + 1;
-        let received_before = (
-            a.stats().invalidations_received,
-            b.stats().invalidations_received,
-        );
-        let (writer, other) = if random(2) == 0 { (&a, &b) } else { (&b, &a) };
-        writer.invalidate(&key).await;
-        let _ = within("the loads", on_a).await.unwrap();
-        let _ = within("the loads", on_b).await.unwrap();
-        // Let the other instance apply the message.
-        let other_before = if std::ptr::eq(other, &a) {
-            received_before.0
-        } else {
-            received_before.1
-        };
-        within("the invalidation reaching the other instance", async {
-            while other.stats().invalidations_received == other_before {
-                tokio::time::sleep(Duration::from_micros(100)).await;
-            }
-        })
-        .await;
+        let iterations = 2_000;
+        for i in 0..iterations {
+            let key = format!("race:{}", i % 50);
+            let loader = |delay: u64| {
+                let database = Arc::clone(&database);
+                move || async move {
+                    // The read happens when the loader starts; the answer comes later.
+                    let read = database.load(Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_micros(delay)).await;
+                    Ok::<_, std::io::Error>(format!("{read}"))
+                }
+            };
+            let (da, db, dw) = (random(1_500), random(1_500), random(1_000));
+            let (ka, kb) = (key.clone(), key.clone());
+            let (ca, cb) = (a.clone(), b.clone());
+            let on_a = tokio::spawn({
+                let load = loader(da);
+                async move { ca.get_or_load(&ka, load).await }
+            });
+            let on_b = tokio::spawn({
+                let load = loader(db);
+                async move { cb.get_or_load(&kb, load).await }
+            });
+            tokio::time::sleep(Duration::from_micros(dw)).await;
+            // The write: update the database, then invalidate (through A or B).
+            let now = database.fetch_add(1, Ordering::SeqCst) + 1;
+            let received_before = (
+                a.stats().invalidations_received,
+                b.stats().invalidations_received,
+            );
+            let (writer, other) = if random(2) == 0 { (&a, &b) } else { (&b, &a) };
+            writer.invalidate(&key).await;
+            let _ = within("the loads", on_a).await.unwrap();
+            let _ = within("the loads", on_b).await.unwrap();
+            // Let the other instance apply the message.
+            let other_before = if std::ptr::eq(other, &a) {
+                received_before.0
+            } else {
+                received_before.1
+            };
+            within("the invalidation reaching the other instance", async {
+                while other.stats().invalidations_received == other_before {
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+            })
+            .await;
 
-        for (name, cache) in [("A", &a), ("B", &b)] {
-            if let Some(value) = cache.get(&key).await {
-                let seen: u64 = value.parse().unwrap();
+            for (name, cache) in [("A", &a), ("B", &b)] {
+                if let Some(value) = cache.get(&key).await {
+                    let seen: u64 = value.parse().unwrap();
+                    assert!(
+                        seen >= now,
+                        "iteration {i}: {name} serves {seen}, loaded before the update to {now}"
+                    );
+                }
+            }
+            let raw: Option<Vec<u8>> = redis.connection().get(redis.key(&key)).await.unwrap();
+            if let Some(raw) = raw
+                && &raw[..4] == b"pk\x01v"
+            {
+                let text = String::from_utf8_lossy(&raw);
                 assert!(
-                    seen >= now,
-                    "iteration {i}: {name} serves {seen}, loaded before the update to {now}"
+                    !text.ends_with(&format!("{}", now - 1)) || now == 0,
+                    "iteration {i}: Redis holds the value from before the update: {text:?}"
                 );
             }
-        }
-        let raw: Option<Vec<u8>> = redis.connection().get(redis.key(&key)).await.unwrap();
-        if let Some(raw) = raw
-            && &raw[..4] == b"pk\x01v"
-        {
-            let text = String::from_utf8_lossy(&raw);
-            assert!(
-                !text.ends_with(&format!("{}", now - 1)) || now == 0,
-                "iteration {i}: Redis holds the value from before the update: {text:?}"
-            );
         }
     }
 }
@@ -277,126 +286,126 @@ async fn loads_that_began_before_an_invalidation_never_write_their_old_value_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tagged_loads_that_began_before_a_tag_invalidation_never_write_their_old_value_afterwards()
 {
-    let Some(redis) = perfkit_test_support::redis().await else {
-        return;
-    };
-    let (a, b) = pair(&redis);
-    subscribed(&[&a, &b]).await;
-    let database = Arc::new(AtomicU64::new(0));
-    let mut seed: u64 = 0x7A6;
-    let mut random = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound
-    };
-    let mut stale = Vec::new();
-    for i in 0..2_000 {
-        let key = format!("tag-race:{}", i % 50);
-        let tag = format!("t{}", i % 5);
-        let load_on = |cache: &Cache<String>, delay: u64| {
-            let (cache, key, database) = (cache.clone(), key.clone(), Arc::clone(&database));
-            let options = LoadOptions::default().tags([tag.clone()]);
-            tokio::spawn(async move {
-                cache
-                    .get_or_load_with(&key, options, move || async move {
-                        let read = database.load(Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_micros(delay)).await;
-                        Ok::<_, std::io::Error>(read.to_string())
-                    })
-                    .await
-            })
+    for redis in backends().await {
+        eprintln!("on {}", redis.name);
+        let (a, b) = pair(&redis);
+        subscribed(&[&a, &b]).await;
+        let database = Arc::new(AtomicU64::new(0));
+        let mut seed: u64 = 0x7A6;
+        let mut random = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
         };
-        let (on_a, on_b) = (load_on(&a, random(1_500)), load_on(&b, random(1_500)));
-        tokio::time::sleep(Duration::from_micros(random(1_000))).await;
-        let now = database.fetch_add(1, Ordering::SeqCst) + 1;
-        let (writer, other) = if random(2) == 0 { (&a, &b) } else { (&b, &a) };
-        let other_before = other.stats().invalidations_received;
-        writer.invalidate_tag(&tag).await;
-        let _ = within("the loads", on_a).await.unwrap();
-        let _ = within("the loads", on_b).await.unwrap();
-        within("the invalidation reaching the other instance", async {
-            while other.stats().invalidations_received == other_before {
-                tokio::time::sleep(Duration::from_micros(100)).await;
-            }
-        })
-        .await;
-        for (name, cache) in [("A", &a), ("B", &b)] {
-            if let Some(value) = cache.get(&key).await {
-                let seen: u64 = value.parse().unwrap();
-                if seen < now {
-                    stale.push(format!(
-                        "iteration {i}: {name} serves {seen} after the update to {now}"
-                    ));
+        let mut stale = Vec::new();
+        for i in 0..2_000 {
+            let key = format!("tag-race:{}", i % 50);
+            let tag = format!("t{}", i % 5);
+            let load_on = |cache: &Cache<String>, delay: u64| {
+                let (cache, key, database) = (cache.clone(), key.clone(), Arc::clone(&database));
+                let options = LoadOptions::default().tags([tag.clone()]);
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load_with(&key, options, move || async move {
+                            let read = database.load(Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_micros(delay)).await;
+                            Ok::<_, std::io::Error>(read.to_string())
+                        })
+                        .await
+                })
+            };
+            let (on_a, on_b) = (load_on(&a, random(1_500)), load_on(&b, random(1_500)));
+            tokio::time::sleep(Duration::from_micros(random(1_000))).await;
+            let now = database.fetch_add(1, Ordering::SeqCst) + 1;
+            let (writer, other) = if random(2) == 0 { (&a, &b) } else { (&b, &a) };
+            let other_before = other.stats().invalidations_received;
+            writer.invalidate_tag(&tag).await;
+            let _ = within("the loads", on_a).await.unwrap();
+            let _ = within("the loads", on_b).await.unwrap();
+            within("the invalidation reaching the other instance", async {
+                while other.stats().invalidations_received == other_before {
+                    tokio::time::sleep(Duration::from_micros(100)).await;
+                }
+            })
+            .await;
+            for (name, cache) in [("A", &a), ("B", &b)] {
+                if let Some(value) = cache.get(&key).await {
+                    let seen: u64 = value.parse().unwrap();
+                    if seen < now {
+                        stale.push(format!(
+                            "iteration {i}: {name} serves {seen} after the update to {now}"
+                        ));
+                    }
                 }
             }
         }
+        assert!(
+            stale.is_empty(),
+            "{} stale reads in 2,000 iterations; first: {:#?}",
+            stale.len(),
+            &stale[..stale.len().min(5)]
+        );
     }
-    assert!(
-        stale.is_empty(),
-        "{} stale reads in 2,000 iterations; first: {:#?}",
-        stale.len(),
-        &stale[..stale.len().min(5)]
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pattern_and_tag_invalidations_reach_the_other_instance() {
-    let Some(redis) = perfkit_test_support::redis().await else {
-        return;
-    };
-    let (a, b) = pair(&redis);
-    subscribed(&[&a, &b]).await;
-    for i in 0..20 {
-        a.set(&format!("user:{i}:profile"), format!("p{i}")).await;
-        a.set(&format!("order:{i}"), format!("o{i}")).await;
-    }
-    a.set_with(
-        "report:1",
-        "r".to_owned(),
-        SetOptions::default().tags(["team:7"]),
-    )
-    .await;
-    // B holds copies of everything (promoted from Redis, tags included).
-    for i in 0..20 {
-        assert!(b.get(&format!("user:{i}:profile")).await.is_some());
-        assert!(b.get(&format!("order:{i}")).await.is_some());
-    }
-    assert!(b.get("report:1").await.is_some());
-
-    let removed = a.invalidate_pattern("user:*:profile").await;
-    assert!(removed >= 20, "20 keys in Redis (and L1): {removed}");
-    // B applies a pattern to its L1 key by key (on its subscription task):
-    // the message has been applied once every matching key is gone.
-    within("the pattern reaching B", async {
-        loop {
-            let mut left = 0;
-            for i in 0..20 {
-                left += usize::from(b.get(&format!("user:{i}:profile")).await.is_some());
-            }
-            if left == 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
+    for redis in backends().await {
+        eprintln!("on {}", redis.name);
+        let (a, b) = pair(&redis);
+        subscribed(&[&a, &b]).await;
+        for i in 0..20 {
+            a.set(&format!("user:{i}:profile"), format!("p{i}")).await;
+            a.set(&format!("order:{i}"), format!("o{i}")).await;
         }
-    })
-    .await;
-    for i in 0..20 {
-        assert_eq!(b.get(&format!("user:{i}:profile")).await, None);
-        assert!(
-            b.get(&format!("order:{i}")).await.is_some(),
-            "keys outside the pattern stay"
-        );
-    }
-
-    a.invalidate_tag("team:7").await;
-    within("the tag reaching B", async {
-        while b.get("report:1").await.is_some() {
-            tokio::task::yield_now().await;
+        a.set_with(
+            "report:1",
+            "r".to_owned(),
+            SetOptions::default().tags(["team:7"]),
+        )
+        .await;
+        // B holds copies of everything (promoted from Redis, tags included).
+        for i in 0..20 {
+            assert!(b.get(&format!("user:{i}:profile")).await.is_some());
+            assert!(b.get(&format!("order:{i}")).await.is_some());
         }
-    })
-    .await;
-    assert!(b.get("order:3").await.is_some(), "untagged keys stay");
+        assert!(b.get("report:1").await.is_some());
+
+        let removed = a.invalidate_pattern("user:*:profile").await;
+        assert!(removed >= 20, "20 keys in Redis (and L1): {removed}");
+        // B applies a pattern to its L1 key by key (on its subscription task):
+        // the message has been applied once every matching key is gone.
+        within("the pattern reaching B", async {
+            loop {
+                let mut left = 0;
+                for i in 0..20 {
+                    left += usize::from(b.get(&format!("user:{i}:profile")).await.is_some());
+                }
+                if left == 0 {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        for i in 0..20 {
+            assert_eq!(b.get(&format!("user:{i}:profile")).await, None);
+            assert!(
+                b.get(&format!("order:{i}")).await.is_some(),
+                "keys outside the pattern stay"
+            );
+        }
+
+        a.invalidate_tag("team:7").await;
+        within("the tag reaching B", async {
+            while b.get("report:1").await.is_some() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(b.get("order:3").await.is_some(), "untagged keys stay");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,7 +556,8 @@ async fn strict_mode_stops_serving_l1_once_the_bus_has_been_down_for_the_bound()
     let url = server.url();
     let loads = Arc::new(AtomicU64::new(0));
     let cache = instance_with(
-        &url,
+        RedisTier::builder(&url),
+        RedisBus::builder(&url),
         "strict:",
         "strict:bus",
         Some(Duration::from_millis(300)),

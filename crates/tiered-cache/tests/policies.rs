@@ -3,13 +3,16 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::backends;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use perfkit_test_support::concurrency::until;
-use perfkit_tiered_cache::{Cache, ConfigError, MemoryTier, RedisTier};
+use perfkit_tiered_cache::{Cache, ConfigError, MemoryTier};
 use redis::AsyncCommands;
 
 fn memory_cache(builder: perfkit_tiered_cache::CacheBuilder<String>) -> Cache<String> {
@@ -155,41 +158,36 @@ fn ready_now<F: std::future::Future>(future: F) -> F::Output {
 
 #[tokio::test]
 async fn ttl_jitter_spreads_expiry_without_lengthening_it() {
-    let Some(redis) = perfkit_test_support::redis().await else {
-        return;
-    };
-    let cache: Cache<String> = Cache::builder()
-        .tier(MemoryTier::with_max_entries(1_000))
-        .tier(
-            RedisTier::builder(redis.url())
-                .prefix(redis.prefix())
-                .build()
-                .unwrap(),
-        )
-        .default_ttl(Duration::from_secs(10))
-        .ttl_jitter(0.5)
-        .build()
-        .unwrap();
-    for i in 0..100 {
-        cache.set(&format!("k{i}"), "v".to_owned()).await;
-    }
-    let mut conn = redis.connection();
-    let mut ttls = Vec::new();
-    for i in 0..100 {
-        let pttl: i64 = conn.pttl(redis.key(&format!("k{i}"))).await.unwrap();
+    for redis in backends().await {
+        eprintln!("on {}", redis.name);
+        let cache: Cache<String> = Cache::builder()
+            .tier(MemoryTier::with_max_entries(1_000))
+            .tier(redis.tier().prefix(redis.prefix()).build().unwrap())
+            .default_ttl(Duration::from_secs(10))
+            .ttl_jitter(0.5)
+            .build()
+            .unwrap();
+        for i in 0..100 {
+            cache.set(&format!("k{i}"), "v".to_owned()).await;
+        }
+        let mut conn = redis.connection();
+        let mut ttls = Vec::new();
+        for i in 0..100 {
+            let pttl: i64 = conn.pttl(redis.key(&format!("k{i}"))).await.unwrap();
+            assert!(
+                (4_900..=10_000).contains(&pttl),
+                "PTTL {pttl} outside [5 s, 10 s]"
+            );
+            ttls.push(pttl / 100);
+        }
+        ttls.sort_unstable();
+        ttls.dedup();
         assert!(
-            (4_900..=10_000).contains(&pttl),
-            "PTTL {pttl} outside [5 s, 10 s]"
+            ttls.len() > 20,
+            "spread over many 100 ms buckets, got {}",
+            ttls.len()
         );
-        ttls.push(pttl / 100);
     }
-    ttls.sort_unstable();
-    ttls.dedup();
-    assert!(
-        ttls.len() > 20,
-        "spread over many 100 ms buckets, got {}",
-        ttls.len()
-    );
 }
 
 #[tokio::test]

@@ -7,6 +7,9 @@ use std::time::Duration;
 use perfkit_redis::LazyConnection;
 use redis::aio::ConnectionLike;
 
+#[cfg(feature = "cluster")]
+use super::keys::MAX_BUCKETS;
+use super::keys::{DEFAULT_BUCKETS, Keys};
 use super::{RedisTier, envelope};
 use crate::codec::{Codec, Postcard};
 use crate::error::ConfigError;
@@ -31,6 +34,7 @@ pub struct RedisTierBuilder<C = Postcard, R = LazyConnection> {
     plain: bool,
     tombstone_ttl: Duration,
     max_value_size: NonZeroUsize,
+    buckets: u16,
 }
 
 impl<R> RedisTierBuilder<Postcard, R> {
@@ -45,6 +49,7 @@ impl<R> RedisTierBuilder<Postcard, R> {
             plain: false,
             tombstone_ttl: Duration::from_secs(60),
             max_value_size: NonZeroUsize::new(DEFAULT_MAX_VALUE_SIZE).unwrap_or(NonZeroUsize::MIN),
+            buckets: DEFAULT_BUCKETS,
         }
     }
 }
@@ -119,6 +124,18 @@ impl<C, R> RedisTierBuilder<C, R> {
         self
     }
 
+    /// On a Redis Cluster: how many buckets the keys fall into (see
+    /// [Redis Cluster](RedisTier#redis-cluster)). More buckets spread the
+    /// values more evenly over the masters; each tag, pattern or clear
+    /// invalidation moves every bucket's epoch, and a tag invalidation reads
+    /// every bucket's share of the tag, so it costs a few commands per
+    /// bucket. At most 4096. Ignored on a single node.
+    /// Default: 64.
+    pub fn cluster_buckets(mut self, buckets: u16) -> Self {
+        self.buckets = buckets;
+        self
+    }
+
     /// Encodes values with `codec` instead of [`Postcard`].
     pub fn codec<C2>(self, codec: C2) -> RedisTierBuilder<C2, R> {
         RedisTierBuilder {
@@ -131,6 +148,7 @@ impl<C, R> RedisTierBuilder<C, R> {
             plain: self.plain,
             tombstone_ttl: self.tombstone_ttl,
             max_value_size: self.max_value_size,
+            buckets: self.buckets,
         }
     }
 
@@ -138,11 +156,14 @@ impl<C, R> RedisTierBuilder<C, R> {
     ///
     /// # Errors
     ///
-    /// [`ConfigError`] for an unparsable URL, an empty prefix or a zero duration.
+    /// [`ConfigError`] for an unparsable URL, an empty prefix, a zero
+    /// duration; on a cluster, a prefix with a brace or a bucket count
+    /// outside `1..=4096`.
     pub fn build<V>(self) -> Result<RedisTier<V, C, R>, ConfigError>
     where
         C: Codec<V>,
         V: Send + Sync + 'static,
+        R: 'static,
     {
         if self.prefix.is_empty() {
             return Err(ConfigError::EmptyPrefix);
@@ -160,9 +181,29 @@ impl<C, R> RedisTierBuilder<C, R> {
             return Err(ConfigError::ZeroDuration("tombstone_ttl"));
         }
         let connection = (self.connect)(self.connect_timeout)?;
+        #[cfg(feature = "cluster")]
+        let nodes = cluster_of(&connection);
+        #[cfg(feature = "cluster")]
+        let keys = match &nodes {
+            Some(_) => {
+                if self.prefix.contains(['{', '}']) {
+                    // The bucket's hash tag must be each key's first `{…}`.
+                    return Err(ConfigError::ClusterPrefix(self.prefix));
+                }
+                if !(1..=MAX_BUCKETS).contains(&self.buckets) {
+                    return Err(ConfigError::ClusterBuckets(self.buckets));
+                }
+                Keys::cluster(self.prefix, self.buckets)
+            }
+            None => Keys::single(self.prefix),
+        };
+        #[cfg(not(feature = "cluster"))]
+        let keys = Keys::single(self.prefix);
         Ok(RedisTier {
             name: self.name,
-            prefix: self.prefix,
+            keys,
+            #[cfg(feature = "cluster")]
+            nodes,
             connection,
             codec: self.codec,
             max_ttl: self.max_ttl,
@@ -209,4 +250,46 @@ impl RedisTier<(), Postcard> {
     {
         RedisTierBuilder::new(Box::new(move |_| Ok(connection)))
     }
+
+    /// Configures a tier on the Redis Cluster reached through `urls` (one
+    /// node or more, `redis://host:port`; the others are discovered),
+    /// through a [`LazyConnection`] opened by the first command: `build`
+    /// needs no runtime and no reachable node. Keys are laid out in
+    /// buckets, each in one hash slot (see [Redis Cluster](RedisTier#redis-cluster)).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), perfkit_tiered_cache::ConfigError> {
+    /// use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier};
+    ///
+    /// let nodes = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"];
+    /// let cache: Cache<String> = Cache::builder()
+    ///     .tier(MemoryTier::with_max_entries(10_000))
+    ///     .tier(RedisTier::cluster_builder(&nodes).prefix("svc:").build()?)
+    ///     .build()?;
+    /// # let _ = cache;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub fn cluster_builder<S: AsRef<str>>(urls: &[S]) -> RedisTierBuilder<Postcard> {
+        let urls: Vec<String> = urls.iter().map(|url| url.as_ref().to_owned()).collect();
+        RedisTierBuilder::new(Box::new(move |connect_timeout| {
+            LazyConnection::open_cluster(&urls, connect_timeout)
+                .map_err(|error| ConfigError::RedisUrl(error.to_string()))
+        }))
+    }
+}
+
+/// The cluster behind `connection`, when it is one: a [`LazyConnection`]
+/// on a cluster, or redis-rs's cluster connection (wrapped, to reach each
+/// master).
+#[cfg(feature = "cluster")]
+fn cluster_of<R: 'static>(connection: &R) -> Option<LazyConnection> {
+    let connection: &dyn std::any::Any = connection;
+    if let Some(lazy) = connection.downcast_ref::<LazyConnection>() {
+        return lazy.is_cluster().then(|| lazy.clone());
+    }
+    connection
+        .downcast_ref::<redis::cluster_async::ClusterConnection>()
+        .map(|cluster| LazyConnection::from_cluster_connection(cluster.clone()))
 }

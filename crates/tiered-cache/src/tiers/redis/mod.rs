@@ -5,6 +5,7 @@
 
 mod builder;
 mod envelope;
+mod keys;
 mod scan;
 mod script;
 
@@ -21,18 +22,14 @@ use crate::error::TierError;
 use crate::tier::{Entry, MAX_TTL, Tier, TierFuture, Version, Write, capped_ttl};
 
 pub use self::builder::RedisTierBuilder;
+use self::keys::{Bucket, Keys};
+#[cfg(test)]
 pub(crate) use self::scan::escape_glob;
-use self::scan::{scan_page, unlink_scanned};
-use self::script::FILL;
+use self::scan::{scan_page, sscan_page, unlink_scanned};
+use self::script::{DELETE_TAG, FILL};
 
 /// Keys deleted per command when clearing a prefix.
 const CLEAR_BATCH: usize = 500;
-
-/// The byte between the prefix and the name of every key the tier keeps for
-/// itself (the epoch, tag sets). It never occurs in UTF-8 text, so no cache
-/// key (a `&str`) can spell an internal key, and no internal key can match
-/// what a pattern invalidation removes.
-const INTERNAL: u8 = 0xFF;
 
 /// What a lookup saw, for the fill that may follow.
 struct Seen {
@@ -114,7 +111,10 @@ struct Seen {
 /// [`Json`]: crate::Json
 pub struct RedisTier<V, C = Postcard, R = LazyConnection> {
     name: String,
-    prefix: String,
+    keys: Keys,
+    /// On a cluster: the connection that reaches each master, for `SCAN`.
+    #[cfg(feature = "cluster")]
+    nodes: Option<LazyConnection>,
     connection: R,
     codec: C,
     max_ttl: Option<Duration>,
@@ -123,26 +123,6 @@ pub struct RedisTier<V, C = Postcard, R = LazyConnection> {
     max_value_size: usize,
     tombstones: envelope::Tombstones,
     _values: PhantomData<fn() -> V>,
-}
-
-/// A key under the tier's prefix, written into a command as one argument
-/// without being built as a `String` first (the hit path's `GET`).
-struct FullKey<'a> {
-    prefix: &'a str,
-    key: &'a str,
-}
-
-impl redis::ToRedisArgs for FullKey<'_> {
-    fn write_redis_args<W>(&self, out: &mut W)
-    where
-        W: ?Sized + redis::RedisWrite,
-    {
-        use std::io::Write as _;
-        let mut arg = out.writer_for_next_arg();
-        // Writes into the command's own buffer, which cannot fail.
-        let _ = arg.write_all(self.prefix.as_bytes());
-        let _ = arg.write_all(self.key.as_bytes());
-    }
 }
 
 impl<V, C, R> RedisTier<V, C, R>
@@ -154,7 +134,15 @@ where
     /// The key prefix.
     #[must_use]
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        self.keys.prefix()
+    }
+
+    /// The Redis key cache key `key` is stored at: the prefix and the key,
+    /// with its bucket's hash tag between them on a cluster (see
+    /// [Key layout](#key-layout)).
+    #[must_use]
+    pub fn stored_key(&self, key: &str) -> String {
+        self.keys.value(key).to_string()
     }
 
     /// Runs `op` on the connection, once more if it did not reach a live
@@ -171,64 +159,145 @@ where
             .map_err(TierError::backend)
     }
 
-    fn key(&self, key: &str) -> String {
-        let mut full = String::with_capacity(self.prefix.len() + key.len());
-        full.push_str(&self.prefix);
-        full.push_str(key);
-        full
-    }
-
-    /// One of the tier's own keys (see [`INTERNAL`]).
-    fn internal_key(&self, name: &str, suffix: &str) -> Vec<u8> {
-        let mut full = Vec::with_capacity(self.prefix.len() + 1 + name.len() + suffix.len());
-        full.extend_from_slice(self.prefix.as_bytes());
-        full.push(INTERNAL);
-        full.extend_from_slice(name.as_bytes());
-        full.extend_from_slice(suffix.as_bytes());
-        full
-    }
-
-    /// Whether `key` (a full Redis key under the prefix) is one of the tier's own.
-    fn is_internal(&self, key: &[u8]) -> bool {
-        key.get(self.prefix.len()) == Some(&INTERNAL)
-    }
-
-    /// Where the keys written with `tag` are listed.
-    fn tag_key(&self, tag: &str) -> Vec<u8> {
-        self.internal_key("tags:", tag)
+    /// A cache key as stored.
+    fn key(&self, key: &str) -> Vec<u8> {
+        self.keys.value(key).to_vec()
     }
 
     fn cap(&self, ttl: Option<Duration>) -> Option<Duration> {
         capped_ttl(ttl, self.max_ttl)
     }
 
-    /// The key whose value moves on every invalidation of many keys (tag,
-    /// pattern, clear): a fill checks it has not moved since its lookup.
-    fn epoch_key(&self) -> Vec<u8> {
-        self.internal_key("epoch", "")
-    }
-
-    /// Moves the epoch, which then lives twice the tombstone TTL: a fill
-    /// older than a tombstone never lands, so an epoch that has expired
+    /// Moves `bucket`'s epoch, which then lives twice the tombstone TTL: a
+    /// fill older than a tombstone never lands, so an epoch that has expired
     /// since a lookup can only refuse fills (absent ≠ what was seen), never
     /// let one through.
-    async fn move_epoch(&self, connection: &mut R) -> redis::RedisResult<()> {
+    async fn move_epoch(&self, connection: &mut R, bucket: Bucket) -> redis::RedisResult<()> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        self.add_epoch_move(&mut pipe);
+        self.add_epoch_move(&mut pipe, bucket);
         pipe.exec_async(connection).await
     }
 
-    /// Adds the epoch's move to `pipe`: `INCR`, then the epoch lives twice
-    /// the tombstone TTL.
-    fn add_epoch_move(&self, pipe: &mut redis::Pipeline) {
-        let epoch = self.epoch_key();
-        let ttl_ms =
-            i64::try_from(millis(self.tombstone_ttl).saturating_mul(2)).unwrap_or(i64::MAX);
+    /// Moves every bucket's epoch (the one epoch on a single node), all
+    /// buckets at once: each move is its own slot's.
+    async fn move_every_epoch(&self, connection: &R) -> redis::RedisResult<()> {
+        futures_util::future::try_join_all(self.keys.every_bucket().map(|bucket| {
+            let mut connection = connection.clone();
+            async move { self.move_epoch(&mut connection, bucket).await }
+        }))
+        .await
+        .map(drop)
+    }
+
+    /// How long an epoch lives after its last move: twice the tombstone TTL.
+    fn epoch_ttl_ms(&self) -> i64 {
+        i64::try_from(millis(self.tombstone_ttl).saturating_mul(2)).unwrap_or(i64::MAX)
+    }
+
+    /// Adds the move of `bucket`'s epoch to `pipe`: `INCR`, then the epoch
+    /// lives twice the tombstone TTL.
+    fn add_epoch_move(&self, pipe: &mut redis::Pipeline, bucket: Bucket) {
+        let epoch = self.keys.epoch(bucket);
+        let ttl_ms = self.epoch_ttl_ms();
         pipe.incr(&epoch, 1)
             .ignore()
             .pexpire(&epoch, ttl_ms)
             .ignore();
+    }
+
+    /// Removes the keys of `bucket` listed under `tag`, then the list; moves
+    /// the bucket's epoch first, in the same script as the first page (one
+    /// round trip for a bucket whose share of the tag fits in a page).
+    /// Returns the cache keys removed.
+    async fn delete_tag_in(
+        &self,
+        connection: &mut R,
+        tag: &str,
+        bucket: Bucket,
+    ) -> redis::RedisResult<Vec<String>> {
+        let tag_key = self.keys.tag(tag, bucket);
+        let (cursor, first): (u64, Vec<Vec<u8>>) = DELETE_TAG
+            .key(self.keys.epoch(bucket))
+            .key(&tag_key)
+            .arg(self.epoch_ttl_ms())
+            .arg(CLEAR_BATCH)
+            .invoke_async(connection)
+            .await?;
+        let mut removed: Vec<String> = first
+            .iter()
+            .filter_map(|key| self.keys.cache_key(key).map(str::to_owned))
+            .collect();
+        if cursor == 0 {
+            return Ok(removed);
+        }
+        // A large share: the rest page by page (the set stays whole until
+        // the end, so the cursor holds).
+        let scanner = connection.clone();
+        unlink_scanned(
+            connection,
+            |page| {
+                let page = if page == 0 { cursor } else { page };
+                let (mut scanner, page) = (scanner.clone(), sscan_page(&tag_key, page));
+                async move { page.query_async(&mut scanner).await }
+            },
+            |_| true,
+            |keys| {
+                removed.extend(
+                    keys.iter()
+                        .filter_map(|key| self.keys.cache_key(key).map(str::to_owned)),
+                );
+            },
+        )
+        .await?;
+        redis::cmd("UNLINK")
+            .arg(&tag_key)
+            .exec_async(connection)
+            .await?;
+        Ok(removed)
+    }
+
+    /// Unlinks the keys matching the `SCAN` pattern that `select` accepts,
+    /// page by page: on a cluster, each master's keys in turn (a `SCAN`
+    /// cursor is one node's), every `UNLINK` routed by slot.
+    async fn unlink_matching(
+        &self,
+        connection: &mut R,
+        pattern: &str,
+        select: impl Fn(&[u8]) -> bool,
+        seen: impl FnMut(&[Vec<u8>]),
+    ) -> redis::RedisResult<()> {
+        #[cfg(feature = "cluster")]
+        if let Some(nodes) = &self.nodes {
+            let mut seen = seen;
+            for node in nodes.primaries().await? {
+                unlink_scanned(
+                    connection,
+                    |cursor| {
+                        let (node, page) = (&node, scan_page(cursor, pattern));
+                        async move {
+                            let page = nodes.on_node(node, &page).await?;
+                            redis::from_redis_value(page).map_err(redis::RedisError::from)
+                        }
+                    },
+                    &select,
+                    &mut seen,
+                )
+                .await?;
+            }
+            return Ok(());
+        }
+        let scanner = connection.clone();
+        unlink_scanned(
+            connection,
+            |cursor| {
+                let (mut scanner, page) = (scanner.clone(), scan_page(cursor, pattern));
+                async move { page.query_async(&mut scanner).await }
+            },
+            select,
+            seen,
+        )
+        .await
     }
 
     /// A write's bytes as stored, and its TTL in milliseconds (Redis
@@ -296,7 +365,7 @@ where
             // which refuses every fill in flight (of any key).
             let mut pipe = redis::pipe();
             pipe.atomic().del(self.key(key)).ignore();
-            self.add_epoch_move(&mut pipe);
+            self.add_epoch_move(&mut pipe, self.keys.bucket(key));
             return self
                 .run(|mut connection| {
                     let pipe = &pipe;
@@ -358,10 +427,7 @@ where
             return Box::pin(self.get_plain(key));
         }
         Box::pin(async move {
-            let full = FullKey {
-                prefix: &self.prefix,
-                key,
-            };
+            let full = self.keys.value(key);
             let bytes: Option<Vec<u8>> = self
                 .run(|mut connection| {
                     let full = &full;
@@ -391,6 +457,7 @@ where
                 }
             };
             let key = self.key(write.key);
+            let bucket = self.keys.bucket(write.key);
             let mut set = redis::cmd("SET");
             set.arg(&key).arg(bytes);
             if let Some(ms) = ms {
@@ -409,7 +476,7 @@ where
             pipe.atomic();
             for tag in write.tags {
                 // A tag's set of keys lives as long as its longest-lived member.
-                let tag_key = self.tag_key(tag);
+                let tag_key = self.keys.tag(tag, bucket);
                 pipe.cmd("SADD").arg(&tag_key).arg(&key).ignore();
                 match ms {
                     Some(ms) => {
@@ -435,10 +502,11 @@ where
         V: 'a,
     {
         Box::pin(async move {
+            let bucket = self.keys.bucket(key);
             let key = self.key(key);
             // The TTL is in the header, except for plain values.
             let mut pipe = redis::pipe();
-            pipe.get(&key).get(self.epoch_key());
+            pipe.get(&key).get(self.keys.epoch(bucket));
             if self.plain {
                 pipe.pttl(&key);
             }
@@ -487,10 +555,14 @@ where
                 return Ok(false);
             }
             let (bytes, ms) = self.encode(write)?;
+            // Every key in the write's bucket: one slot on a cluster.
+            let bucket = self.keys.bucket(write.key);
             let mut invocation = FILL.prepare_invoke();
-            invocation.key(self.key(write.key)).key(self.epoch_key());
+            invocation
+                .key(self.key(write.key))
+                .key(self.keys.epoch(bucket));
             for tag in write.tags {
-                invocation.key(self.tag_key(tag));
+                invocation.key(self.keys.tag(tag, bucket));
             }
             invocation
                 .arg(if seen.bytes.is_some() { "1" } else { "0" })
@@ -515,35 +587,17 @@ where
 
     fn delete_tag<'a>(&'a self, tag: &'a str) -> TierFuture<'a, Vec<String>> {
         Box::pin(async move {
-            let tag_key = self.tag_key(tag);
-            self.run(|mut connection| {
-                let tag_key = &tag_key;
-                async move {
-                    self.move_epoch(&mut connection).await?;
-                    let mut removed = Vec::new();
-                    unlink_scanned(
-                        &mut connection,
-                        |cursor| {
-                            let mut page = redis::cmd("SSCAN");
-                            page.arg(tag_key).arg(cursor).arg("COUNT").arg(CLEAR_BATCH);
-                            page
-                        },
-                        |_| true,
-                        |keys| {
-                            removed.extend(keys.iter().filter_map(|key| {
-                                key.strip_prefix(self.prefix.as_bytes())
-                                    .and_then(|key| std::str::from_utf8(key).ok())
-                                    .map(str::to_owned)
-                            }));
-                        },
-                    )
+            self.run(|connection| async move {
+                // Bucket by bucket (the one bucket on a single node), all at
+                // once: the epoch moves before its bucket's share of the tag
+                // is read, so a fill that looked before cannot land after.
+                let removed =
+                    futures_util::future::try_join_all(self.keys.every_bucket().map(|bucket| {
+                        let mut connection = connection.clone();
+                        async move { self.delete_tag_in(&mut connection, tag, bucket).await }
+                    }))
                     .await?;
-                    redis::cmd("UNLINK")
-                        .arg(tag_key)
-                        .exec_async(&mut connection)
-                        .await?;
-                    Ok(removed)
-                }
+                Ok(removed.into_iter().flatten().collect())
             })
             .await
         })
@@ -551,17 +605,16 @@ where
 
     fn clear(&self) -> TierFuture<'_, ()> {
         Box::pin(async move {
-            let pattern = format!("{}*", escape_glob(&self.prefix));
-            let epoch = self.epoch_key();
+            let pattern = self.keys.everything();
             self.run(|mut connection| {
-                let (pattern, epoch) = (&pattern, &epoch);
+                let pattern = &pattern;
                 async move {
-                    self.move_epoch(&mut connection).await?;
-                    unlink_scanned(
+                    self.move_every_epoch(&connection).await?;
+                    self.unlink_matching(
                         &mut connection,
-                        |cursor| scan_page(cursor, pattern),
-                        // The epoch must only ever move forward (tag sets go).
-                        |key| key != epoch.as_slice(),
+                        pattern,
+                        // The epochs must only ever move forward (tag sets go).
+                        |key| !self.keys.is_epoch(key),
                         |_| {},
                     )
                     .await
@@ -573,17 +626,17 @@ where
 
     fn delete_matching<'a>(&'a self, pattern: &'a str) -> TierFuture<'a, u64> {
         Box::pin(async move {
-            let pattern = format!("{}{pattern}", escape_glob(&self.prefix));
+            let pattern = self.keys.values_matching(pattern);
             self.run(|mut connection| {
                 let pattern = &pattern;
                 async move {
-                    self.move_epoch(&mut connection).await?;
+                    self.move_every_epoch(&connection).await?;
                     let mut removed = 0_u64;
-                    unlink_scanned(
+                    self.unlink_matching(
                         &mut connection,
-                        |cursor| scan_page(cursor, pattern),
-                        // Tag sets and the epoch are the tier's own bookkeeping.
-                        |key| !self.is_internal(key),
+                        pattern,
+                        // Tag sets and epochs are the tier's own bookkeeping.
+                        |key| !self.keys.is_internal(key),
                         |keys| removed += keys.len() as u64,
                     )
                     .await?;
@@ -608,7 +661,8 @@ impl<V, C, R> std::fmt::Debug for RedisTier<V, C, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisTier")
             .field("name", &self.name)
-            .field("prefix", &self.prefix)
+            .field("prefix", &self.keys.prefix())
+            .field("cluster", &self.keys.is_cluster())
             .field("max_ttl", &self.max_ttl)
             .finish_non_exhaustive()
     }

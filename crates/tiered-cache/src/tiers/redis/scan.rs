@@ -1,5 +1,7 @@
 //! Walking the keyspace (`SCAN`) and the tag sets (`SSCAN`) in bounded pages.
 
+use std::future::Future;
+
 use redis::aio::ConnectionLike;
 
 use super::CLEAR_BATCH;
@@ -8,15 +10,19 @@ use super::CLEAR_BATCH;
 /// keys that `select` accepts: bounded memory and one round trip pair per
 /// page, never the whole set at once. `seen` gets every page after it is
 /// unlinked. Keys are bytes: the tier's own keys are not UTF-8.
-pub(super) async fn unlink_scanned(
+pub(super) async fn unlink_scanned<F, Fut>(
     connection: &mut impl ConnectionLike,
-    page: impl Fn(u64) -> redis::Cmd,
+    mut page: F,
     select: impl Fn(&[u8]) -> bool,
     mut seen: impl FnMut(&[Vec<u8>]),
-) -> redis::RedisResult<()> {
+) -> redis::RedisResult<()>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = redis::RedisResult<(u64, Vec<Vec<u8>>)>>,
+{
     let mut cursor: u64 = 0;
     loop {
-        let (next, mut keys): (u64, Vec<Vec<u8>>) = page(cursor).query_async(connection).await?;
+        let (next, mut keys) = page(cursor).await?;
         keys.retain(|key| select(key));
         if !keys.is_empty() {
             redis::cmd("UNLINK")
@@ -40,6 +46,13 @@ pub(super) fn scan_page(cursor: u64, pattern: &str) -> redis::Cmd {
         .arg(pattern)
         .arg("COUNT")
         .arg(CLEAR_BATCH);
+    page
+}
+
+/// One page of `SSCAN set cursor COUNT <batch>`.
+pub(super) fn sscan_page(set: &[u8], cursor: u64) -> redis::Cmd {
+    let mut page = redis::cmd("SSCAN");
+    page.arg(set).arg(cursor).arg("COUNT").arg(CLEAR_BATCH);
     page
 }
 

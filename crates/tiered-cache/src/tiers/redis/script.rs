@@ -38,3 +38,28 @@ return 1
 ",
     )
 });
+
+/// The start of a tag invalidation in one bucket: moves the bucket's epoch
+/// (so that no fill which looked before lands after), then removes the
+/// keys on the first page of the bucket's share of the tag, and the share
+/// itself when that page was the last. Returns `SSCAN`'s reply: the cursor
+/// to go on from (`"0"` when done) and the keys removed.
+///
+/// `KEYS`: the epoch, the tag set. `ARGV`: the epoch's TTL in ms, the page size.
+pub(super) static DELETE_TAG: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local page = redis.call('SSCAN', KEYS[2], '0', 'COUNT', ARGV[2])
+local keys = page[2]
+for i = 1, #keys, 500 do
+  redis.call('UNLINK', unpack(keys, i, math.min(i + 499, #keys)))
+end
+if page[1] == '0' then
+  redis.call('UNLINK', KEYS[2])
+end
+return page
+",
+    )
+});
