@@ -505,22 +505,12 @@ async fn on_a_cluster_records_spread_over_every_master() {
 }
 
 /// Commands run on the cluster's masters since the last call, summed over
-/// them (each master's `INFO commandstats`, then `CONFIG RESETSTAT`); the
-/// client's own topology and health commands left out.
-async fn cluster_commands(urls: &[String]) -> Vec<(String, u64)> {
+/// them; the commands the store's scripts run inside Redis left out.
+async fn cluster_commands(cluster: &perfkit_test_support::TestRedisCluster) -> Vec<(String, u64)> {
     let mut totals: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    for url in urls {
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let mut node = client.get_multiplexed_async_connection().await.unwrap();
-        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut node).await.unwrap();
-        if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r.as_slice() == b"master") {
-            continue;
-        }
-        for (name, calls) in commands(&mut node).await {
-            let topology = ["cluster", "ping", "readonly", "role", "hello", "client"]
-                .iter()
-                .any(|own| name.starts_with(own));
-            if !topology {
+    for (_, calls) in cluster.command_calls_per_master().await.unwrap() {
+        for (name, calls) in calls {
+            if !SCRIPT_INTERNAL.contains(&name.as_str()) {
                 *totals.entry(name).or_default() += calls;
             }
         }
@@ -549,12 +539,12 @@ async fn on_a_cluster_a_new_key_costs_two_round_trips_and_a_replay_one() {
         )
         .await;
     }
-    cluster_commands(cluster.urls()).await;
+    cluster_commands(&cluster).await;
 
     let key = fresh_key();
     send(&a, request("POST", "/payments", Some(&key), "{}")).await;
     assert_eq!(
-        cluster_commands(cluster.urls()).await,
+        cluster_commands(&cluster).await,
         [("evalsha".to_owned(), 2)],
         "new key: claim + record"
     );
@@ -564,7 +554,7 @@ async fn on_a_cluster_a_new_key_costs_two_round_trips_and_a_replay_one() {
             .replayed()
     );
     assert_eq!(
-        cluster_commands(cluster.urls()).await,
+        cluster_commands(&cluster).await,
         [("hmget".to_owned(), 1)],
         "replay on the instance that saw the key: one read"
     );
@@ -574,7 +564,7 @@ async fn on_a_cluster_a_new_key_costs_two_round_trips_and_a_replay_one() {
             .replayed()
     );
     assert_eq!(
-        cluster_commands(cluster.urls()).await,
+        cluster_commands(&cluster).await,
         [("evalsha".to_owned(), 1)],
         "replay on another instance: one claim that returns the record"
     );

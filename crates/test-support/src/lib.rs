@@ -34,6 +34,8 @@
 //! [`RedisServer`] starts a private `redis-server` for tests that stop,
 //! restart or kill connections of Redis.
 //!
+//! [`commandstats`] counts the commands Redis ran, for round-trip tests.
+//!
 //! [`concurrency`] has the hang guards and first-poll counter that concurrency
 //! tests share.
 //!
@@ -44,6 +46,7 @@
 //! `cargo test` shows them even though it captures test output.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod commandstats;
 pub mod concurrency;
 pub mod metrics;
 #[cfg(feature = "mysql")]

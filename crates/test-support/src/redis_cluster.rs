@@ -160,20 +160,41 @@ impl TestRedisCluster {
         Ok(keys)
     }
 
+    /// The commands each master ran since the last call, by master URL
+    /// (see [`command_calls`](crate::commandstats::command_calls)); the
+    /// cluster client's own topology and health commands (`CLUSTER`,
+    /// `PING`, `READONLY`, `ROLE`, `HELLO`, `CLIENT`) left out. Masters that
+    /// ran nothing are listed with an empty map.
+    ///
+    /// # Errors
+    ///
+    /// When a master cannot be reached.
+    pub async fn command_calls_per_master(
+        &self,
+    ) -> redis::RedisResult<Vec<(String, std::collections::BTreeMap<String, u64>)>> {
+        let mut found = Vec::new();
+        for url in &self.urls {
+            let Some(mut node) = master(url).await? else {
+                continue;
+            };
+            let mut calls = crate::commandstats::command_calls(&mut node).await?;
+            calls.retain(|name, _| {
+                !["cluster", "ping", "readonly", "role", "hello", "client"]
+                    .iter()
+                    .any(|own| name.starts_with(own))
+            });
+            found.push((url.clone(), calls));
+        }
+        Ok(found)
+    }
+
     /// The keys under this test's prefix on each master.
     async fn keys_by_master(&self) -> redis::RedisResult<Vec<(String, Vec<Vec<u8>>)>> {
         let mut found = Vec::new();
         for url in &self.urls {
-            let client = redis::Client::open(url.as_str())?;
-            let mut node = client.get_multiplexed_async_connection().await?;
-            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut node).await?;
-            let is_master = matches!(
-                role.first(),
-                Some(redis::Value::BulkString(role)) if role.as_slice() == b"master"
-            );
-            if !is_master {
+            let Some(mut node) = master(url).await? else {
                 continue;
-            }
+            };
             let keys = keys_matching(&mut node, &format!("{}*", self.prefix)).await?;
             found.push((url.clone(), keys));
         }
@@ -210,6 +231,18 @@ impl Drop for TestRedisCluster {
             Ok(())
         });
     }
+}
+
+/// A connection to the node at `url` when it is a master (`ROLE`).
+async fn master(url: &str) -> redis::RedisResult<Option<redis::aio::MultiplexedConnection>> {
+    let client = redis::Client::open(url)?;
+    let mut node = client.get_multiplexed_async_connection().await?;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut node).await?;
+    let is_master = matches!(
+        role.first(),
+        Some(redis::Value::BulkString(role)) if role.as_slice() == b"master"
+    );
+    Ok(is_master.then_some(node))
 }
 
 /// Every key of one node matching `pattern` (cursor-based `SCAN`).

@@ -130,3 +130,43 @@ async fn memory_tier_tags_work_without_redis_and_forget_replaced_values() {
     assert_eq!(cache.get("b").await, None);
     assert_eq!(cache.invalidate_tag("never-used").await, 0);
 }
+
+/// A tag with more keys than one page of its list (500) in one bucket:
+/// the invalidation goes on page by page and removes every one.
+#[tokio::test]
+async fn a_tag_with_more_keys_than_a_page_is_removed_whole() {
+    for redis in backends().await {
+        eprintln!("on {}", redis.name);
+        let cache: Cache<String> = Cache::builder()
+            .tier(MemoryTier::with_max_entries(10_000))
+            .tier(
+                redis
+                    .tier()
+                    .prefix(redis.prefix())
+                    // On the cluster: about 600 keys per bucket.
+                    .cluster_buckets(2)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        for i in 0..1_200 {
+            cache
+                .set_with(&format!("big:{i}"), "v".to_owned(), tagged(&["big"]))
+                .await;
+        }
+        cache.set("other", "v".to_owned()).await;
+        assert_eq!(cache.invalidate_tag("big").await, 1_200);
+        let left = redis.raw_keys().await;
+        assert_eq!(
+            left.len(),
+            1 + 2_usize.min(redis.epochs()),
+            "the untagged key and the epochs are left: {:?}",
+            left.iter()
+                .take(5)
+                .map(|key| String::from_utf8_lossy(key))
+                .collect::<Vec<_>>()
+        );
+        assert!(cache.get("other").await.is_some());
+    }
+}
