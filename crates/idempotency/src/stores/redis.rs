@@ -141,6 +141,31 @@ impl RedisStore {
         }))
     }
 
+    /// Configures a store on the Redis Cluster reached through `urls` (one
+    /// node or more, `redis://host:port`; the others are discovered),
+    /// through a [`LazyConnection`] opened on first use, like
+    /// [`builder`](Self::builder). Every operation touches one key, so one
+    /// slot, on the master that owns it.
+    ///
+    /// ```no_run
+    /// use perfkit_idempotency::RedisStore;
+    ///
+    /// let store = RedisStore::cluster_builder(&["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"])
+    ///     .prefix("payments:idem:")
+    ///     .build()?;
+    /// # let _ = store;
+    /// # Ok::<(), perfkit_idempotency::ConfigError>(())
+    /// ```
+    #[cfg(feature = "cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
+    pub fn cluster_builder<S: AsRef<str>>(urls: &[S]) -> RedisStoreBuilder {
+        let urls: Vec<String> = urls.iter().map(|url| url.as_ref().to_owned()).collect();
+        RedisStoreBuilder::new(Box::new(move |timeout| {
+            LazyConnection::open_cluster(&urls, timeout)
+                .map_err(|error| ConfigError::RedisUrl(error.to_string()))
+        }))
+    }
+
     /// Configures a store on an existing multiplexed connection that clones
     /// cheaply: a redis-rs `ConnectionManager`, a `MultiplexedConnection`, or
     /// redis-rs's async cluster connection (every operation touches one key,

@@ -1,10 +1,13 @@
 //! Invalidations over Redis pub/sub.
 
+#[cfg(feature = "cluster")]
+mod sharded;
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_core::Stream;
+use futures_core::Stream as _;
 use redis::aio::PubSubStream;
 use tokio::sync::mpsc;
 
@@ -48,6 +51,8 @@ pub struct RedisBus {
     /// Where the subscription may run, tried in turn after each loss: the
     /// one server, or every node given of a cluster.
     subscribers: Arc<[redis::Client]>,
+    /// Sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), on a cluster.
+    sharded: bool,
     connect_timeout: Duration,
     health_check: Duration,
 }
@@ -91,13 +96,14 @@ impl RedisBus {
         Self::builder_from(Ok(Target::Single(client)))
     }
 
-    /// Configures a bus on the Redis Cluster reached through `urls`:
-    /// invalidations are published with `PUBLISH`, which the cluster
-    /// delivers to subscribers on every node, so the subscription runs on
-    /// any node given, and moves to the next one in `urls` when its node is
-    /// lost (see [Redis Cluster](RedisTier#redis-cluster) for why not
-    /// sharded pub/sub). Give every node, or at least one per shard, so
-    /// that a failover leaves one to subscribe to.
+    /// Configures a bus on the Redis Cluster reached through `urls` (one
+    /// node or more): invalidations go over sharded pub/sub, `SPUBLISH` to
+    /// the master that owns the channel's slot and `SSUBSCRIBE` on it,
+    /// found through any node in `urls` and found again after every loss,
+    /// so a failover of that shard costs a `Down` then an `Up` (each a
+    /// flush of the first tier), as a restart of a single Redis does. See
+    /// [Redis Cluster](RedisTier#redis-cluster) for why not classic
+    /// `PUBLISH`. Give several nodes: the one asked must answer.
     ///
     /// [`RedisTier`]: crate::RedisTier
     #[cfg(feature = "cluster")]
@@ -164,10 +170,11 @@ impl RedisBusBuilder {
         if self.health_check.is_zero() {
             return Err(ConfigError::ZeroDuration("health_check"));
         }
-        let (publisher, subscribers) = match self.target.map_err(ConfigError::RedisUrl)? {
+        let (publisher, subscribers, sharded) = match self.target.map_err(ConfigError::RedisUrl)? {
             Target::Single(client) => (
                 LazyConnection::from_client(client.clone(), self.connect_timeout),
                 vec![client],
+                false,
             ),
             #[cfg(feature = "cluster")]
             Target::Cluster(urls) => {
@@ -179,13 +186,14 @@ impl RedisBusBuilder {
                     .map(|url| redis::Client::open(url.as_str()))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(redis_url)?;
-                (publisher, subscribers)
+                (publisher, subscribers, true)
             }
         };
         Ok(RedisBus {
             channel: self.channel,
             publisher,
             subscribers: subscribers.into(),
+            sharded,
             connect_timeout: self.connect_timeout,
             health_check: self.health_check,
         })
@@ -197,10 +205,11 @@ impl InvalidationBus for RedisBus {
         Box::pin(async move {
             let payload = message.encode()?;
             // A repeated PUBLISH only repeats an invalidation.
+            let command = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
             run_once_more(&self.publisher, |mut connection| {
                 let payload = &payload;
                 async move {
-                    redis::cmd("PUBLISH")
+                    redis::cmd(command)
                         .arg(&self.channel)
                         .arg(payload)
                         .exec_async(&mut connection)
@@ -220,6 +229,7 @@ impl InvalidationBus for RedisBus {
         let (events, receiver) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let subscriber = Subscriber {
             clients: Arc::clone(&self.subscribers),
+            sharded: self.sharded,
             channel: self.channel.clone(),
             connect_timeout: self.connect_timeout,
             health_check: self.health_check.min(every),
@@ -236,6 +246,9 @@ impl InvalidationBus for RedisBus {
 struct Subscriber {
     /// Tried in turn: the next one after each failure or loss.
     clients: Arc<[redis::Client]>,
+    /// Sharded: the clients are nodes to ask where the channel's shard is.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    sharded: bool,
     channel: String,
     connect_timeout: Duration,
     health_check: Duration,
@@ -288,11 +301,11 @@ impl Subscriber {
             health.tick().await;
             let reason = loop {
                 tokio::select! {
-                    message = next(&mut stream) => {
+                    message = stream.next() => {
                         let Some(message) = message else {
                             break "the connection closed".to_owned();
                         };
-                        match Message::decode(message.get_payload_bytes()) {
+                        match Message::decode(&message) {
                             Ok(message) => {
                                 if self.events.send(BusEvent::Message(message)).await.is_err() {
                                     return;
@@ -305,7 +318,7 @@ impl Subscriber {
                     }
                     _ = health.tick() => {
                         let checked_at = std::time::Instant::now();
-                        match tokio::time::timeout(self.connect_timeout, sink.ping::<redis::Value>()).await {
+                        match tokio::time::timeout(self.connect_timeout, sink.ping()).await {
                             // Redis answers in order: the messages before the PONG are in.
                             Ok(Ok(_)) => {
                                 if self.events.send(BusEvent::Alive { checked_at }).await.is_err() {
@@ -326,14 +339,21 @@ impl Subscriber {
         }
     }
 
-    async fn connect(
-        &self,
-        client: &redis::Client,
-    ) -> Result<(redis::aio::PubSubSink, PubSubStream), TierError> {
+    async fn connect(&self, client: &redis::Client) -> Result<(Sink, Messages), TierError> {
         let attempt = async {
+            #[cfg(feature = "cluster")]
+            if self.sharded {
+                let sharded =
+                    sharded::subscribe(client, &self.channel, self.connect_timeout).await?;
+                return Ok((
+                    Sink::Sharded(sharded.connection.clone()),
+                    Messages::Sharded(sharded),
+                ));
+            }
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&self.channel).await?;
-            Ok::<_, redis::RedisError>(pubsub.split())
+            let (sink, stream) = pubsub.split();
+            Ok::<_, redis::RedisError>((Sink::Classic(sink), Messages::Classic(stream)))
         };
         match tokio::time::timeout(self.connect_timeout, attempt).await {
             Ok(Ok(halves)) => Ok(halves),
@@ -343,8 +363,45 @@ impl Subscriber {
     }
 }
 
-async fn next(stream: &mut PubSubStream) -> Option<redis::Msg> {
-    std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+/// Where the subscription's health checks go.
+enum Sink {
+    Classic(redis::aio::PubSubSink),
+    #[cfg(feature = "cluster")]
+    Sharded(redis::aio::MultiplexedConnection),
+}
+
+impl Sink {
+    /// A `PING` on the subscription's connection: Redis answers in order,
+    /// so the messages published before it are in when it returns.
+    async fn ping(&mut self) -> redis::RedisResult<()> {
+        match self {
+            Self::Classic(sink) => sink.ping::<redis::Value>().await.map(drop),
+            #[cfg(feature = "cluster")]
+            Self::Sharded(connection) => redis::cmd("PING").exec_async(connection).await,
+        }
+    }
+}
+
+/// Where the subscription's messages arrive.
+enum Messages {
+    Classic(PubSubStream),
+    #[cfg(feature = "cluster")]
+    Sharded(sharded::Sharded),
+}
+
+impl Messages {
+    /// The next message's payload; `None` once the subscription is gone.
+    async fn next(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Self::Classic(stream) => {
+                std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx))
+                    .await
+                    .map(|message| message.get_payload_bytes().to_vec())
+            }
+            #[cfg(feature = "cluster")]
+            Self::Sharded(sharded) => sharded.next().await,
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisBus {
