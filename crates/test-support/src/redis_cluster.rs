@@ -268,3 +268,216 @@ async fn keys_matching(
         }
     }
 }
+
+/// A Redis Cluster of this test's own: six private `redis-server`s (3
+/// masters, 3 replicas) on free ports, for tests that kill, pause or fail
+/// over nodes without disturbing the shared cluster. Nodes detect a dead
+/// peer after 1 s (`cluster-node-timeout 1000`), so a replica takes over a
+/// killed master within a few seconds. Every node is killed on drop.
+#[derive(Debug)]
+pub struct PrivateCluster {
+    nodes: Vec<crate::RedisServer>,
+}
+
+/// How long a private cluster may take to form, or to recover.
+const FORM_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl PrivateCluster {
+    /// Starts the nodes, joins them (`redis-cli --cluster create …
+    /// --cluster-replicas 1`) and waits for `cluster_state:ok`, or returns
+    /// `None` after printing why the test is skipped.
+    ///
+    /// # Panics
+    ///
+    /// When it cannot start and `PERFKIT_REQUIRE_SERVICES=1`.
+    pub fn start() -> Option<Self> {
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "1000",
+            // A replica takes over however long its link was down (the
+            // default refuses when the master went silent "too long" ago,
+            // as measured against a 1 s node timeout).
+            "--cluster-replica-validity-factor",
+            "0",
+        ];
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            nodes.push(crate::RedisServer::start_with(&args)?);
+        }
+        let cluster = Self { nodes };
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port()))
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output();
+        let failure = match created {
+            Ok(output) if output.status.success() => None,
+            Ok(output) => Some(String::from_utf8_lossy(&output.stderr).into_owned()),
+            Err(error) => Some(format!("cannot run redis-cli: {error}")),
+        };
+        let failure = failure.or_else(|| {
+            (!cluster.wait_until_ok(FORM_TIMEOUT))
+                .then(|| format!("not cluster_state:ok within {FORM_TIMEOUT:?}"))
+        });
+        match failure {
+            None => Some(cluster),
+            Some(reason) => {
+                Requirement::from_env().enforce(&Unavailable {
+                    service: Service::RedisCluster,
+                    url: "a private cluster".to_owned(),
+                    reason,
+                });
+                None
+            }
+        }
+    }
+
+    /// Every node's URL.
+    #[must_use]
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(crate::RedisServer::url).collect()
+    }
+
+    /// A connection to this cluster in a fresh key prefix.
+    ///
+    /// # Panics
+    ///
+    /// When the cluster does not answer.
+    pub async fn connect(&self) -> TestRedisCluster {
+        match TestRedisCluster::try_connect(&self.urls()).await {
+            Ok(cluster) => cluster,
+            Err(unavailable) => panic!("the private cluster does not answer: {unavailable}"),
+        }
+    }
+
+    /// The index (into [`urls`](Self::urls)) of the node that serves `key`'s
+    /// slot now, asked of the first live node.
+    ///
+    /// # Panics
+    ///
+    /// When no live node answers, or none serves the slot.
+    #[must_use]
+    pub fn master_of(&self, key: &str) -> usize {
+        for node in self.live() {
+            let Some(mut connection) = sync_connection(&node.url()) else {
+                continue;
+            };
+            let Ok(slot) = redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(key)
+                .query::<u16>(&mut connection)
+            else {
+                continue;
+            };
+            let Ok(nodes) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query::<String>(&mut connection)
+            else {
+                continue;
+            };
+            for line in nodes.lines() {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let serves = fields.iter().skip(8).any(|range| {
+                    let (first, last) = range.split_once('-').unwrap_or((range, range));
+                    matches!((first.parse::<u16>(), last.parse::<u16>()), (Ok(first), Ok(last)) if (first..=last).contains(&slot))
+                });
+                if !serves || !fields.get(2).is_some_and(|flags| flags.contains("master")) {
+                    continue;
+                }
+                let port = fields
+                    .get(1)
+                    .and_then(|address| address.split('@').next())
+                    .and_then(|address| address.rsplit_once(':'))
+                    .and_then(|(_, port)| port.parse::<u16>().ok());
+                if let Some(index) = self.nodes.iter().position(|n| Some(n.port()) == port) {
+                    return index;
+                }
+            }
+        }
+        panic!("no live node says who serves {key:?}");
+    }
+
+    /// Kills node `index` (SIGKILL): its clients see their connections
+    /// drop, and its replica takes over once the others notice.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(node) = self.nodes.get_mut(index) {
+            node.stop();
+        }
+    }
+
+    /// Freezes node `index` (SIGSTOP) until [`resume`](Self::resume).
+    pub fn pause(&self, index: usize) {
+        if let Some(node) = self.nodes.get(index) {
+            node.pause();
+        }
+    }
+
+    /// Thaws node `index` (SIGCONT).
+    pub fn resume(&self, index: usize) {
+        if let Some(node) = self.nodes.get(index) {
+            node.resume();
+        }
+    }
+
+    /// Starts node `index` again: it rejoins the cluster (a replica of
+    /// whoever took its slots).
+    ///
+    /// # Errors
+    ///
+    /// Why it did not answer in time.
+    pub fn restart(&mut self, index: usize) -> Result<(), String> {
+        match self.nodes.get_mut(index) {
+            Some(node) => node.restart(),
+            None => Err(format!("no node {index}")),
+        }
+    }
+
+    fn live(&self) -> impl Iterator<Item = &crate::RedisServer> {
+        self.nodes.iter().filter(|node| node.is_running())
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` and every
+    /// slot is served by a live master; whether it did within `timeout`.
+    #[must_use]
+    pub fn wait_until_ok(&self, timeout: Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            let ok = self.live().all(|node| {
+                sync_connection(&node.url()).is_some_and(|mut connection| {
+                    redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query::<String>(&mut connection)
+                        .is_ok_and(|info| info.contains("cluster_state:ok"))
+                })
+            });
+            if ok {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+/// A blocking connection to one node, with short timeouts.
+fn sync_connection(url: &str) -> Option<redis::Connection> {
+    let client = redis::Client::open(url).ok()?;
+    let connection = client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    connection
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    Some(connection)
+}

@@ -17,6 +17,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RedisServer {
     port: u16,
     dir: PathBuf,
+    /// Arguments beyond the defaults (a cluster node's).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -28,6 +30,16 @@ impl RedisServer {
     ///
     /// When the server cannot start and `PERFKIT_REQUIRE_SERVICES=1`.
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a private server with `args` added to the defaults (kept on
+    /// [`restart`](Self::restart)); `None` as for [`start`](Self::start).
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot start and `PERFKIT_REQUIRE_SERVICES=1`.
+    pub fn start_with(args: &[&str]) -> Option<Self> {
         let port = match TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
             Ok(addr) => addr.port(),
             Err(e) => {
@@ -40,6 +52,7 @@ impl RedisServer {
         let mut server = Self {
             port,
             dir,
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
             child: None,
         };
         match server.spawn() {
@@ -55,6 +68,12 @@ impl RedisServer {
     #[must_use]
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the server runs (not [`stop`](Self::stop)ped).
+    #[must_use]
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The server's port.
@@ -105,7 +124,8 @@ impl RedisServer {
         );
     }
 
-    /// Starts the server again on the same port, empty.
+    /// Starts the server again on the same port, empty (a cluster node
+    /// keeps its cluster configuration file, and rejoins).
     ///
     /// # Errors
     ///
@@ -123,6 +143,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
