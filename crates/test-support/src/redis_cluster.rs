@@ -303,6 +303,9 @@ impl PrivateCluster {
             // as measured against a 1 s node timeout).
             "--cluster-replica-validity-factor",
             "0",
+            // Replicas sync at once (the default waits 5 s for more).
+            "--repl-diskless-sync-delay",
+            "0",
         ];
         let mut nodes = Vec::new();
         for _ in 0..6 {
@@ -329,6 +332,10 @@ impl PrivateCluster {
         let failure = failure.or_else(|| {
             (!cluster.wait_until_ok(FORM_TIMEOUT))
                 .then(|| format!("not cluster_state:ok within {FORM_TIMEOUT:?}"))
+        });
+        let failure = failure.or_else(|| {
+            (!cluster.wait_until_replicated(FORM_TIMEOUT))
+                .then(|| format!("replicas not in sync within {FORM_TIMEOUT:?}"))
         });
         match failure {
             None => Some(cluster),
@@ -357,6 +364,7 @@ impl PrivateCluster {
     pub async fn connect(&self) -> TestRedisCluster {
         match TestRedisCluster::try_connect(&self.urls()).await {
             Ok(cluster) => cluster,
+            #[allow(clippy::panic)] // a harness failure fails the test
             Err(unavailable) => panic!("the private cluster does not answer: {unavailable}"),
         }
     }
@@ -405,7 +413,65 @@ impl PrivateCluster {
                 }
             }
         }
-        panic!("no live node says who serves {key:?}");
+        #[allow(clippy::panic)] // a harness failure fails the test
+        {
+            panic!("no live node says who serves {key:?}");
+        }
+    }
+
+    /// The index of the replica of node `index` (a master), as the first
+    /// live node reports it.
+    ///
+    /// # Panics
+    ///
+    /// When no live node answers, or `index` has no replica.
+    #[must_use]
+    pub fn replica_of(&self, index: usize) -> usize {
+        let port = self.nodes.get(index).map(crate::RedisServer::port);
+        for node in self.live() {
+            let Some(mut connection) = sync_connection(&node.url()) else {
+                continue;
+            };
+            let Ok(nodes) = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query::<String>(&mut connection)
+            else {
+                continue;
+            };
+            let lines: Vec<Vec<&str>> = nodes
+                .lines()
+                .map(|line| line.split_whitespace().collect())
+                .collect();
+            let port_of = |fields: &Vec<&str>| {
+                fields
+                    .get(1)
+                    .and_then(|address| address.split('@').next())
+                    .and_then(|address| address.rsplit_once(':'))
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+            };
+            let Some(master_id) = lines
+                .iter()
+                .find(|fields| port_of(fields) == port)
+                .and_then(|fields| fields.first())
+            else {
+                continue;
+            };
+            let replica_port = lines
+                .iter()
+                .find(|fields| fields.get(3) == Some(master_id))
+                .and_then(port_of);
+            if let Some(replica) = self
+                .nodes
+                .iter()
+                .position(|node| Some(node.port()) == replica_port)
+            {
+                return replica;
+            }
+        }
+        #[allow(clippy::panic)] // a harness failure fails the test
+        {
+            panic!("no live node names a replica of node {index}");
+        }
     }
 
     /// Kills node `index` (SIGKILL): its clients see their connections
@@ -462,6 +528,35 @@ impl PrivateCluster {
                 })
             });
             if ok {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl PrivateCluster {
+    /// Waits until every live master has a replica in sync (`INFO
+    /// replication`: a replica `online`); whether it did within `timeout`.
+    #[must_use]
+    pub fn wait_until_replicated(&self, timeout: Duration) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            let synced = self.live().all(|node| {
+                sync_connection(&node.url()).is_some_and(|mut connection| {
+                    redis::cmd("INFO")
+                        .arg("replication")
+                        .query::<String>(&mut connection)
+                        .is_ok_and(|info| {
+                            info.contains("role:slave")
+                                || info.lines().any(|line| {
+                                    line.starts_with("slave") && line.contains("state=online")
+                                })
+                        })
+                })
+            });
+            if synced {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -110,7 +110,10 @@ async fn a_killed_master_costs_misses_not_errors_and_the_bus_comes_back_on_its_r
         slowest = slowest.max(s);
     }
     eprintln!("{calls} calls during the failover, slowest {slowest:?}");
-    assert_eq!(errors, 0, "every call answered, from the loader when Redis could not");
+    assert_eq!(
+        errors, 0,
+        "every call answered, from the loader when Redis could not"
+    );
     assert!(
         slowest < Duration::from_secs(2),
         "no call waited on the dead master: slowest {slowest:?} (remote timeout {REMOTE_TIMEOUT:?})"

@@ -1,0 +1,177 @@
+//! The store on a private Redis Cluster whose master fails. While the key's
+//! slot has no master the layer answers 503 (fail-closed); once the replica
+//! has taken over, a key whose record had reached it is replayed, never run
+//! again. Redis replicates asynchronously: a record the master acknowledged
+//! but had not yet sent to its replica is lost with the master, and its key
+//! runs again (shown here with the replica's link down during the request).
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::StatusCode;
+use common::{Handlers, app, fresh_key, layer, request, send};
+use perfkit_idempotency::{IdempotencyStore, RedisStore};
+use perfkit_test_support::{PrivateCluster, TestRedisCluster};
+
+/// A layer on a store on `cluster`, in `view`'s prefix.
+fn service(cluster: &PrivateCluster, view: &TestRedisCluster, handlers: &Handlers) -> Router {
+    let store: Arc<dyn IdempotencyStore> = Arc::new(
+        RedisStore::cluster_builder(&cluster.urls())
+            .prefix(view.prefix())
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    );
+    app(
+        handlers,
+        layer(&store, |b| b.retry_after(Duration::from_secs(1))),
+    )
+}
+
+/// The one record under `view`'s prefix, and the index of its master.
+async fn record(cluster: &PrivateCluster, view: &TestRedisCluster) -> (String, usize) {
+    let stored = view.raw_keys().await.unwrap();
+    assert_eq!(stored.len(), 1, "one hash per idempotency key");
+    let stored = String::from_utf8(stored[0].clone()).unwrap();
+    let master = cluster.master_of(&stored);
+    (stored, master)
+}
+
+/// Whether node `index` holds `key` (a replica answers with `READONLY`).
+async fn holds(cluster: &PrivateCluster, index: usize, key: &str) -> bool {
+    let mut node = redis::Client::open(cluster.urls()[index].as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("READONLY").exec_async(&mut node).await.unwrap();
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(&mut node)
+        .await
+        .unwrap()
+        == 1
+}
+
+/// Sends `key` until the answer is not a 503; every 503 and the final
+/// answer are returned. Panics after 30 s.
+async fn until_answered(app: &Router, key: &str) -> (usize, common::Answer) {
+    let started = Instant::now();
+    let mut unavailable = 0;
+    loop {
+        let answer = send(app, request("POST", "/payments", Some(key), "{}")).await;
+        if answer.status != StatusCode::SERVICE_UNAVAILABLE {
+            return (unavailable, answer);
+        }
+        unavailable += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still 503 after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_a_keys_master_fails_over_the_layer_answers_503_then_replays_the_key() {
+    let Some(mut cluster) = tokio::task::block_in_place(PrivateCluster::start) else {
+        return;
+    };
+    let view = cluster.connect().await;
+    let handlers = Handlers::default();
+    let app = service(&cluster, &view, &handlers);
+    let key = fresh_key();
+    let first = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let (stored, dead) = record(&cluster, &view).await;
+    let replica = cluster.replica_of(dead);
+    // Asynchronous replication: the record reaches the replica shortly.
+    let started = Instant::now();
+    while !holds(&cluster, replica, &stored).await {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    cluster.kill(dead);
+    let (unavailable, answer) = until_answered(&app, &key).await;
+    eprintln!("{unavailable} answers of 503 before the replay");
+    assert!(unavailable > 0, "the slot had no master for a while");
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert!(answer.replayed(), "{}", answer.body);
+    assert_eq!(
+        handlers.payments(),
+        1,
+        "the handler ran once, before the failure"
+    );
+    for _ in 0..20 {
+        let answer = send(&app, request("POST", "/payments", Some(&fresh_key()), "{}")).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    }
+}
+
+/// The trade-off of asynchronous replication, shown: the replica's link is
+/// down while a request completes (frozen, its connection cut), the master
+/// dies before it could send the record, the replica takes over without
+/// it, and the key runs a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_replica_never_got_is_lost_with_its_master_and_the_key_runs_again() {
+    let Some(mut cluster) = tokio::task::block_in_place(PrivateCluster::start) else {
+        return;
+    };
+    let view = cluster.connect().await;
+    let handlers = Handlers::default();
+    let app = service(&cluster, &view, &handlers);
+    let key = fresh_key();
+    // Where the key's record lives: made once to find its master, then
+    // deleted everywhere.
+    let probe = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
+    assert_eq!(probe.status, StatusCode::CREATED);
+    let (stored, dead) = record(&cluster, &view).await;
+    let replica = cluster.replica_of(dead);
+    // Start again from nothing for this key: delete its record everywhere.
+    let mut master = redis::Client::open(cluster.urls()[dead].as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("DEL")
+        .arg(&stored)
+        .exec_async(&mut master)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while holds(&cluster, replica, &stored).await {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let before = handlers.payments();
+
+    // The replica frozen and its link cut: nothing the master writes now
+    // reaches it.
+    cluster.pause(replica);
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .exec_async(&mut master)
+        .await
+        .unwrap();
+    let acknowledged = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
+    assert_eq!(acknowledged.status, StatusCode::CREATED);
+    assert!(!acknowledged.replayed());
+    cluster.kill(dead);
+    cluster.resume(replica);
+    let (_, answer) = until_answered(&app, &key).await;
+    assert_eq!(
+        (answer.status, answer.replayed()),
+        (StatusCode::CREATED, false),
+        "the record was lost with the master: the key ran again"
+    );
+    assert_eq!(handlers.payments(), before + 2);
+}
