@@ -102,10 +102,8 @@ impl RedisBus {
     /// found through any node in `urls` and found again after every loss,
     /// so a failover of that shard costs a `Down` then an `Up` (each a
     /// flush of the first tier), as a restart of a single Redis does. See
-    /// [Redis Cluster](RedisTier#redis-cluster) for why not classic
+    /// [Redis Cluster](crate::RedisTier#redis-cluster) for why not classic
     /// `PUBLISH`. Give several nodes: the one asked must answer.
-    ///
-    /// [`RedisTier`]: crate::RedisTier
     #[cfg(feature = "cluster")]
     #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
     pub fn cluster_builder<S: AsRef<str>>(urls: &[S]) -> RedisBusBuilder {

@@ -69,6 +69,23 @@ struct Seen {
 /// `clear` never touch these keys; `clear` removes the tag sets with the
 /// values.
 ///
+/// # Redis Cluster
+///
+/// With the feature `cluster`, [`RedisTier::cluster_builder`] (or
+/// [`RedisTier::builder_with_connection`] given redis-rs's cluster
+/// connection) lays keys out so that every script and `MULTI` touches one
+/// hash slot while the values spread over every master: a cache key `k` is
+/// in bucket `CRC16(k) mod N` ([`RedisTierBuilder::cluster_buckets`], 64 by
+/// default), stored at `<prefix>{hhhh}k` where `{hhhh}` is the bucket's
+/// hash tag (four hex digits, chosen so the buckets spread evenly over the
+/// slots); the bucket's epoch is `<prefix>\xFF{hhhh}epoch` and its share of
+/// a tag `<prefix>\xFF{hhhh}tags:<tag>`. A fill checks its bucket's epoch;
+/// a tag, pattern or clear invalidation moves every bucket's epoch before
+/// it deletes anything of that bucket; pattern invalidation and `clear`
+/// walk each master with `SCAN`. [`RedisTier::stored_key`] says where a key
+/// is. The crate's README has the costs per operation and what a failover
+/// does.
+///
 /// # Limits
 ///
 /// - Values over [`RedisTierBuilder::max_value_size`] (1 MiB by default)
