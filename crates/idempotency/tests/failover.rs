@@ -34,13 +34,39 @@ fn service(cluster: &PrivateCluster, view: &TestRedisCluster, handlers: &Handler
     )
 }
 
-/// The one record under `view`'s prefix, and the index of its master.
-async fn record(cluster: &PrivateCluster, view: &TestRedisCluster) -> (String, usize) {
+/// A key sent once (201), and where its record is: the Redis key, its
+/// master and that master's replica (indexes into the cluster's nodes).
+struct Sent {
+    key: String,
+    stored: String,
+    master: usize,
+    replica: usize,
+}
+
+async fn sent_once(cluster: &PrivateCluster, view: &TestRedisCluster, app: &Router) -> Sent {
+    let key = fresh_key();
+    let first = send(app, request("POST", "/payments", Some(&key), "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
     let stored = view.raw_keys().await.unwrap();
     assert_eq!(stored.len(), 1, "one hash per idempotency key");
     let stored = String::from_utf8(stored[0].clone()).unwrap();
     let master = cluster.master_of(&stored);
-    (stored, master)
+    let replica = cluster.replica_of(master);
+    Sent {
+        key,
+        stored,
+        master,
+        replica,
+    }
+}
+
+/// Waits until the replica of `sent` holds its record, or (`held` false) no longer does.
+async fn until_replica_holds(cluster: &PrivateCluster, sent: &Sent, held: bool) {
+    let started = Instant::now();
+    while holds(cluster, sent.replica, &sent.stored).await != held {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Whether node `index` holds `key` (a replica answers with `READONLY`).
@@ -86,20 +112,12 @@ async fn while_a_keys_master_fails_over_the_layer_answers_503_then_replays_the_k
     let view = cluster.connect().await;
     let handlers = Handlers::default();
     let app = service(&cluster, &view, &handlers);
-    let key = fresh_key();
-    let first = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
-    assert_eq!(first.status, StatusCode::CREATED);
-    let (stored, dead) = record(&cluster, &view).await;
-    let replica = cluster.replica_of(dead);
+    let sent = sent_once(&cluster, &view, &app).await;
     // Asynchronous replication: the record reaches the replica shortly.
-    let started = Instant::now();
-    while !holds(&cluster, replica, &stored).await {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_replica_holds(&cluster, &sent, true).await;
 
-    cluster.kill(dead);
-    let (unavailable, answer) = until_answered(&app, &key).await;
+    cluster.kill(sent.master);
+    let (unavailable, answer) = until_answered(&app, &sent.key).await;
     eprintln!("{unavailable} answers of 503 before the replay");
     assert!(unavailable > 0, "the slot had no master for a while");
     assert_eq!(answer.status, StatusCode::CREATED);
@@ -127,34 +145,25 @@ async fn a_record_the_replica_never_got_is_lost_with_its_master_and_the_key_runs
     let view = cluster.connect().await;
     let handlers = Handlers::default();
     let app = service(&cluster, &view, &handlers);
-    let key = fresh_key();
     // Where the key's record lives: made once to find its master, then
     // deleted everywhere.
-    let probe = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
-    assert_eq!(probe.status, StatusCode::CREATED);
-    let (stored, dead) = record(&cluster, &view).await;
-    let replica = cluster.replica_of(dead);
-    // Start again from nothing for this key: delete its record everywhere.
-    let mut master = redis::Client::open(cluster.urls()[dead].as_str())
+    let sent = sent_once(&cluster, &view, &app).await;
+    let mut master = redis::Client::open(cluster.urls()[sent.master].as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
     redis::cmd("DEL")
-        .arg(&stored)
+        .arg(&sent.stored)
         .exec_async(&mut master)
         .await
         .unwrap();
-    let started = Instant::now();
-    while holds(&cluster, replica, &stored).await {
-        assert!(started.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_replica_holds(&cluster, &sent, false).await;
     let before = handlers.payments();
 
     // The replica frozen and its link cut: nothing the master writes now
     // reaches it.
-    cluster.pause(replica);
+    cluster.pause(sent.replica);
     redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
@@ -162,12 +171,12 @@ async fn a_record_the_replica_never_got_is_lost_with_its_master_and_the_key_runs
         .exec_async(&mut master)
         .await
         .unwrap();
-    let acknowledged = send(&app, request("POST", "/payments", Some(&key), "{}")).await;
+    let acknowledged = send(&app, request("POST", "/payments", Some(&sent.key), "{}")).await;
     assert_eq!(acknowledged.status, StatusCode::CREATED);
     assert!(!acknowledged.replayed());
-    cluster.kill(dead);
-    cluster.resume(replica);
-    let (_, answer) = until_answered(&app, &key).await;
+    cluster.kill(sent.master);
+    cluster.resume(sent.replica);
+    let (_, answer) = until_answered(&app, &sent.key).await;
     assert_eq!(
         (answer.status, answer.replayed()),
         (StatusCode::CREATED, false),

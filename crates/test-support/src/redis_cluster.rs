@@ -370,57 +370,30 @@ impl PrivateCluster {
     }
 
     /// The index (into [`urls`](Self::urls)) of the node that serves `key`'s
-    /// slot now, asked of the first live node.
+    /// slot now, as the first live node that answers reports it.
     ///
     /// # Panics
     ///
     /// When no live node answers, or none serves the slot.
     #[must_use]
     pub fn master_of(&self, key: &str) -> usize {
-        for node in self.live() {
-            let Some(mut connection) = sync_connection(&node.url()) else {
-                continue;
-            };
-            let Ok(slot) = redis::cmd("CLUSTER")
+        let found = self.ask(|connection, nodes| {
+            let slot: u16 = redis::cmd("CLUSTER")
                 .arg("KEYSLOT")
                 .arg(key)
-                .query::<u16>(&mut connection)
-            else {
-                continue;
-            };
-            let Ok(nodes) = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query::<String>(&mut connection)
-            else {
-                continue;
-            };
-            for line in nodes.lines() {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                let serves = fields.iter().skip(8).any(|range| {
-                    let (first, last) = range.split_once('-').unwrap_or((range, range));
-                    matches!((first.parse::<u16>(), last.parse::<u16>()), (Ok(first), Ok(last)) if (first..=last).contains(&slot))
-                });
-                if !serves || !fields.get(2).is_some_and(|flags| flags.contains("master")) {
-                    continue;
-                }
-                let port = fields
-                    .get(1)
-                    .and_then(|address| address.split('@').next())
-                    .and_then(|address| address.rsplit_once(':'))
-                    .and_then(|(_, port)| port.parse::<u16>().ok());
-                if let Some(index) = self.nodes.iter().position(|n| Some(n.port()) == port) {
-                    return index;
-                }
-            }
-        }
+                .query(connection)
+                .ok()?;
+            let master = nodes
+                .iter()
+                .find(|node| node.master && node.slots.iter().any(|r| r.contains(&slot)))?;
+            self.index_of(master.port)
+        });
         #[allow(clippy::panic)] // a harness failure fails the test
-        {
-            panic!("no live node says who serves {key:?}");
-        }
+        found.unwrap_or_else(|| panic!("no live node says who serves {key:?}"))
     }
 
     /// The index of the replica of node `index` (a master), as the first
-    /// live node reports it.
+    /// live node that answers reports it.
     ///
     /// # Panics
     ///
@@ -428,50 +401,36 @@ impl PrivateCluster {
     #[must_use]
     pub fn replica_of(&self, index: usize) -> usize {
         let port = self.nodes.get(index).map(crate::RedisServer::port);
-        for node in self.live() {
-            let Some(mut connection) = sync_connection(&node.url()) else {
-                continue;
-            };
-            let Ok(nodes) = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query::<String>(&mut connection)
-            else {
-                continue;
-            };
-            let lines: Vec<Vec<&str>> = nodes
-                .lines()
-                .map(|line| line.split_whitespace().collect())
-                .collect();
-            let port_of = |fields: &Vec<&str>| {
-                fields
-                    .get(1)
-                    .and_then(|address| address.split('@').next())
-                    .and_then(|address| address.rsplit_once(':'))
-                    .and_then(|(_, port)| port.parse::<u16>().ok())
-            };
-            let Some(master_id) = lines
+        let found = self.ask(|_, nodes| {
+            let master = nodes.iter().find(|node| Some(node.port) == port)?;
+            let replica = nodes
                 .iter()
-                .find(|fields| port_of(fields) == port)
-                .and_then(|fields| fields.first())
-            else {
-                continue;
-            };
-            let replica_port = lines
-                .iter()
-                .find(|fields| fields.get(3) == Some(master_id))
-                .and_then(port_of);
-            if let Some(replica) = self
-                .nodes
-                .iter()
-                .position(|node| Some(node.port()) == replica_port)
-            {
-                return replica;
-            }
-        }
+                .find(|node| node.master_id.as_deref() == Some(master.id.as_str()))?;
+            self.index_of(replica.port)
+        });
         #[allow(clippy::panic)] // a harness failure fails the test
-        {
-            panic!("no live node names a replica of node {index}");
-        }
+        found.unwrap_or_else(|| panic!("no live node names a replica of node {index}"))
+    }
+
+    /// The first answer of `question` from a live node, given its
+    /// connection and its `CLUSTER NODES` table.
+    fn ask<T>(
+        &self,
+        question: impl Fn(&mut redis::Connection, &[NodeLine]) -> Option<T>,
+    ) -> Option<T> {
+        self.live().find_map(|node| {
+            let mut connection = sync_connection(&node.url())?;
+            let nodes: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(&mut connection)
+                .ok()?;
+            let nodes: Vec<NodeLine> = nodes.lines().filter_map(NodeLine::parse).collect();
+            question(&mut connection, &nodes)
+        })
+    }
+
+    fn index_of(&self, port: u16) -> Option<usize> {
+        self.nodes.iter().position(|node| node.port() == port)
     }
 
     /// Kills node `index` (SIGKILL): its clients see their connections
@@ -513,21 +472,46 @@ impl PrivateCluster {
         self.nodes.iter().filter(|node| node.is_running())
     }
 
-    /// Waits until every live node reports `cluster_state:ok` and every
-    /// slot is served by a live master; whether it did within `timeout`.
+    /// Waits until every live node reports `cluster_state:ok`; whether it
+    /// did within `timeout`.
     #[must_use]
     pub fn wait_until_ok(&self, timeout: Duration) -> bool {
+        self.until_every_node(timeout, &["CLUSTER", "INFO"], |info| {
+            info.contains("cluster_state:ok")
+        })
+    }
+
+    /// Waits until every live master has a replica in sync (`INFO
+    /// replication`: a replica `online`); whether it did within `timeout`.
+    #[must_use]
+    pub fn wait_until_replicated(&self, timeout: Duration) -> bool {
+        self.until_every_node(timeout, &["INFO", "replication"], |info| {
+            info.contains("role:slave")
+                || info
+                    .lines()
+                    .any(|line| line.starts_with("slave") && line.contains("state=online"))
+        })
+    }
+
+    /// Polls every live node with `command` until each reply passes `check`;
+    /// whether that happened within `timeout`.
+    fn until_every_node(
+        &self,
+        timeout: Duration,
+        command: &[&str],
+        check: impl Fn(&str) -> bool,
+    ) -> bool {
         let started = std::time::Instant::now();
         while started.elapsed() < timeout {
-            let ok = self.live().all(|node| {
+            let passed = self.live().all(|node| {
                 sync_connection(&node.url()).is_some_and(|mut connection| {
-                    redis::cmd("CLUSTER")
-                        .arg("INFO")
+                    redis::cmd(command[0])
+                        .arg(&command[1..])
                         .query::<String>(&mut connection)
-                        .is_ok_and(|info| info.contains("cluster_state:ok"))
+                        .is_ok_and(|reply| check(&reply))
                 })
             });
-            if ok {
+            if passed {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -536,32 +520,43 @@ impl PrivateCluster {
     }
 }
 
-impl PrivateCluster {
-    /// Waits until every live master has a replica in sync (`INFO
-    /// replication`: a replica `online`); whether it did within `timeout`.
-    #[must_use]
-    pub fn wait_until_replicated(&self, timeout: Duration) -> bool {
-        let started = std::time::Instant::now();
-        while started.elapsed() < timeout {
-            let synced = self.live().all(|node| {
-                sync_connection(&node.url()).is_some_and(|mut connection| {
-                    redis::cmd("INFO")
-                        .arg("replication")
-                        .query::<String>(&mut connection)
-                        .is_ok_and(|info| {
-                            info.contains("role:slave")
-                                || info.lines().any(|line| {
-                                    line.starts_with("slave") && line.contains("state=online")
-                                })
-                        })
-                })
-            });
-            if synced {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
+/// One line of `CLUSTER NODES`: `<id> <host:port@cport> <flags> <master
+/// id or -> <ping> <pong> <epoch> <link> <slot ranges>…`.
+struct NodeLine {
+    id: String,
+    port: u16,
+    master: bool,
+    master_id: Option<String>,
+    slots: Vec<std::ops::RangeInclusive<u16>>,
+}
+
+impl NodeLine {
+    fn parse(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = fields
+            .get(1)?
+            .split(['@', ','])
+            .next()?
+            .rsplit_once(':')?
+            .1
+            .parse()
+            .ok()?;
+        let master_id = fields.get(3).filter(|id| **id != "-");
+        let slots = fields
+            .iter()
+            .skip(8)
+            .filter_map(|range| {
+                let (first, last) = range.split_once('-').unwrap_or((range, range));
+                Some(first.parse().ok()?..=last.parse().ok()?)
+            })
+            .collect();
+        Some(Self {
+            id: (*fields.first()?).to_owned(),
+            port,
+            master: fields.get(2)?.contains("master"),
+            master_id: master_id.map(|id| (*id).to_owned()),
+            slots,
+        })
     }
 }
 
