@@ -46,6 +46,17 @@ pub enum ConfigError {
     /// The Redis URL could not be parsed.
     #[error("the Redis URL is not valid: {0}")]
     RedisUrl(String),
+    /// The wait for replicas is zero, or not shorter than the store's
+    /// timeout (which bounds the whole call, the wait included).
+    #[error(
+        "the wait for replicas ({wait:?}) must be above zero and shorter than the store timeout ({timeout:?}), e.g. 50 ms with 250 ms"
+    )]
+    ReplicaWait {
+        /// The configured wait.
+        wait: Duration,
+        /// The store's timeout.
+        timeout: Duration,
+    },
     /// The store's timeout is zero: every call would time out.
     #[error("the store timeout is zero; every call would time out (e.g. 250 ms)")]
     ZeroStoreTimeout,
@@ -88,6 +99,18 @@ pub enum StoreError {
     /// The store does not implement this operation.
     #[error("the idempotency store does not support {0}")]
     Unsupported(&'static str),
+    /// Fewer replicas than required acknowledged a write within the wait
+    /// ([`RedisStoreBuilder::wait_for_replicas`](crate::RedisStoreBuilder::wait_for_replicas)):
+    /// a claim is given up (the request is not run), a record is retried.
+    #[error(
+        "{acknowledged} of the {wanted} replicas required acknowledged the write in time; are the replicas down or lagging?"
+    )]
+    NotReplicated {
+        /// Replicas that acknowledged.
+        acknowledged: u32,
+        /// Replicas required.
+        wanted: u32,
+    },
 }
 
 impl StoreError {
@@ -95,7 +118,10 @@ impl StoreError {
     /// circuit breaker counts), rather than something about one key's data.
     #[must_use]
     pub fn is_outage(&self) -> bool {
-        matches!(self, Self::Timeout(_) | Self::Backend(_))
+        matches!(
+            self,
+            Self::Timeout(_) | Self::Backend(_) | Self::NotReplicated { .. }
+        )
     }
 }
 

@@ -15,6 +15,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -23,15 +24,18 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use common::{Backend, backends, layer, request, send};
-use perfkit_idempotency::{IdempotencyStore, RedisStore, StoreKey};
+use perfkit_idempotency::{
+    Claim, ClaimToken, Existing, Fingerprint, IdempotencyStore, RecordedResponse, RedisStore,
+    StoreError, StoreFuture, StoreKey,
+};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tower::ServiceExt;
 
 /// Long enough that the survivor's first request comes while the dead
 /// request's claim holds, on a loaded machine (the claim was last renewed
-/// up to a third of this before the crash; 400 ms once failed in CI).
-const LOCK_TTL: Duration = Duration::from_millis(1_500);
+/// up to a third of this before the crash).
+const LOCK_TTL: Duration = Duration::from_millis(1_000);
 
 /// The payments table: with the remedy, the scope and key are UNIQUE.
 async fn create_table(pool: &PgPool, unique: bool) {
@@ -54,7 +58,76 @@ async fn create_table(pool: &PgPool, unique: bool) {
 struct Payments {
     pool: PgPool,
     /// Instance 1 only: tells the test the row is committed, then never returns.
-    dies_after_commit: Option<Arc<std::sync::Mutex<mpsc::Sender<()>>>>,
+    dies_after_commit: Option<Arc<Dies>>,
+}
+
+/// How instance 1 dies after its commit: it says so, and from then on its
+/// store calls reach nothing.
+struct Dies {
+    committed: std::sync::Mutex<mpsc::Sender<()>>,
+    dead: Arc<AtomicBool>,
+}
+
+/// Instance 1's view of the store: cut off once it is dead. Shutting its
+/// runtime down drops the request, and the claim guard's drop would give
+/// the claim back (a cancelled request's right); a killed process never
+/// does, so its calls must not arrive.
+struct Mortal {
+    store: Arc<dyn IdempotencyStore>,
+    dead: Arc<AtomicBool>,
+}
+
+impl Mortal {
+    fn gone<'a, T: Send + 'a>(&self) -> Option<StoreFuture<'a, T>> {
+        self.dead
+            .load(Ordering::SeqCst)
+            .then(|| -> StoreFuture<'a, T> {
+                Box::pin(async { Err(StoreError::Timeout(Duration::ZERO)) })
+            })
+    }
+}
+
+impl IdempotencyStore for Mortal {
+    fn lookup<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Existing>> {
+        self.gone().unwrap_or_else(|| self.store.lookup(key))
+    }
+
+    fn claim<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        fingerprint: &'a Fingerprint,
+        lock_ttl: Duration,
+    ) -> StoreFuture<'a, Claim> {
+        self.gone()
+            .unwrap_or_else(|| self.store.claim(key, token, fingerprint, lock_ttl))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        response: &'a Arc<RecordedResponse>,
+        key_ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.gone()
+            .unwrap_or_else(|| self.store.complete(key, token, response, key_ttl))
+    }
+
+    fn release<'a>(&'a self, key: &'a StoreKey, token: &'a ClaimToken) -> StoreFuture<'a, bool> {
+        self.gone()
+            .unwrap_or_else(|| self.store.release(key, token))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a StoreKey,
+        token: &'a ClaimToken,
+        lock_ttl: Duration,
+    ) -> StoreFuture<'a, bool> {
+        self.gone()
+            .unwrap_or_else(|| self.store.renew(key, token, lock_ttl))
+    }
 }
 
 /// The remedy: the row carries the request's scope and key under a UNIQUE
@@ -105,8 +178,9 @@ async fn pay_naively(State(payments): State<Payments>) -> (StatusCode, String) {
 }
 
 async fn die_if_told(payments: &Payments) {
-    if let Some(committed) = &payments.dies_after_commit {
-        let _ = committed.lock().unwrap().send(());
+    if let Some(dies) = &payments.dies_after_commit {
+        dies.dead.store(true, Ordering::SeqCst);
+        let _ = dies.committed.lock().unwrap().send(());
         std::future::pending::<()>().await;
     }
 }
@@ -125,6 +199,7 @@ fn crash_after_commit(backend: &Backend, options: PgConnectOptions, key: &str, u
     let key = key.to_owned();
     // Its own connections, as another process would have (the memory store
     // is shared: the claim it leaves behind is what a crash leaves).
+    let dead = Arc::new(AtomicBool::new(false));
     let store: Arc<dyn IdempotencyStore> = match &backend.redis {
         Some(redis) => Arc::new(
             RedisStore::builder(redis.url())
@@ -134,6 +209,10 @@ fn crash_after_commit(backend: &Backend, options: PgConnectOptions, key: &str, u
         ),
         None => Arc::clone(&backend.store),
     };
+    let store: Arc<dyn IdempotencyStore> = Arc::new(Mortal {
+        store,
+        dead: Arc::clone(&dead),
+    });
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -149,7 +228,10 @@ fn crash_after_commit(backend: &Backend, options: PgConnectOptions, key: &str, u
                 .unwrap();
             let payments = Payments {
                 pool,
-                dies_after_commit: Some(Arc::new(std::sync::Mutex::new(committed))),
+                dies_after_commit: Some(Arc::new(Dies {
+                    committed: std::sync::Mutex::new(committed),
+                    dead,
+                })),
             };
             let app = app(&store, payments, unique);
             tokio::spawn(async move {

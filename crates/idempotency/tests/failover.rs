@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,15 +20,23 @@ use common::{Handlers, app, fresh_key, layer, request, send};
 use perfkit_idempotency::{IdempotencyStore, RedisStore};
 use perfkit_test_support::{PrivateCluster, TestRedisCluster};
 
-/// A layer on a store on `cluster`, in `view`'s prefix.
-fn service(cluster: &PrivateCluster, view: &TestRedisCluster, handlers: &Handlers) -> Router {
-    let store: Arc<dyn IdempotencyStore> = Arc::new(
-        RedisStore::cluster_builder(&cluster.urls())
-            .prefix(view.prefix())
-            .timeout(Duration::from_millis(200))
-            .build()
-            .unwrap(),
-    );
+/// A layer on a store on `cluster`, in `view`'s prefix; waiting for a
+/// replica's acknowledgement of each claim and record when `wait`.
+fn service(
+    cluster: &PrivateCluster,
+    view: &TestRedisCluster,
+    handlers: &Handlers,
+    wait: bool,
+) -> Router {
+    let builder = RedisStore::cluster_builder(&cluster.urls())
+        .prefix(view.prefix())
+        .timeout(Duration::from_millis(200));
+    let builder = if wait {
+        builder.wait_for_replicas(NonZeroU32::MIN, Duration::from_millis(100))
+    } else {
+        builder
+    };
+    let store: Arc<dyn IdempotencyStore> = Arc::new(builder.build().unwrap());
     app(
         handlers,
         layer(&store, |b| b.retry_after(Duration::from_secs(1))),
@@ -111,7 +120,7 @@ async fn while_a_keys_master_fails_over_the_layer_answers_503_then_replays_the_k
     };
     let view = cluster.connect().await;
     let handlers = Handlers::default();
-    let app = service(&cluster, &view, &handlers);
+    let app = service(&cluster, &view, &handlers, false);
     let sent = sent_once(&cluster, &view, &app).await;
     // Asynchronous replication: the record reaches the replica shortly.
     until_replica_holds(&cluster, &sent, true).await;
@@ -136,51 +145,82 @@ async fn while_a_keys_master_fails_over_the_layer_answers_503_then_replays_the_k
 /// The trade-off of asynchronous replication, shown: the replica's link is
 /// down while a request completes (frozen, its connection cut), the master
 /// dies before it could send the record, the replica takes over without
-/// it, and the key runs a second time.
+/// it, and the key runs a second time — unless the store waits for a
+/// replica's acknowledgement: then the request is refused (503) before its
+/// handler runs, and once the replica is back it runs once and is replayed
+/// after the failover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_the_replica_never_got_is_lost_with_its_master_and_the_key_runs_again() {
-    let Some(mut cluster) = tokio::task::block_in_place(PrivateCluster::start) else {
-        return;
-    };
-    let view = cluster.connect().await;
-    let handlers = Handlers::default();
-    let app = service(&cluster, &view, &handlers);
-    // Where the key's record lives: made once to find its master, then
-    // deleted everywhere.
-    let sent = sent_once(&cluster, &view, &app).await;
-    let mut master = redis::Client::open(cluster.urls()[sent.master].as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    redis::cmd("DEL")
-        .arg(&sent.stored)
-        .exec_async(&mut master)
-        .await
-        .unwrap();
-    until_replica_holds(&cluster, &sent, false).await;
-    let before = handlers.payments();
+async fn a_record_the_replica_never_got_is_lost_with_its_master_unless_the_store_waits_for_it() {
+    for wait in [false, true] {
+        let Some(mut cluster) = tokio::task::block_in_place(PrivateCluster::start) else {
+            return;
+        };
+        let view = cluster.connect().await;
+        let handlers = Handlers::default();
+        let app = service(&cluster, &view, &handlers, wait);
+        // Where the key's record lives: made once to find its master, then
+        // deleted everywhere.
+        let sent = sent_once(&cluster, &view, &app).await;
+        let mut master = redis::Client::open(cluster.urls()[sent.master].as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("DEL")
+            .arg(&sent.stored)
+            .exec_async(&mut master)
+            .await
+            .unwrap();
+        until_replica_holds(&cluster, &sent, false).await;
+        let before = handlers.payments();
 
-    // The replica frozen and its link cut: nothing the master writes now
-    // reaches it.
-    cluster.pause(sent.replica);
-    redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("replica")
-        .exec_async(&mut master)
-        .await
-        .unwrap();
-    let acknowledged = send(&app, request("POST", "/payments", Some(&sent.key), "{}")).await;
-    assert_eq!(acknowledged.status, StatusCode::CREATED);
-    assert!(!acknowledged.replayed());
-    cluster.kill(sent.master);
-    cluster.resume(sent.replica);
-    let (_, answer) = until_answered(&app, &sent.key).await;
-    assert_eq!(
-        (answer.status, answer.replayed()),
-        (StatusCode::CREATED, false),
-        "the record was lost with the master: the key ran again"
-    );
-    assert_eq!(handlers.payments(), before + 2);
+        // The replica frozen and its link cut: nothing the master writes now
+        // reaches it.
+        cluster.pause(sent.replica);
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("replica")
+            .exec_async(&mut master)
+            .await
+            .unwrap();
+        let answer = send(&app, request("POST", "/payments", Some(&sent.key), "{}")).await;
+        if wait {
+            assert_eq!(
+                answer.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no replica acknowledged the claim: refused before the handler ran: {}",
+                answer.body
+            );
+            assert_eq!(handlers.payments(), before);
+            // The replica back: the key runs once, acknowledged.
+            cluster.resume(sent.replica);
+            let (_, answer) = until_answered(&app, &sent.key).await;
+            assert_eq!(
+                (answer.status, answer.replayed()),
+                (StatusCode::CREATED, false)
+            );
+            assert_eq!(handlers.payments(), before + 1);
+            cluster.kill(sent.master);
+            let (_, answer) = until_answered(&app, &sent.key).await;
+            assert_eq!(
+                (answer.status, answer.replayed()),
+                (StatusCode::CREATED, true),
+                "acknowledged by the replica: replayed after the failover"
+            );
+            assert_eq!(handlers.payments(), before + 1, "the handler ran once");
+        } else {
+            assert_eq!(answer.status, StatusCode::CREATED);
+            assert!(!answer.replayed());
+            cluster.kill(sent.master);
+            cluster.resume(sent.replica);
+            let (_, answer) = until_answered(&app, &sent.key).await;
+            assert_eq!(
+                (answer.status, answer.replayed()),
+                (StatusCode::CREATED, false),
+                "the record was lost with the master: the key ran again"
+            );
+            assert_eq!(handlers.payments(), before + 2);
+        }
+    }
 }

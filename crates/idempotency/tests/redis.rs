@@ -446,6 +446,53 @@ fn a_store_from_a_url_builds_without_a_runtime() {
             .build(),
         Err(perfkit_idempotency::ConfigError::ZeroStoreTimeout)
     ));
+    for wait in [Duration::ZERO, Duration::from_millis(250)] {
+        assert!(matches!(
+            RedisStore::builder("redis://127.0.0.1:1/0")
+                .wait_for_replicas(std::num::NonZeroU32::MIN, wait)
+                .build(),
+            Err(perfkit_idempotency::ConfigError::ReplicaWait { .. })
+        ));
+    }
+}
+
+/// A store that waits for a replica, on a Redis that has none: every new key
+/// is refused (503) before its handler runs, and its claim is given back,
+/// so the same key goes through at once on a store that does not wait.
+#[tokio::test]
+async fn a_store_waiting_for_a_replica_that_does_not_exist_refuses_new_keys_and_holds_none() {
+    let Some(redis) = perfkit_test_support::redis().await else {
+        return;
+    };
+    let store = |wait: bool| -> Arc<dyn IdempotencyStore> {
+        let builder = RedisStore::builder(redis.url()).prefix(redis.prefix());
+        let builder = if wait {
+            builder.wait_for_replicas(std::num::NonZeroU32::MIN, Duration::from_millis(20))
+        } else {
+            builder
+        };
+        Arc::new(builder.build().unwrap())
+    };
+    let handlers = Handlers::default();
+    let waiting = app(&handlers, layer(&store(true), |b| b));
+    let key = fresh_key();
+    let refused = send(&waiting, request("POST", "/payments", Some(&key), "{}")).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert_eq!(handlers.payments(), 0);
+    let plain = app(&handlers, layer(&store(false), |b| b));
+    let answer = send(&plain, request("POST", "/payments", Some(&key), "{}")).await;
+    assert_eq!(
+        (answer.status, answer.replayed()),
+        (StatusCode::CREATED, false),
+        "the refused claim was given back: {}",
+        answer.body
+    );
+    assert_eq!(handlers.payments(), 1);
 }
 
 /// A connection the application already has is used as it is.

@@ -1,5 +1,6 @@
 //! The Redis Cluster side of [`LazyConnection`] (feature `cluster`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
@@ -12,25 +13,30 @@ use tokio::sync::{Mutex, oneshot};
 use crate::{Inner, LazyConnection};
 
 /// A cluster connection opened by its first command, and opened again when
-/// the runtime its driver task ran on has shut down (the driver is then
-/// gone, and every command would fail).
+/// its driver task is gone: when the runtime it ran on has shut down (a
+/// task parked there says so), or when a command finds it gone (the next
+/// command, and `run_once_more`'s resend, then open a new one).
 pub(crate) struct LazyCluster {
     /// `None` for a connection given already open: it cannot be reopened.
     client: Option<ClusterClient>,
     connect_timeout: Duration,
     current: RwLock<Option<Opened>>,
     opening: Mutex<()>,
+    /// Numbers the connections opened, so that a failure seen on an old one
+    /// never drops a newer one.
+    generations: AtomicU64,
 }
 
 struct Opened {
     connection: ClusterConnection,
+    generation: u64,
     /// Closed once the runtime the connection was opened on shuts down: a
     /// task parked on that runtime holds the receiver.
     runtime: Option<oneshot::Sender<()>>,
 }
 
 impl Opened {
-    fn new(connection: ClusterConnection) -> Self {
+    fn new(connection: ClusterConnection, generation: u64) -> Self {
         let runtime = tokio::runtime::Handle::try_current().ok().map(|runtime| {
             let (alive, parked) = oneshot::channel::<()>();
             runtime.spawn(async move {
@@ -42,6 +48,7 @@ impl Opened {
         });
         Self {
             connection,
+            generation,
             runtime,
         }
     }
@@ -73,30 +80,56 @@ impl LazyCluster {
             connect_timeout,
             current: RwLock::new(None),
             opening: Mutex::new(()),
+            generations: AtomicU64::new(0),
         }
     }
 
-    fn usable(&self) -> Option<ClusterConnection> {
+    fn usable(&self) -> Option<(ClusterConnection, u64)> {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .filter(|opened| opened.is_usable())
-            .map(|opened| opened.connection.clone())
+            .map(|opened| (opened.connection.clone(), opened.generation))
     }
 
     pub(crate) fn is_open(&self) -> bool {
         self.usable().is_some()
     }
 
-    /// The connection, opened now if there is none (or its runtime is gone).
-    pub(crate) async fn connection(&self) -> RedisResult<ClusterConnection> {
-        if let Some(connection) = self.usable() {
-            return Ok(connection);
+    /// Makes `connection` the current one.
+    fn install(&self, connection: ClusterConnection) -> u64 {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+            Some(Opened::new(connection, generation));
+        generation
+    }
+
+    /// Drops connection `generation` if it is still the current one and
+    /// `error` says its driver task is gone: redis-rs's cluster connection
+    /// then fails every command, and only a new one helps.
+    pub(crate) fn forget_if_gone(&self, generation: u64, error: &RedisError) {
+        if self.client.is_none() || !driver_gone(error) {
+            return;
+        }
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current
+            .as_ref()
+            .is_some_and(|opened| opened.generation == generation)
+        {
+            *current = None;
+        }
+    }
+
+    /// The connection and its generation, opened now if there is none (or
+    /// its driver is gone).
+    pub(crate) async fn connection(&self) -> RedisResult<(ClusterConnection, u64)> {
+        if let Some(usable) = self.usable() {
+            return Ok(usable);
         }
         let _opening = self.opening.lock().await;
-        if let Some(connection) = self.usable() {
-            return Ok(connection);
+        if let Some(usable) = self.usable() {
+            return Ok(usable);
         }
         let Some(client) = &self.client else {
             // Given open, on a runtime that is gone: nothing to reopen it with.
@@ -115,10 +148,22 @@ impl LazyCluster {
                     )));
                 }
             };
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-            Some(Opened::new(connection.clone()));
-        Ok(connection)
+        let generation = self.install(connection.clone());
+        Ok((connection, generation))
     }
+}
+
+/// Whether `error` comes from a cluster connection whose driver task is
+/// gone: redis-rs then fails a command with `redis_cluster: Unable to send
+/// command` (or receive), and a pipeline with a bare broken pipe.
+fn driver_gone(error: &RedisError) -> bool {
+    let message = error.to_string();
+    // A broken pipe made by redis-rs itself carries no OS error number;
+    // one from a node's socket does.
+    message.contains("redis_cluster: Unable to")
+        || (error.is_connection_dropped()
+            && message.to_lowercase().contains("broken pipe")
+            && !message.contains("os error"))
 }
 
 impl LazyConnection {
@@ -159,10 +204,7 @@ impl LazyConnection {
     #[must_use]
     pub fn from_cluster_connection(connection: ClusterConnection) -> Self {
         let cluster = LazyCluster::new(None, Duration::MAX);
-        *cluster
-            .current
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Opened::new(connection));
+        cluster.install(connection);
         Self {
             inner: std::sync::Arc::new(Inner::Cluster(cluster)),
         }
@@ -185,7 +227,7 @@ impl LazyConnection {
     ///
     /// When no node answers, or this is not a cluster connection.
     pub async fn primaries(&self) -> RedisResult<Vec<Node>> {
-        let mut connection = self.cluster()?.connection().await?;
+        let (mut connection, _) = self.cluster()?.connection().await?;
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut connection)
@@ -200,7 +242,7 @@ impl LazyConnection {
     ///
     /// The node's, or when this is not a cluster connection.
     pub async fn on_node(&self, node: &Node, cmd: &Cmd) -> RedisResult<Value> {
-        let mut connection = self.cluster()?.connection().await?;
+        let (mut connection, _) = self.cluster()?.connection().await?;
         connection
             .route_command(
                 cmd.clone(),

@@ -177,7 +177,12 @@ impl ConnectionLike for LazyConnection {
                 Inner::Single { .. } => self.manager().await?.req_packed_command(cmd).await,
                 #[cfg(feature = "cluster")]
                 Inner::Cluster(cluster) => {
-                    cluster.connection().await?.req_packed_command(cmd).await
+                    let (mut connection, generation) = cluster.connection().await?;
+                    let outcome = connection.req_packed_command(cmd).await;
+                    if let Err(error) = &outcome {
+                        cluster.forget_if_gone(generation, error);
+                    }
+                    outcome
                 }
             }
         })
@@ -199,11 +204,14 @@ impl ConnectionLike for LazyConnection {
                 }
                 #[cfg(feature = "cluster")]
                 Inner::Cluster(cluster) => {
-                    cluster
-                        .connection()
-                        .await?
+                    let (mut connection, generation) = cluster.connection().await?;
+                    let outcome = connection
                         .req_packed_commands(pipeline, offset, count)
-                        .await
+                        .await;
+                    if let Err(error) = &outcome {
+                        cluster.forget_if_gone(generation, error);
+                    }
+                    outcome
                 }
             }
         })

@@ -1,5 +1,6 @@
 //! `RedisStore`: claims and records in Redis, shared by every instance.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,7 +105,15 @@ pub struct RedisStore<C = LazyConnection> {
     connection: C,
     prefix: Arc<str>,
     timeout: Duration,
+    replicas: Option<ReplicaWait>,
     scripts: Arc<Scripts>,
+}
+
+/// `WAIT <replicas> <ms>` after every claim and record.
+#[derive(Debug, Clone, Copy)]
+struct ReplicaWait {
+    replicas: NonZeroU32,
+    wait: Duration,
 }
 
 struct Scripts {
@@ -124,6 +133,7 @@ pub struct RedisStoreBuilder<C = LazyConnection> {
     connect: Connect<C>,
     prefix: String,
     timeout: Duration,
+    replicas: Option<ReplicaWait>,
 }
 
 impl RedisStore {
@@ -184,6 +194,7 @@ impl<C> RedisStoreBuilder<C> {
             connect,
             prefix: DEFAULT_PREFIX.to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            replicas: None,
         }
     }
 
@@ -201,20 +212,55 @@ impl<C> RedisStoreBuilder<C> {
         self
     }
 
+    /// Waits, after every claim and every record, until `replicas`
+    /// replicas have acknowledged it (`WAIT`, pipelined behind the write:
+    /// the same round trip, on the node that holds the key), at most
+    /// `wait`. Default: off.
+    ///
+    /// Redis replicates asynchronously. Without this, a claim or a record
+    /// the master acknowledged but had not yet sent to a replica is lost if
+    /// the master fails and that replica takes over, and a retry of the key
+    /// runs the handler again. With it, a claim short of acknowledgements
+    /// is given up before the handler runs (the request gets `503`, or runs
+    /// unprotected under `FailMode::Open`), and a record short of them is
+    /// retried like any failed record; a key whose claim and record were
+    /// acknowledged survives its master's failure. The price: every new key
+    /// waits for its replicas' acknowledgements (on a LAN, well under a
+    /// millisecond), and while a replica is down, new keys on its shard get
+    /// `503` (lower `replicas`, or turn this off, to trade the guarantee
+    /// back for availability). `WAIT` does not make Redis strongly
+    /// consistent: a failover can still promote a replica that did not
+    /// acknowledge when one that did is lost too.
+    pub fn wait_for_replicas(mut self, replicas: NonZeroU32, wait: Duration) -> Self {
+        self.replicas = Some(ReplicaWait { replicas, wait });
+        self
+    }
+
     /// Builds the store; a connection made from a URL opens on first use.
     ///
     /// # Errors
     ///
     /// [`ConfigError::RedisUrl`] for an unparsable URL,
-    /// [`ConfigError::ZeroStoreTimeout`] for a zero timeout.
+    /// [`ConfigError::ZeroStoreTimeout`] for a zero timeout,
+    /// [`ConfigError::ReplicaWait`] for a wait for replicas that is zero or
+    /// not shorter than the timeout.
     pub fn build(self) -> Result<RedisStore<C>, ConfigError> {
         if self.timeout.is_zero() {
             return Err(ConfigError::ZeroStoreTimeout);
+        }
+        if let Some(ReplicaWait { wait, .. }) = self.replicas
+            && (wait.is_zero() || wait >= self.timeout)
+        {
+            return Err(ConfigError::ReplicaWait {
+                wait,
+                timeout: self.timeout,
+            });
         }
         Ok(RedisStore {
             connection: (self.connect)(self.timeout)?,
             prefix: Arc::from(self.prefix),
             timeout: self.timeout,
+            replicas: self.replicas,
             scripts: Arc::new(Scripts {
                 claim: Script::new(CLAIM),
                 complete: Script::new(COMPLETE),
@@ -230,6 +276,7 @@ impl<C> std::fmt::Debug for RedisStoreBuilder<C> {
         f.debug_struct("RedisStoreBuilder")
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }
@@ -261,6 +308,76 @@ where
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StoreError::Backend(Box::new(error))),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Runs `script` on `key` with the arguments `args` adds and, with
+    /// [`wait_for_replicas`](RedisStoreBuilder::wait_for_replicas), `WAIT`
+    /// behind it in the same pipeline (a pipeline goes to its first key's
+    /// node, so the wait is for this write's node; a lone `WAIT` would go to
+    /// every master of a cluster). Returns the script's reply, and how many
+    /// replicas acknowledged when fewer than required.
+    async fn write(
+        &self,
+        script: &Script,
+        key: &str,
+        args: impl FnOnce(&mut redis::Cmd),
+    ) -> Result<(Value, Option<u32>), StoreError> {
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(script.get_hash()).arg(1).arg(key);
+        args(&mut eval);
+        let mut pipe = redis::pipe();
+        pipe.add_command(eval);
+        if let Some(wait) = self.replicas {
+            pipe.cmd("WAIT")
+                .arg(wait.replicas.get())
+                .arg(millis(wait.wait));
+        }
+        let replies: Vec<Value> = self
+            .run(|mut connection| {
+                let pipe = &pipe;
+                async move {
+                    match pipe.query_async(&mut connection).await {
+                        Err(error)
+                            if error.kind()
+                                == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                        {
+                            // A restarted or promoted node: load the script
+                            // (on every master of a cluster), send again.
+                            script.load_async(&mut connection).await?;
+                            pipe.query_async(&mut connection).await
+                        }
+                        outcome => outcome,
+                    }
+                }
+            })
+            .await?;
+        let mut replies = replies.into_iter();
+        let reply = replies.next().unwrap_or(Value::Nil);
+        let short = match (self.replicas, replies.next()) {
+            (None, _) => None,
+            (Some(wait), Some(Value::Int(acknowledged))) => {
+                let acknowledged = u32::try_from(acknowledged).unwrap_or(0);
+                (acknowledged < wait.replicas.get()).then_some(acknowledged)
+            }
+            (Some(_), other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "unexpected WAIT reply {other:?}"
+                )));
+            }
+        };
+        Ok((reply, short))
+    }
+
+    fn not_replicated(&self, acknowledged: u32) -> StoreError {
+        StoreError::NotReplicated {
+            acknowledged,
+            wanted: self.replicas.map_or(0, |wait| wait.replicas.get()),
         }
     }
 }
@@ -338,19 +455,23 @@ where
         lock_ttl: Duration,
     ) -> StoreFuture<'a, Claim> {
         Box::pin(async move {
-            let mut invocation = self.scripts.claim.key(self.redis_key(key));
-            invocation
-                .arg(token.as_bytes().as_slice())
-                .arg(fingerprint.as_bytes().as_slice())
-                .arg(millis(lock_ttl));
-            let reply: Value = self
-                .run(|mut connection| {
-                    let invocation = &invocation;
-                    async move { invocation.invoke_async(&mut connection).await }
+            let (reply, short) = self
+                .write(&self.scripts.claim, &self.redis_key(key), |eval| {
+                    eval.arg(token.as_bytes().as_slice())
+                        .arg(fingerprint.as_bytes().as_slice())
+                        .arg(millis(lock_ttl));
                 })
                 .await?;
             match reply {
-                Value::Int(1) => Ok(Claim::Acquired),
+                Value::Int(1) => {
+                    if let Some(acknowledged) = short {
+                        // Not safe to run on: give the claim back, so that a
+                        // retry finds the key free rather than in progress.
+                        let _ = self.release(key, token).await;
+                        return Err(self.not_replicated(acknowledged));
+                    }
+                    Ok(Claim::Acquired)
+                }
                 Value::Array(held) => match existing(&held)? {
                     Some(existing) => Ok(Claim::Existing(existing)),
                     None => Err(StoreError::Corrupt(
@@ -375,18 +496,20 @@ where
             let encoded = response.encode().map_err(|error| {
                 StoreError::Corrupt(format!("the response does not encode: {error}"))
             })?;
-            let mut invocation = self.scripts.complete.key(self.redis_key(key));
-            invocation
-                .arg(token.as_bytes().as_slice())
-                .arg(encoded)
-                .arg(millis(key_ttl));
-            let completed: i64 = self
-                .run(|mut connection| {
-                    let invocation = &invocation;
-                    async move { invocation.invoke_async(&mut connection).await }
+            let (reply, short) = self
+                .write(&self.scripts.complete, &self.redis_key(key), |eval| {
+                    eval.arg(token.as_bytes().as_slice())
+                        .arg(encoded)
+                        .arg(millis(key_ttl));
                 })
                 .await?;
-            Ok(completed == 1)
+            let completed = matches!(reply, Value::Int(1));
+            match short {
+                // Recorded on the master only: an error, so that the layer
+                // records again (a no-op under the same token) and waits again.
+                Some(acknowledged) if completed => Err(self.not_replicated(acknowledged)),
+                _ => Ok(completed),
+            }
         })
     }
 
@@ -431,6 +554,7 @@ impl<C> std::fmt::Debug for RedisStore<C> {
         f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }
