@@ -105,9 +105,14 @@ impl Keys {
     /// A cache key as stored, to write into a command without building it
     /// as a `String` first (the hit path's `GET`).
     pub(super) fn value<'a>(&'a self, key: &'a str) -> ValueKey<'a> {
+        self.value_in(key, self.bucket(key))
+    }
+
+    /// [`value`](Self::value), for a caller that knows the key's bucket.
+    pub(super) fn value_in<'a>(&'a self, key: &'a str, bucket: Bucket) -> ValueKey<'a> {
         ValueKey {
             prefix: &self.prefix,
-            tag: self.hash_tag(self.bucket(key)),
+            tag: self.hash_tag(bucket),
             key,
         }
     }

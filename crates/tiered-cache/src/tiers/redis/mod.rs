@@ -241,10 +241,14 @@ where
             .arg(CLEAR_BATCH)
             .invoke_async(connection)
             .await?;
-        let mut removed: Vec<String> = first
-            .iter()
-            .filter_map(|key| self.keys.cache_key(key).map(str::to_owned))
-            .collect();
+        let mut removed = Vec::new();
+        let mut seen = |keys: &[Vec<u8>]| {
+            removed.extend(
+                keys.iter()
+                    .filter_map(|key| self.keys.cache_key(key).map(str::to_owned)),
+            );
+        };
+        seen(&first);
         if cursor == 0 {
             return Ok(removed);
         }
@@ -253,18 +257,13 @@ where
         let scanner = connection.clone();
         unlink_scanned(
             connection,
+            cursor,
             |page| {
-                let page = if page == 0 { cursor } else { page };
                 let (mut scanner, page) = (scanner.clone(), sscan_page(&tag_key, page));
                 async move { page.query_async(&mut scanner).await }
             },
             |_| true,
-            |keys| {
-                removed.extend(
-                    keys.iter()
-                        .filter_map(|key| self.keys.cache_key(key).map(str::to_owned)),
-                );
-            },
+            seen,
         )
         .await?;
         redis::cmd("UNLINK")
@@ -290,6 +289,7 @@ where
             for node in nodes.primaries().await? {
                 unlink_scanned(
                     connection,
+                    0,
                     |cursor| {
                         let (node, page) = (&node, scan_page(cursor, pattern));
                         async move {
@@ -307,6 +307,7 @@ where
         let scanner = connection.clone();
         unlink_scanned(
             connection,
+            0,
             |cursor| {
                 let (mut scanner, page) = (scanner.clone(), scan_page(cursor, pattern));
                 async move { page.query_async(&mut scanner).await }
@@ -473,8 +474,8 @@ where
                     return Err(error);
                 }
             };
-            let key = self.key(write.key);
             let bucket = self.keys.bucket(write.key);
+            let key = self.keys.value_in(write.key, bucket).to_vec();
             let mut set = redis::cmd("SET");
             set.arg(&key).arg(bytes);
             if let Some(ms) = ms {
@@ -520,7 +521,7 @@ where
     {
         Box::pin(async move {
             let bucket = self.keys.bucket(key);
-            let key = self.key(key);
+            let key = self.keys.value_in(key, bucket).to_vec();
             // The TTL is in the header, except for plain values.
             let mut pipe = redis::pipe();
             pipe.get(&key).get(self.keys.epoch(bucket));
@@ -576,7 +577,7 @@ where
             let bucket = self.keys.bucket(write.key);
             let mut invocation = FILL.prepare_invoke();
             invocation
-                .key(self.key(write.key))
+                .key(self.keys.value_in(write.key, bucket))
                 .key(self.keys.epoch(bucket));
             for tag in write.tags {
                 invocation.key(self.keys.tag(tag, bucket));

@@ -6,12 +6,14 @@ use redis::aio::ConnectionLike;
 
 use super::CLEAR_BATCH;
 
-/// Walks a cursor (`SCAN`, `SSCAN`) page by page and unlinks each page's
-/// keys that `select` accepts: bounded memory and one round trip pair per
-/// page, never the whole set at once. `seen` gets every page after it is
-/// unlinked. Keys are bytes: the tier's own keys are not UTF-8.
+/// Walks a cursor (`SCAN`, `SSCAN`) page by page from cursor `from` (`0`:
+/// the start) and unlinks each page's keys that `select` accepts: bounded
+/// memory and one round trip pair per page, never the whole set at once.
+/// `seen` gets every page after it is unlinked. Keys are bytes: the tier's
+/// own keys are not UTF-8.
 pub(super) async fn unlink_scanned<F, Fut>(
     connection: &mut impl ConnectionLike,
+    from: u64,
     mut page: F,
     select: impl Fn(&[u8]) -> bool,
     mut seen: impl FnMut(&[Vec<u8>]),
@@ -20,7 +22,7 @@ where
     F: FnMut(u64) -> Fut,
     Fut: Future<Output = redis::RedisResult<(u64, Vec<Vec<u8>>)>>,
 {
-    let mut cursor: u64 = 0;
+    let mut cursor = from;
     loop {
         let (next, mut keys) = page(cursor).await?;
         keys.retain(|key| select(key));
