@@ -43,6 +43,8 @@ use tokio::sync::OnceCell;
 
 #[cfg(feature = "cluster")]
 mod cluster;
+#[cfg(feature = "cluster")]
+mod redirect;
 
 #[cfg(feature = "cluster")]
 pub use self::cluster::Node;
@@ -176,14 +178,7 @@ impl ConnectionLike for LazyConnection {
             match &*self.inner {
                 Inner::Single { .. } => self.manager().await?.req_packed_command(cmd).await,
                 #[cfg(feature = "cluster")]
-                Inner::Cluster(cluster) => {
-                    let (mut connection, generation) = cluster.connection().await?;
-                    let outcome = connection.req_packed_command(cmd).await;
-                    if let Err(error) = &outcome {
-                        cluster.forget_if_gone(generation, error);
-                    }
-                    outcome
-                }
+                Inner::Cluster(cluster) => cluster.command(cmd).await,
             }
         })
     }
@@ -203,16 +198,7 @@ impl ConnectionLike for LazyConnection {
                         .await
                 }
                 #[cfg(feature = "cluster")]
-                Inner::Cluster(cluster) => {
-                    let (mut connection, generation) = cluster.connection().await?;
-                    let outcome = connection
-                        .req_packed_commands(pipeline, offset, count)
-                        .await;
-                    if let Err(error) = &outcome {
-                        cluster.forget_if_gone(generation, error);
-                    }
-                    outcome
-                }
+                Inner::Cluster(cluster) => cluster.pipeline(pipeline, offset, count).await,
             }
         })
     }

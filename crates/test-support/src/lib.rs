@@ -67,7 +67,9 @@ pub use crate::postgres::{TestPostgres, postgres};
 pub use crate::redis::{TestRedis, redis};
 #[cfg(feature = "cluster")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
-pub use crate::redis_cluster::{PrivateCluster, TestRedisCluster, redis_cluster};
+pub use crate::redis_cluster::{
+    Migration, PrivateCluster, SlotMigration, TestRedisCluster, redis_cluster,
+};
 pub use crate::redis_server::RedisServer;
 pub use crate::requirement::{Decision, Requirement, Unavailable};
 pub use crate::service::{

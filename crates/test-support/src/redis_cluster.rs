@@ -471,6 +471,91 @@ impl PrivateCluster {
         }
     }
 
+    /// Moves the slot that holds `key` to another master the way `redis-cli
+    /// --cluster reshard` does (see [`SlotMigration`]), `batch` keys at a
+    /// time, `pause` apart, so traffic meets the slot half moved. Blocking:
+    /// call it from a thread of its own (`spawn_blocking`) while the test's
+    /// traffic runs.
+    ///
+    /// # Errors
+    ///
+    /// Which step failed, and why. The slot may be left half moved.
+    pub fn migrate_slot_of(
+        &self,
+        key: &str,
+        batch: usize,
+        pause: Duration,
+    ) -> Result<Migration, String> {
+        let mut migration = self.begin_migration(key)?;
+        while migration.move_keys(batch)? > 0 {
+            std::thread::sleep(pause);
+        }
+        migration.finish()
+    }
+
+    /// Starts moving the slot that holds `key` to the next master after the
+    /// one that serves it (in node order): the new owner marks it
+    /// `IMPORTING`, the old one `MIGRATING`. From then on the old owner
+    /// answers a command on a key it no longer holds with `ASK` (the new
+    /// owner serves it after `ASKING`), and a command on several keys split
+    /// between the two with `TRYAGAIN`. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// Which step failed, and why.
+    pub fn begin_migration(&self, key: &str) -> Result<SlotMigration, String> {
+        let (slot, nodes) = self
+            .ask(|connection, nodes| {
+                let slot: u16 = redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(key)
+                    .query(connection)
+                    .ok()?;
+                Some((slot, nodes.to_vec()))
+            })
+            .ok_or("no live node answers")?;
+        let masters: Vec<NodeLine> = nodes
+            .into_iter()
+            .filter(|node| node.master && !node.slots.is_empty())
+            .collect();
+        let from = masters
+            .iter()
+            .position(|node| node.slots.iter().any(|r| r.contains(&slot)))
+            .ok_or_else(|| format!("no master serves slot {slot}"))?;
+        let (source, target) = (&masters[from], &masters[(from + 1) % masters.len()]);
+        if source.id == target.id {
+            return Err("one master only: nowhere to move the slot".to_owned());
+        }
+        let index = |node: &NodeLine| {
+            self.index_of(node.port)
+                .ok_or_else(|| format!("node {} is not ours", node.port))
+        };
+        let mut migration = SlotMigration {
+            old: node_connection(source)?,
+            new: node_connection(target)?,
+            others: masters
+                .iter()
+                .filter(|m| m.id != source.id && m.id != target.id)
+                .map(|m| m.port)
+                .collect(),
+            source_id: source.id.clone(),
+            target_id: target.id.clone(),
+            target_port: target.port,
+            done: Migration {
+                slot,
+                from: index(source)?,
+                to: index(target)?,
+                keys: 0,
+                batches: 0,
+            },
+        };
+        let source_id = migration.source_id.clone();
+        let target_id = migration.target_id.clone();
+        migration.setslot(Side::New, "IMPORTING", &source_id)?;
+        migration.setslot(Side::Old, "MIGRATING", &target_id)?;
+        Ok(migration)
+    }
+
     fn live(&self) -> impl Iterator<Item = &crate::RedisServer> {
         self.nodes.iter().filter(|node| node.is_running())
     }
@@ -523,8 +608,143 @@ impl PrivateCluster {
     }
 }
 
+/// A slot being moved from one master to another, step by step: made by
+/// [`PrivateCluster::begin_migration`], its keys moved by
+/// [`move_keys`](Self::move_keys), ended by [`finish`](Self::finish).
+/// Dropped unfinished, it leaves the slot half moved.
+pub struct SlotMigration {
+    old: redis::Connection,
+    new: redis::Connection,
+    others: Vec<u16>,
+    source_id: String,
+    target_id: String,
+    target_port: u16,
+    done: Migration,
+}
+
+impl std::fmt::Debug for SlotMigration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotMigration")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Old,
+    New,
+}
+
+impl SlotMigration {
+    /// The slot, where it comes from and goes to, and what has moved so far.
+    #[must_use]
+    pub fn progress(&self) -> Migration {
+        self.done
+    }
+
+    /// Moves up to `batch` of the keys the old owner still holds (`CLUSTER
+    /// GETKEYSINSLOT`, then `MIGRATE … KEYS`, atomic per batch); how many
+    /// moved (0 once none is left).
+    ///
+    /// # Errors
+    ///
+    /// The old owner's.
+    pub fn move_keys(&mut self, batch: usize) -> Result<usize, String> {
+        let moving: Vec<Vec<u8>> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(self.done.slot)
+            .arg(batch)
+            .query(&mut self.old)
+            .map_err(|e| format!("CLUSTER GETKEYSINSLOT: {e}"))?;
+        if moving.is_empty() {
+            return Ok(0);
+        }
+        redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(self.target_port)
+            .arg("")
+            .arg(0)
+            .arg(5_000)
+            .arg("KEYS")
+            .arg(&moving)
+            .exec(&mut self.old)
+            .map_err(|e| format!("MIGRATE: {e}"))?;
+        self.done.keys += moving.len();
+        self.done.batches += 1;
+        Ok(moving.len())
+    }
+
+    /// Moves the keys left, then tells every master the slot's new owner
+    /// (`CLUSTER SETSLOT … NODE`: the new owner first, then the old one,
+    /// then the others), as `redis-cli` does.
+    ///
+    /// # Errors
+    ///
+    /// Which step failed, and why.
+    pub fn finish(mut self) -> Result<Migration, String> {
+        while self.move_keys(1_000)? > 0 {}
+        let target = self.target_id.clone();
+        self.setslot(Side::New, "NODE", &target)?;
+        self.setslot(Side::Old, "NODE", &target)?;
+        for port in std::mem::take(&mut self.others) {
+            let mut other = sync_connection(&format!("redis://127.0.0.1:{port}"))
+                .ok_or_else(|| format!("node {port} does not answer"))?;
+            setslot(&mut other, self.done.slot, "NODE", &target)?;
+        }
+        Ok(self.done)
+    }
+
+    fn setslot(&mut self, side: Side, state: &str, id: &str) -> Result<(), String> {
+        let connection = match side {
+            Side::Old => &mut self.old,
+            Side::New => &mut self.new,
+        };
+        setslot(connection, self.done.slot, state, id)
+    }
+}
+
+/// `CLUSTER SETSLOT <slot> <state> <id>` on `connection`.
+fn setslot(
+    connection: &mut redis::Connection,
+    slot: u16,
+    state: &str,
+    id: &str,
+) -> Result<(), String> {
+    redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg(state)
+        .arg(id)
+        .exec(connection)
+        .map_err(|e| format!("CLUSTER SETSLOT {slot} {state}: {e}"))
+}
+
+/// A blocking connection to the node of `line`.
+fn node_connection(line: &NodeLine) -> Result<redis::Connection, String> {
+    sync_connection(&format!("redis://127.0.0.1:{}", line.port))
+        .ok_or_else(|| format!("node {} does not answer", line.port))
+}
+
+/// A slot moved by [`PrivateCluster::migrate_slot_of`] (or being moved by a
+/// [`SlotMigration`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// The slot.
+    pub slot: u16,
+    /// The node that served it (an index into [`PrivateCluster::urls`]).
+    pub from: usize,
+    /// The node that serves it now.
+    pub to: usize,
+    /// How many keys moved.
+    pub keys: usize,
+    /// In how many `MIGRATE` batches.
+    pub batches: usize,
+}
+
 /// One line of `CLUSTER NODES`: `<id> <host:port@cport> <flags> <master
 /// id or -> <ping> <pong> <epoch> <link> <slot ranges>…`.
+#[derive(Clone)]
 struct NodeLine {
     id: String,
     port: u16,

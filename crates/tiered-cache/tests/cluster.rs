@@ -95,11 +95,16 @@ async fn a_miss_and_an_l2_hit_cost_one_nodes_round_trips_on_one_master() {
         .await
         .unwrap();
     assert_eq!(*loaded, "v");
-    // The lookup's two GETs, pipelined; the fill script's EVALSHA (and the
+    // The lookup's MGET (value and epoch); the fill script's EVALSHA (and the
     // GET, GET, SET it runs inside Redis).
     assert_eq!(
         busy_masters(&cluster).await,
-        [calls(&[("get", 4), ("evalsha", 1), ("set", 1)])]
+        [calls(&[
+            ("mget", 1),
+            ("get", 2),
+            ("evalsha", 1),
+            ("set", 1)
+        ])]
     );
 
     let other = two_tiers(&cluster);

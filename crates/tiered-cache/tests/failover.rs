@@ -1,15 +1,21 @@
-//! A master of a private Redis Cluster killed under traffic: the cache
-//! keeps answering (from the loader or its first tier, within the remote
-//! timeout), the invalidation bus loses its shard, flushes the first tier
-//! and comes back on the promoted replica, and propagation resumes.
+//! A private Redis Cluster changing under traffic. A master killed: the
+//! cache keeps answering (from the loader or its first tier, within the
+//! remote timeout), the invalidation bus loses its shard, flushes the first
+//! tier and comes back on the promoted replica, and propagation resumes. A
+//! slot resharded to another master: no value is lost, the stale-set
+//! race finds no stale fill while the slot is half moved, and no value or
+//! invalidation made meanwhile is lost.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Backend, pair, stale_set_race, subscribed};
 use perfkit_test_support::PrivateCluster;
 use perfkit_test_support::concurrency::within;
 use perfkit_tiered_cache::{Cache, MemoryTier, RedisBus, RedisTier};
@@ -154,4 +160,96 @@ async fn a_killed_master_costs_misses_not_errors_and_the_bus_comes_back_on_its_r
         tier(&a).hits + tier(&b).hits > 0,
         "the second tier served hits"
     );
+}
+
+/// `n` cache keys `<name>0`, `<name>1`, … that share one bucket, so one
+/// slot: those whose stored key carries the first one's hash tag.
+fn one_bucket(redis: &Backend, name: &str, n: usize) -> Vec<String> {
+    let tag = |key: &str| {
+        let stored = redis.key(key);
+        let open = stored.find('{').unwrap();
+        stored[open..=open + 5].to_owned()
+    };
+    let first = tag(&format!("{name}0"));
+    (0..)
+        .map(|i| format!("{name}{i}"))
+        .filter(|key| tag(key) == first)
+        .take(n)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_resharded_under_traffic_loses_no_value_nor_invalidation_and_lets_no_stale_fill_through()
+ {
+    let Some(cluster) = tokio::task::block_in_place(PrivateCluster::start) else {
+        return;
+    };
+    let cluster = Arc::new(cluster);
+    let redis = Backend::on_cluster(cluster.connect().await);
+    let (a, b) = pair(&redis);
+    subscribed(&[&a, &b]).await;
+    // One bucket: 20 keys for the race, 600 values that must survive the move.
+    let keys = one_bucket(&redis, "moving:", 620);
+    let (raced, kept) = keys.split_at(20);
+    for key in kept {
+        a.set(key, format!("kept {key}")).await;
+    }
+    let tier_errors = |cache: &Cache<String>| cache.stats().tiers[1].errors;
+    assert_eq!(tier_errors(&a), 0);
+
+    // The slot moves 10 keys at a time, 20 ms apart, while the race runs.
+    let moving = tokio::task::spawn_blocking({
+        let (cluster, stored) = (Arc::clone(&cluster), redis.key(&keys[0]));
+        move || cluster.migrate_slot_of(&stored, 10, Duration::from_millis(20))
+    });
+    // Meanwhile a third of the kept values are invalidated through B, ten
+    // at a time (several commands in flight on one node's connection).
+    let invalidating = tokio::spawn({
+        let (b, kept) = (b.clone(), kept.to_vec());
+        async move {
+            let doomed: Vec<&String> = kept.iter().step_by(3).collect();
+            for ten in doomed.chunks(10) {
+                futures_util::future::join_all(ten.iter().map(|key| b.invalidate(key))).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let rounds = stale_set_race(&redis, (&a, &b), raced, |round| {
+        round >= 100 && moving.is_finished()
+    })
+    .await;
+    invalidating.await.unwrap();
+    let migration = moving.await.unwrap().unwrap();
+    eprintln!(
+        "{migration:?}; {rounds} race rounds meanwhile; tier errors: A {}, B {}",
+        tier_errors(&a),
+        tier_errors(&b)
+    );
+    assert!(
+        migration.keys >= kept.len() && migration.batches >= 50,
+        "the slot was half moved for {} batches",
+        migration.batches
+    );
+    assert_eq!(
+        tokio::task::block_in_place(|| cluster.master_of(&redis.key(&keys[0]))),
+        migration.to
+    );
+
+    // An instance that never saw them reads every value set before the
+    // move from the new master, except those invalidated meanwhile.
+    let fresh = pair(&redis).0;
+    for (n, key) in kept.iter().enumerate() {
+        let want = (n % 3 != 0).then(|| format!("kept {key}"));
+        assert_eq!(
+            fresh.get(key).await.as_deref().cloned(),
+            want,
+            "{key} after the move"
+        );
+    }
+    assert_eq!(
+        fresh.stats().tiers[1].hits,
+        kept.len() as u64 - kept.len().div_ceil(3) as u64
+    );
+    // And the race holds on the slot's new master.
+    stale_set_race(&redis, (&a, &b), raced, |round| round == 100).await;
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Backend, backends};
+use common::{backends, instance_with, pair, stale_set_race, subscribed};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 use perfkit_test_support::RedisServer;
 use perfkit_test_support::concurrency::within;
 use perfkit_tiered_cache::{
-    Cache, LoadOptions, LocalBus, MemoryTier, RedisBus, RedisBusBuilder, RedisTier,
-    RedisTierBuilder, SetOptions,
+    Cache, LoadOptions, LocalBus, MemoryTier, RedisBus, RedisTier, SetOptions,
 };
-use redis::AsyncCommands;
 
 /// One service instance: L1, Redis under `prefix`, and a Redis bus on `channel`.
 fn instance(url: &str, prefix: &str, channel: &str) -> Cache<String> {
@@ -29,48 +27,6 @@ fn instance(url: &str, prefix: &str, channel: &str) -> Cache<String> {
         channel,
         None,
     )
-}
-
-fn instance_with(
-    tier: RedisTierBuilder,
-    bus: RedisBusBuilder,
-    prefix: &str,
-    channel: &str,
-    strict: Option<Duration>,
-) -> Cache<String> {
-    let builder = Cache::builder()
-        .name("invalidation")
-        .tier(MemoryTier::with_max_entries(10_000))
-        .tier(tier.prefix(prefix).build().unwrap())
-        // Generous: these tests run in parallel on a small machine, and a
-        // timed-out lookup would read as a miss.
-        .remote_timeout(Duration::from_secs(2))
-        .invalidation_bus(
-            bus.channel(channel)
-                .health_check(Duration::from_millis(200))
-                .build()
-                .unwrap(),
-        );
-    match strict {
-        Some(bound) => builder.strict_invalidation(bound).build().unwrap(),
-        None => builder.build().unwrap(),
-    }
-}
-
-fn pair(redis: &Backend) -> (Cache<String>, Cache<String>) {
-    let channel = format!("{}bus", redis.prefix());
-    let one = || instance_with(redis.tier(), redis.bus(), redis.prefix(), &channel, None);
-    (one(), one())
-}
-
-/// Waits until every cache has subscribed (its first subscription flushes L1 once).
-async fn subscribed(caches: &[&Cache<String>]) {
-    within("the bus subscriptions", async {
-        while caches.iter().any(|cache| cache.stats().l1_flushes == 0) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await;
 }
 
 /// Waits until `cache` no longer answers `old` for `key`; returns how long that took.
@@ -203,81 +159,8 @@ async fn loads_that_began_before_an_invalidation_never_write_their_old_value_aft
         eprintln!("on {}", redis.name);
         let (a, b) = pair(&redis);
         subscribed(&[&a, &b]).await;
-        let database = Arc::new(AtomicU64::new(0));
-        let mut seed: u64 = 0x5EED;
-        let mut random = move |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
-        let iterations = 2_000;
-        for i in 0..iterations {
-            let key = format!("race:{}", i % 50);
-            let loader = |delay: u64| {
-                let database = Arc::clone(&database);
-                move || async move {
-                    // The read happens when the loader starts; the answer comes later.
-                    let read = database.load(Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_micros(delay)).await;
-                    Ok::<_, std::io::Error>(format!("{read}"))
-                }
-            };
-            let (da, db, dw) = (random(1_500), random(1_500), random(1_000));
-            let (ka, kb) = (key.clone(), key.clone());
-            let (ca, cb) = (a.clone(), b.clone());
-            let on_a = tokio::spawn({
-                let load = loader(da);
-                async move { ca.get_or_load(&ka, load).await }
-            });
-            let on_b = tokio::spawn({
-                let load = loader(db);
-                async move { cb.get_or_load(&kb, load).await }
-            });
-            tokio::time::sleep(Duration::from_micros(dw)).await;
-            // The write: update the database, then invalidate (through A or B).
-            let now = database.fetch_add(1, Ordering::SeqCst) + 1;
-            let received_before = (
-                a.stats().invalidations_received,
-                b.stats().invalidations_received,
-            );
-            let (writer, other) = if random(2) == 0 { (&a, &b) } else { (&b, &a) };
-            writer.invalidate(&key).await;
-            let _ = within("the loads", on_a).await.unwrap();
-            let _ = within("the loads", on_b).await.unwrap();
-            // Let the other instance apply the message.
-            let other_before = if std::ptr::eq(other, &a) {
-                received_before.0
-            } else {
-                received_before.1
-            };
-            within("the invalidation reaching the other instance", async {
-                while other.stats().invalidations_received == other_before {
-                    tokio::time::sleep(Duration::from_micros(100)).await;
-                }
-            })
-            .await;
-
-            for (name, cache) in [("A", &a), ("B", &b)] {
-                if let Some(value) = cache.get(&key).await {
-                    let seen: u64 = value.parse().unwrap();
-                    assert!(
-                        seen >= now,
-                        "iteration {i}: {name} serves {seen}, loaded before the update to {now}"
-                    );
-                }
-            }
-            let raw: Option<Vec<u8>> = redis.connection().get(redis.key(&key)).await.unwrap();
-            if let Some(raw) = raw
-                && &raw[..4] == b"pk\x01v"
-            {
-                let text = String::from_utf8_lossy(&raw);
-                assert!(
-                    !text.ends_with(&format!("{}", now - 1)) || now == 0,
-                    "iteration {i}: Redis holds the value from before the update: {text:?}"
-                );
-            }
-        }
+        let keys: Vec<String> = (0..50).map(|i| format!("race:{i}")).collect();
+        stale_set_race(&redis, (&a, &b), &keys, |i| i == 2_000).await;
     }
 }
 

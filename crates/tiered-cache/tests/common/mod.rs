@@ -3,13 +3,19 @@
 //! [`Backend`] runs unchanged on both.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use perfkit_redis::LazyConnection;
 use perfkit_test_support::TestRedis;
 #[cfg(feature = "cluster")]
 use perfkit_test_support::TestRedisCluster;
-use perfkit_tiered_cache::{RedisBus, RedisBusBuilder, RedisTier, RedisTierBuilder};
+use perfkit_test_support::concurrency::within;
+use perfkit_tiered_cache::{
+    Cache, MemoryTier, RedisBus, RedisBusBuilder, RedisTier, RedisTierBuilder,
+};
+use redis::AsyncCommands;
 
 /// One Redis deployment, in a key prefix of this test's own.
 pub(crate) struct Backend {
@@ -39,18 +45,24 @@ pub(crate) async fn backends() -> Vec<Backend> {
     }
     #[cfg(feature = "cluster")]
     if let Some(cluster) = perfkit_test_support::redis_cluster().await {
-        let connection =
-            LazyConnection::open_cluster(cluster.urls(), Duration::from_secs(1)).unwrap();
-        backends.push(Backend {
-            name: "cluster",
-            kind: Kind::Cluster(cluster),
-            connection,
-        });
+        backends.push(Backend::on_cluster(cluster));
     }
     backends
 }
 
 impl Backend {
+    /// The cluster `cluster` connects to, in its prefix.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn on_cluster(cluster: TestRedisCluster) -> Self {
+        let connection =
+            LazyConnection::open_cluster(cluster.urls(), Duration::from_secs(1)).unwrap();
+        Backend {
+            name: "cluster",
+            kind: Kind::Cluster(cluster),
+            connection,
+        }
+    }
+
     /// This test's key prefix.
     pub(crate) fn prefix(&self) -> &str {
         match &self.kind {
@@ -131,4 +143,127 @@ impl Backend {
             Kind::Cluster(cluster) => Some(cluster),
         }
     }
+}
+
+/// One service instance on `tier` and `bus`: L1, the Redis tier under
+/// `prefix`, the bus on `channel`, strict when `strict` is given.
+pub(crate) fn instance_with(
+    tier: RedisTierBuilder,
+    bus: RedisBusBuilder,
+    prefix: &str,
+    channel: &str,
+    strict: Option<Duration>,
+) -> Cache<String> {
+    let builder = Cache::builder()
+        .name("invalidation")
+        .tier(MemoryTier::with_max_entries(10_000))
+        .tier(tier.prefix(prefix).build().unwrap())
+        // Generous: these tests run in parallel on a small machine, and a
+        // timed-out lookup would read as a miss.
+        .remote_timeout(Duration::from_secs(2))
+        .invalidation_bus(
+            bus.channel(channel)
+                .health_check(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        );
+    match strict {
+        Some(bound) => builder.strict_invalidation(bound).build().unwrap(),
+        None => builder.build().unwrap(),
+    }
+}
+
+/// Two instances of one service on `redis`, in its prefix, on one bus.
+pub(crate) fn pair(redis: &Backend) -> (Cache<String>, Cache<String>) {
+    let channel = format!("{}bus", redis.prefix());
+    let one = || instance_with(redis.tier(), redis.bus(), redis.prefix(), &channel, None);
+    (one(), one())
+}
+
+/// Waits until every cache has subscribed (its first subscription flushes L1 once).
+pub(crate) async fn subscribed(caches: &[&Cache<String>]) {
+    within("the bus subscriptions", async {
+        while caches.iter().any(|cache| cache.stats().l1_flushes == 0) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+/// The stale-set race, round after round on `keys` (in turn) until
+/// `done(round)`: loads on A and B read the "database" and finish, after a
+/// random delay, around an update of it and the invalidation that follows
+/// (through A or B). Once the invalidation has returned and reached the
+/// other instance, neither may serve, and Redis may not hold, a value older
+/// than the update. Returns the number of rounds.
+pub(crate) async fn stale_set_race(
+    redis: &Backend,
+    (a, b): (&Cache<String>, &Cache<String>),
+    keys: &[String],
+    done: impl Fn(usize) -> bool,
+) -> usize {
+    let database = Arc::new(AtomicU64::new(0));
+    let mut seed: u64 = 0x5EED;
+    let mut random = move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+    let mut round = 0;
+    while !done(round) {
+        let key = &keys[round % keys.len()];
+        let loader = |delay: u64| {
+            let database = Arc::clone(&database);
+            move || async move {
+                // The read happens when the loader starts; the answer comes later.
+                let read = database.load(Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_micros(delay)).await;
+                Ok::<_, std::io::Error>(format!("{read}"))
+            }
+        };
+        let (da, db, dw) = (random(1_500), random(1_500), random(1_000));
+        let load_on = |cache: &Cache<String>, delay| {
+            let (cache, key, load) = (cache.clone(), key.clone(), loader(delay));
+            tokio::spawn(async move { cache.get_or_load(&key, load).await })
+        };
+        let (on_a, on_b) = (load_on(a, da), load_on(b, db));
+        tokio::time::sleep(Duration::from_micros(dw)).await;
+        // The write: update the database, then invalidate (through A or B).
+        let now = database.fetch_add(1, Ordering::SeqCst) + 1;
+        let (writer, other) = if random(2) == 0 { (a, b) } else { (b, a) };
+        let other_before = other.stats().invalidations_received;
+        writer.invalidate(key).await;
+        let _ = within("the loads", on_a).await.unwrap();
+        let _ = within("the loads", on_b).await.unwrap();
+        // Let the other instance apply the message.
+        within("the invalidation reaching the other instance", async {
+            while other.stats().invalidations_received == other_before {
+                tokio::time::sleep(Duration::from_micros(100)).await;
+            }
+        })
+        .await;
+
+        for (name, cache) in [("A", a), ("B", b)] {
+            if let Some(value) = cache.get(key).await {
+                let seen: u64 = value.parse().unwrap();
+                assert!(
+                    seen >= now,
+                    "round {round}: {name} serves {seen}, loaded before the update to {now}"
+                );
+            }
+        }
+        let raw: Option<Vec<u8>> = redis.connection().get(redis.key(key)).await.unwrap();
+        if let Some(raw) = raw
+            && &raw[..4] == b"pk\x01v"
+        {
+            let text = String::from_utf8_lossy(&raw);
+            assert!(
+                !text.ends_with(&format!("{}", now - 1)) || now == 0,
+                "round {round}: Redis holds the value from before the update: {text:?}"
+            );
+        }
+        round += 1;
+    }
+    round
 }

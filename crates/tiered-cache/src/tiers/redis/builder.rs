@@ -98,8 +98,8 @@ impl<C, R> RedisTierBuilder<C, R> {
     /// Stores each value as the codec's bytes alone, without the header
     /// described in [`RedisTier`]'s value format, so that programs that
     /// know nothing of perfkit can read and write the same keys (pair it with
-    /// the [`Json`](crate::Json) codec). A lookup is then `GET` and `PTTL`
-    /// pipelined in one round trip instead of one `GET`. Default: off.
+    /// the [`Json`](crate::Json) codec). A lookup then reads the `PTTL` too,
+    /// pipelined in the same round trip. Default: off.
     pub fn plain_values(mut self) -> Self {
         self.plain = true;
         self

@@ -522,28 +522,31 @@ where
         Box::pin(async move {
             let bucket = self.keys.bucket(key);
             let key = self.keys.value_in(key, bucket).to_vec();
-            // The TTL is in the header, except for plain values.
-            let mut pipe = redis::pipe();
-            pipe.get(&key).get(self.keys.epoch(bucket));
-            if self.plain {
-                pipe.pttl(&key);
-            }
-            let (bytes, epoch, pttl): (Option<Vec<u8>>, Option<Vec<u8>>, Option<i64>) =
-                if self.plain {
-                    self.run(|mut connection| {
-                        let pipe = &pipe;
-                        async move { pipe.query_async(&mut connection).await }
+            // The value and its bucket's epoch in one command: on a cluster
+            // whose slot is moving, Redis answers TRYAGAIN while the two are
+            // on different nodes, where two GETs could read one of them on
+            // the wrong node as missing. The TTL is in the header, except
+            // for plain values.
+            let mut mget = redis::cmd("MGET");
+            mget.arg(&key).arg(self.keys.epoch(bucket));
+            type Found = (Option<Vec<u8>>, Option<Vec<u8>>);
+            let ((bytes, epoch), pttl): (Found, Option<i64>) = if self.plain {
+                let mut pipe = redis::pipe();
+                pipe.add_command(mget).pttl(&key);
+                self.run(|mut connection| {
+                    let pipe = &pipe;
+                    async move { pipe.query_async(&mut connection).await }
+                })
+                .await?
+            } else {
+                let found = self
+                    .run(|mut connection| {
+                        let mget = &mget;
+                        async move { mget.query_async(&mut connection).await }
                     })
-                    .await?
-                } else {
-                    let (bytes, epoch): (Option<Vec<u8>>, Option<Vec<u8>>) = self
-                        .run(|mut connection| {
-                            let pipe = &pipe;
-                            async move { pipe.query_async(&mut connection).await }
-                        })
-                        .await?;
-                    (bytes, epoch, None)
-                };
+                    .await?;
+                (found, None)
+            };
             let found = match (&bytes, pttl) {
                 (Some(bytes), Some(pttl)) => self.plain_entry(bytes, pttl).map(Some),
                 (Some(bytes), None) => self.decode(bytes),
