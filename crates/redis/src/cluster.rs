@@ -174,6 +174,16 @@ impl LazyConnection {
     /// sent while a node is unreachable is retried a few times (10 ms
     /// doubling to 100 ms), within the caller's own timeout.
     ///
+    /// # A slot that moves
+    ///
+    /// Whatever the constructor, a command, pipeline or transaction that
+    /// redis-rs gives back redirected (`ASK` while its slot moves, `MOVED`
+    /// once moved) is sent again to the node named, with `ASKING` in the
+    /// same write. A pipeline moves as a unit: while its slot moves, one on
+    /// two keys of the slot may be sent where only one of them is, and read
+    /// the other as missing; read several keys with one command (`MGET`) or
+    /// a script, which Redis answers with `TRYAGAIN` while they are split.
+    ///
     /// # Errors
     ///
     /// When no URL is given or one is not a Redis URL.
