@@ -215,12 +215,18 @@ async fn redirected_pipeline(
     let mut replies = connection
         .route_pipeline(again, 0, total, redirect.route())
         .await?;
-    Ok(positions
+    positions
         .into_iter()
         .skip(offset)
         .take(count)
-        .map(|at| std::mem::replace(&mut replies[at], Value::Nil))
-        .collect())
+        .map(|at| match replies.get_mut(at) {
+            Some(reply) => Ok(std::mem::replace(reply, Value::Nil)),
+            None => Err(RedisError::from((
+                ErrorKind::Parse,
+                "a redirected pipeline came back short",
+            ))),
+        })
+        .collect()
 }
 
 impl LazyCluster {
