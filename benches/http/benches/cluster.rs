@@ -7,7 +7,10 @@
 //! rounds, not between the two halves of a pair).
 //!
 //! Needs Redis at `REDIS_URL` and a cluster at `REDIS_CLUSTER_URLS` (the
-//! defaults `.ci/run` uses); skipped with a message otherwise.
+//! defaults `.ci/run` uses); skipped with a message otherwise. Every master
+//! of the cluster has a replica: point `REDIS_URL` at a node with one too
+//! for the like-for-like comparison of writes (the idempotency README has
+//! the commands).
 //!
 //! `cargo bench -p perfkit-benches-http --bench cluster` (a current-thread
 //! runtime), and `PERFKIT_BENCH_RUNTIME=multi cargo bench …` (two workers).
