@@ -156,8 +156,9 @@ async fn round(connection: &LazyConnection, task: usize, i: usize) -> Result<(),
     }
 }
 
-/// Runs `rounds` rounds on each of 8 tasks at once; the errors, by message.
-async fn traffic(connection: &LazyConnection, rounds: usize) -> Vec<String> {
+/// Runs `rounds` rounds on each of 8 tasks at once; fails on any error,
+/// saying `when`.
+async fn traffic(connection: &LazyConnection, rounds: usize, when: &str) {
     let tasks: Vec<_> = (0..8)
         .map(|task| {
             let connection = connection.clone();
@@ -176,7 +177,13 @@ async fn traffic(connection: &LazyConnection, rounds: usize) -> Vec<String> {
     for task in tasks {
         errors.extend(task.await.unwrap());
     }
-    errors
+    assert!(
+        errors.is_empty(),
+        "{} of {} rounds failed {when}; first: {:#?}",
+        errors.len(),
+        rounds * 8,
+        &errors[..errors.len().min(5)]
+    );
 }
 
 /// Redis Cluster moves a slot key by key: meanwhile its old owner answers
@@ -200,21 +207,8 @@ async fn commands_pipelines_and_transactions_follow_a_slot_being_moved() {
     let mut migration = tokio::task::block_in_place(|| cluster.begin_migration("{m}")).unwrap();
     tokio::task::block_in_place(|| migration.move_keys(50)).unwrap();
 
-    let errors = traffic(&connection, 100).await;
-    assert!(
-        errors.is_empty(),
-        "{} of 800 rounds failed on the half-moved slot; first: {:#?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    );
-
+    traffic(&connection, 100, "on the half-moved slot").await;
     let moved = tokio::task::block_in_place(|| migration.finish()).unwrap();
     eprintln!("{moved:?}");
-    let errors = traffic(&connection, 100).await;
-    assert!(
-        errors.is_empty(),
-        "{} of 800 rounds failed once the slot had moved; first: {:#?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    );
+    traffic(&connection, 100, "once the slot had moved").await;
 }

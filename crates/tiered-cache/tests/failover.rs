@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Backend, pair, stale_set_race, subscribed};
+use common::{Backend, Invalidation, pair, stale_set_race, subscribed};
 use perfkit_test_support::PrivateCluster;
 use perfkit_test_support::concurrency::within;
 use perfkit_tiered_cache::{Cache, MemoryTier, RedisBus, RedisTier};
@@ -214,7 +214,7 @@ async fn a_slot_resharded_under_traffic_loses_no_value_nor_invalidation_and_lets
             }
         }
     });
-    let rounds = stale_set_race(&redis, (&a, &b), raced, |round| {
+    let rounds = stale_set_race(&redis, (&a, &b), raced, Invalidation::Key, |round| {
         round >= 100 && moving.is_finished()
     })
     .await;
@@ -251,5 +251,8 @@ async fn a_slot_resharded_under_traffic_loses_no_value_nor_invalidation_and_lets
         kept.len() as u64 - kept.len().div_ceil(3) as u64
     );
     // And the race holds on the slot's new master.
-    stale_set_race(&redis, (&a, &b), raced, |round| round == 100).await;
+    stale_set_race(&redis, (&a, &b), raced, Invalidation::Key, |round| {
+        round == 100
+    })
+    .await;
 }

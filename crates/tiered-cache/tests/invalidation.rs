@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{backends, instance_with, pair, stale_set_race, subscribed};
+use common::{Invalidation, backends, instance_with, pair, stale_set_race, subscribed};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 
 use perfkit_test_support::RedisServer;
 use perfkit_test_support::concurrency::within;
-use perfkit_tiered_cache::{
-    Cache, LoadOptions, LocalBus, MemoryTier, RedisBus, RedisTier, SetOptions,
-};
+use perfkit_tiered_cache::{Cache, LocalBus, MemoryTier, RedisBus, RedisTier, SetOptions};
 
 /// One service instance: L1, Redis under `prefix`, and a Redis bus on `channel`.
 fn instance(url: &str, prefix: &str, channel: &str) -> Cache<String> {
@@ -160,7 +158,7 @@ async fn loads_that_began_before_an_invalidation_never_write_their_old_value_aft
         let (a, b) = pair(&redis);
         subscribed(&[&a, &b]).await;
         let keys: Vec<String> = (0..50).map(|i| format!("race:{i}")).collect();
-        stale_set_race(&redis, (&a, &b), &keys, |i| i == 2_000).await;
+        stale_set_race(&redis, (&a, &b), &keys, Invalidation::Key, |i| i == 2_000).await;
     }
 }
 
@@ -173,62 +171,11 @@ async fn tagged_loads_that_began_before_a_tag_invalidation_never_write_their_old
         eprintln!("on {}", redis.name);
         let (a, b) = pair(&redis);
         subscribed(&[&a, &b]).await;
-        let database = Arc::new(AtomicU64::new(0));
-        let mut seed: u64 = 0x7A6;
-        let mut random = move |bound: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % bound
-        };
-        let mut stale = Vec::new();
-        for i in 0..2_000 {
-            let key = format!("tag-race:{}", i % 50);
-            let tag = format!("t{}", i % 5);
-            let load_on = |cache: &Cache<String>, delay: u64| {
-                let (cache, key, database) = (cache.clone(), key.clone(), Arc::clone(&database));
-                let options = LoadOptions::default().tags([tag.clone()]);
-                tokio::spawn(async move {
-                    cache
-                        .get_or_load_with(&key, options, move || async move {
-                            let read = database.load(Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_micros(delay)).await;
-                            Ok::<_, std::io::Error>(read.to_string())
-                        })
-                        .await
-                })
-            };
-            let (on_a, on_b) = (load_on(&a, random(1_500)), load_on(&b, random(1_500)));
-            tokio::time::sleep(Duration::from_micros(random(1_000))).await;
-            let now = database.fetch_add(1, Ordering::SeqCst) + 1;
-            let (writer, other) = if random(2) == 0 { (&a, &b) } else { (&b, &a) };
-            let other_before = other.stats().invalidations_received;
-            writer.invalidate_tag(&tag).await;
-            let _ = within("the loads", on_a).await.unwrap();
-            let _ = within("the loads", on_b).await.unwrap();
-            within("the invalidation reaching the other instance", async {
-                while other.stats().invalidations_received == other_before {
-                    tokio::time::sleep(Duration::from_micros(100)).await;
-                }
-            })
-            .await;
-            for (name, cache) in [("A", &a), ("B", &b)] {
-                if let Some(value) = cache.get(&key).await {
-                    let seen: u64 = value.parse().unwrap();
-                    if seen < now {
-                        stale.push(format!(
-                            "iteration {i}: {name} serves {seen} after the update to {now}"
-                        ));
-                    }
-                }
-            }
-        }
-        assert!(
-            stale.is_empty(),
-            "{} stale reads in 2,000 iterations; first: {:#?}",
-            stale.len(),
-            &stale[..stale.len().min(5)]
-        );
+        let keys: Vec<String> = (0..50).map(|i| format!("tag-race:{i}")).collect();
+        stale_set_race(&redis, (&a, &b), &keys, Invalidation::Tag(5), |i| {
+            i == 2_000
+        })
+        .await;
     }
 }
 

@@ -13,7 +13,7 @@ use perfkit_test_support::TestRedis;
 use perfkit_test_support::TestRedisCluster;
 use perfkit_test_support::concurrency::within;
 use perfkit_tiered_cache::{
-    Cache, MemoryTier, RedisBus, RedisBusBuilder, RedisTier, RedisTierBuilder,
+    Cache, LoadOptions, MemoryTier, RedisBus, RedisBusBuilder, RedisTier, RedisTierBuilder,
 };
 use redis::AsyncCommands;
 
@@ -190,6 +190,16 @@ pub(crate) async fn subscribed(caches: &[&Cache<String>]) {
     .await;
 }
 
+/// What invalidates in [`stale_set_race`].
+#[derive(Clone, Copy)]
+pub(crate) enum Invalidation {
+    /// `invalidate` of the round's key.
+    Key,
+    /// `invalidate_tag` of the round's tag, one of `t0`…`t<n-1>` in turn,
+    /// which the loads tag their value with.
+    Tag(usize),
+}
+
 /// The stale-set race, round after round on `keys` (in turn) until
 /// `done(round)`: loads on A and B read the "database" and finish, after a
 /// random delay, around an update of it and the invalidation that follows
@@ -200,10 +210,14 @@ pub(crate) async fn stale_set_race(
     redis: &Backend,
     (a, b): (&Cache<String>, &Cache<String>),
     keys: &[String],
+    invalidation: Invalidation,
     done: impl Fn(usize) -> bool,
 ) -> usize {
     let database = Arc::new(AtomicU64::new(0));
-    let mut seed: u64 = 0x5EED;
+    let mut seed: u64 = match invalidation {
+        Invalidation::Key => 0x5EED,
+        Invalidation::Tag(_) => 0x7A6,
+    };
     let mut random = move |bound: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -213,6 +227,10 @@ pub(crate) async fn stale_set_race(
     let mut round = 0;
     while !done(round) {
         let key = &keys[round % keys.len()];
+        let tag = match invalidation {
+            Invalidation::Key => None,
+            Invalidation::Tag(tags) => Some(format!("t{}", round % tags)),
+        };
         let loader = |delay: u64| {
             let database = Arc::clone(&database);
             move || async move {
@@ -225,7 +243,8 @@ pub(crate) async fn stale_set_race(
         let (da, db, dw) = (random(1_500), random(1_500), random(1_000));
         let load_on = |cache: &Cache<String>, delay| {
             let (cache, key, load) = (cache.clone(), key.clone(), loader(delay));
-            tokio::spawn(async move { cache.get_or_load(&key, load).await })
+            let options = LoadOptions::default().tags(tag.clone());
+            tokio::spawn(async move { cache.get_or_load_with(&key, options, load).await })
         };
         let (on_a, on_b) = (load_on(a, da), load_on(b, db));
         tokio::time::sleep(Duration::from_micros(dw)).await;
@@ -233,7 +252,12 @@ pub(crate) async fn stale_set_race(
         let now = database.fetch_add(1, Ordering::SeqCst) + 1;
         let (writer, other) = if random(2) == 0 { (a, b) } else { (b, a) };
         let other_before = other.stats().invalidations_received;
-        writer.invalidate(key).await;
+        match &tag {
+            None => writer.invalidate(key).await,
+            Some(tag) => {
+                writer.invalidate_tag(tag).await;
+            }
+        }
         let _ = within("the loads", on_a).await.unwrap();
         let _ = within("the loads", on_b).await.unwrap();
         // Let the other instance apply the message.
