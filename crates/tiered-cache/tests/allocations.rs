@@ -1,5 +1,6 @@
-//! A warm L1 hit allocates nothing: counted with a global allocator that
-//! counts, in a test binary of its own. Only the measuring thread's
+//! A warm L1 hit allocates nothing, and an L2 hit little more than a raw
+//! `GET`: counted with a global allocator that counts, in a test binary of
+//! its own. Only the measuring thread's
 //! allocations count: libtest's main thread keeps its books while the test
 //! runs (on a loaded machine its table of running tests grew inside the
 //! measured loop and failed the test with 4 allocations that were not ours).
@@ -80,6 +81,96 @@ fn a_warm_l1_hit_allocates_nothing() {
         assert_eq!(
             allocations, 0,
             "{allocations} allocations in 10,000 warm L1 hits"
+        );
+    });
+}
+
+/// Allocations per operation, counted on this thread over `n` calls of `op`.
+#[cfg(feature = "redis")]
+async fn per_op<F: std::future::Future<Output = ()>>(n: u64, mut op: impl FnMut(u64) -> F) -> f64 {
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    COUNTING.with(|on| on.set(true));
+    for i in 0..n {
+        op(i).await;
+    }
+    COUNTING.with(|on| on.set(false));
+    #[allow(clippy::cast_precision_loss)]
+    let per = (ALLOCATIONS.load(Ordering::SeqCst) - before) as f64 / n as f64;
+    per
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn an_l2_hit_allocates_little_more_than_a_raw_get() {
+    use perfkit_tiered_cache::RedisTier;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let Some(redis) = perfkit_test_support::redis().await else {
+            return;
+        };
+        const KEYS: u64 = 2_000;
+        let writer: Cache<String> = Cache::builder()
+            .tier(
+                RedisTier::builder(redis.url())
+                    .prefix(redis.prefix())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        for i in 0..KEYS {
+            writer
+                .set(&format!("k{i}"), "Ada Lovelace, analyst".to_owned())
+                .await;
+        }
+        // A raw GET on the connection type the tier uses.
+        let client = redis::Client::open(redis.url()).unwrap();
+        let raw = redis::aio::ConnectionManager::new(client).await.unwrap();
+        let stored: Vec<String> = (0..KEYS).map(|i| redis.key(&format!("k{i}"))).collect();
+        // A cache with an empty L1: every get is an L2 hit, promoted into L1.
+        let reader: Cache<String> = Cache::builder()
+            .tier(MemoryTier::with_max_entries(10_000))
+            .tier(
+                RedisTier::builder(redis.url())
+                    .prefix(redis.prefix())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        assert!(reader.get("k0").await.is_some()); // connects
+        let raw_get = per_op(KEYS - 1, |i| {
+            let mut raw = raw.clone();
+            let key = &stored[usize::try_from(i + 1).unwrap()];
+            async move {
+                let found: Option<Vec<u8>> =
+                    redis::AsyncCommands::get(&mut raw, key).await.unwrap();
+                assert!(found.is_some());
+            }
+        })
+        .await;
+        let names: Vec<String> = (0..KEYS).map(|i| format!("k{i}")).collect();
+        let l2_hit = per_op(KEYS - 1, |i| {
+            let (reader, name) = (&reader, &names[usize::try_from(i + 1).unwrap()]);
+            async move {
+                assert!(reader.get(name).await.is_some());
+            }
+        })
+        .await;
+        eprintln!(
+            "allocations per operation: raw GET {raw_get:.1}, L2 hit with promotion {l2_hit:.1}"
+        );
+        // Measured 9.0 and 23.1. Of the 14 more: moka's insert of the
+        // promoted value (6) and its key (1), the shared-lookup slot and its
+        // key (2), the tier's boxed future and LazyConnection's (2), the
+        // decoded value's Arc beside its bytes (1). The bound only stops
+        // the count from rising; the cache speed issue aims at + 3.
+        assert!(
+            l2_hit <= raw_get + 15.0,
+            "an L2 hit allocates {l2_hit:.1} times, a raw GET {raw_get:.1}"
         );
     });
 }
