@@ -1,0 +1,278 @@
+//! The second method behind `tiered_cache`: ours and a reference on the same
+//! data, alternated in short blocks (or op by op where an operation is long
+//! enough to time alone), the order within each pair alternating too, in
+//! rounds; each round prints both medians and their ratio, and the summary
+//! the median of the per-round ratios with their range (the machine drifts
+//! between rounds, not between the two halves of a pair).
+//!
+//! - L1 hit: `Cache::get` of a warm key against `quick_cache`'s sync `get`
+//!   and moka's sync `get` (with per-entry expiry, as our L1 configures it),
+//!   in blocks of 256 calls.
+//! - L2 hit with promotion (values of 1 KiB): `Cache::get` on a cache whose
+//!   L1 has not seen the key, against a raw redis-rs `GET` of the same stored key on the same
+//!   connection type (`ConnectionManager`), op by op.
+//! - Miss and load: `Cache::get_or_load` of a key in no tier (lookup, load,
+//!   conditional fill), against the raw `GET` and `SET` a look-aside cache
+//!   needs at least, op by op.
+//!
+//! The L2 parts need Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`)
+//! and are skipped with a message otherwise. Propagation is measured by the
+//! `invalidation` bench.
+//!
+//! `cargo bench -p perfkit-benches --bench tiered_cache_blocks`
+
+// Benchmark harness: a setup that fails should stop the run.
+#![allow(clippy::expect_used)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+const ROUNDS: usize = 10;
+const BLOCK: usize = 256;
+const BLOCKS: usize = 200;
+const KEYS: usize = 1_000;
+const KEY: &str = "agent:42";
+
+fn value() -> String {
+    "Ada Lovelace, analyst".to_owned()
+}
+
+/// The L2 parts' value: 1 KiB, as the cache speed issue measured.
+fn kib() -> String {
+    "x".repeat(1_024)
+}
+
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+/// The per-round ratios of one comparison.
+struct Comparison {
+    name: &'static str,
+    ratios: Vec<f64>,
+}
+
+impl Comparison {
+    fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            ratios: Vec::with_capacity(ROUNDS),
+        }
+    }
+
+    /// Records a round: medians of both sides (per call), and their ratio.
+    fn round(&mut self, round: usize, ours: &mut [Duration], reference: &mut [Duration]) {
+        let (ours, reference) = (median(ours), median(reference));
+        let ratio = ours.as_secs_f64() / reference.as_secs_f64();
+        self.ratios.push(ratio);
+        eprintln!(
+            "round {round} {}: ours {ours:?}, reference {reference:?}, ratio {ratio:.2}",
+            self.name
+        );
+    }
+
+    fn summary(&mut self) {
+        self.ratios.sort_by(f64::total_cmp);
+        eprintln!(
+            "{}: ours ÷ reference, median of {} per-round ratios {:.2} (min {:.2}, max {:.2})",
+            self.name,
+            self.ratios.len(),
+            self.ratios[self.ratios.len() / 2],
+            self.ratios[0],
+            self.ratios[self.ratios.len() - 1]
+        );
+    }
+}
+
+/// Times `calls` calls of `op` and returns the time per call.
+fn per_call(calls: usize, mut op: impl FnMut()) -> Duration {
+    let started = Instant::now();
+    for _ in 0..calls {
+        op();
+    }
+    started.elapsed() / u32::try_from(calls).expect("a block fits a u32")
+}
+
+/// Per-entry expiry, as `MemoryTier` configures moka.
+struct PerEntry;
+
+impl moka::Expiry<String, Arc<String>> for PerEntry {
+    fn expire_after_create(&self, _: &String, _: &Arc<String>, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(3_600))
+    }
+}
+
+fn l1_hits(runtime: &tokio::runtime::Runtime) {
+    let ours: Cache<String> = Cache::builder()
+        .tier(MemoryTier::with_max_entries(10_000))
+        .build()
+        .expect("cache");
+    runtime.block_on(ours.set(KEY, value()));
+    let quick: quick_cache::sync::Cache<String, Arc<String>> =
+        quick_cache::sync::Cache::new(10_000);
+    quick.insert(KEY.to_owned(), Arc::new(value()));
+    let moka: moka::sync::Cache<String, Arc<String>> = moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .expire_after(PerEntry)
+        .build();
+    moka.insert(KEY.to_owned(), Arc::new(value()));
+
+    let (mut vs_quick, mut vs_moka) = (
+        Comparison::new("L1 hit ÷ quick_cache get"),
+        Comparison::new("L1 hit ÷ moka sync get"),
+    );
+    for round in 0..=ROUNDS {
+        let (mut a, mut q, mut m) = (Vec::new(), Vec::new(), Vec::new());
+        for block in 0..BLOCKS {
+            let ours_block = || {
+                runtime.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..BLOCK {
+                        black_box(ours.get(black_box(KEY)).await);
+                    }
+                    started.elapsed() / u32::try_from(BLOCK).expect("block")
+                })
+            };
+            let quick_block = || per_call(BLOCK, || drop(black_box(quick.get(black_box(KEY)))));
+            let moka_block = || per_call(BLOCK, || drop(black_box(moka.get(black_box(KEY)))));
+            if block % 2 == 0 {
+                a.push(ours_block());
+                q.push(quick_block());
+                m.push(moka_block());
+            } else {
+                m.push(moka_block());
+                q.push(quick_block());
+                a.push(ours_block());
+            }
+        }
+        if round == 0 {
+            continue; // warm-up
+        }
+        let mut again = a.clone();
+        vs_quick.round(round, &mut a, &mut q);
+        vs_moka.round(round, &mut again, &mut m);
+    }
+    vs_quick.summary();
+    vs_moka.summary();
+}
+
+async fn l2(url: &str) -> Option<()> {
+    let client = redis::Client::open(url).ok()?;
+    let raw = tokio::time::timeout(Duration::from_secs(2), ConnectionManager::new(client))
+        .await
+        .ok()?
+        .ok()?;
+    let prefix = format!("perfkit-bench:blocks:{}:", std::process::id());
+    let tier = || {
+        RedisTier::builder(url)
+            .prefix(&prefix)
+            .build()
+            .expect("tier")
+    };
+    let writer: Cache<String> = Cache::builder().tier(tier()).build().expect("cache");
+    let names: Vec<String> = (0..KEYS).map(|i| format!("k{i}")).collect();
+    for name in &names {
+        writer.set(name, kib()).await;
+    }
+    let stored: Vec<String> = names.iter().map(|name| format!("{prefix}{name}")).collect();
+
+    let (mut hits, mut loads) = (
+        Comparison::new("L2 hit with promotion ÷ raw GET"),
+        Comparison::new("miss and load ÷ raw GET + SET"),
+    );
+    for round in 0..=ROUNDS {
+        // A cache whose L1 is empty: each first get of a key is an L2 hit.
+        let reader: Cache<String> = Cache::builder()
+            .tier(MemoryTier::with_max_entries(10_000))
+            .tier(tier())
+            .build()
+            .expect("cache");
+        let _ = reader.get("warm-up").await;
+        let (mut ours, mut reference) = (Vec::new(), Vec::new());
+        for (i, (name, key)) in names.iter().zip(&stored).enumerate() {
+            let mut raw = raw.clone();
+            let time_ours = async {
+                let started = Instant::now();
+                let found = reader.get(name).await;
+                let took = started.elapsed();
+                assert!(found.is_some(), "{name} is in Redis");
+                took
+            };
+            let time_raw = async {
+                let started = Instant::now();
+                let found: Option<Vec<u8>> = raw.get(key).await.expect("GET");
+                let took = started.elapsed();
+                assert!(found.is_some());
+                took
+            };
+            if i % 2 == 0 {
+                ours.push(time_ours.await);
+                reference.push(time_raw.await);
+            } else {
+                reference.push(time_raw.await);
+                ours.push(time_ours.await);
+            }
+        }
+        let (mut load_ours, mut load_reference) = (Vec::new(), Vec::new());
+        for i in 0..KEYS {
+            let (name, raw_key) = (
+                format!("miss:{round}:{i}"),
+                format!("{prefix}raw:{round}:{i}"),
+            );
+            let mut raw = raw.clone();
+            let time_ours = async {
+                let started = Instant::now();
+                let loaded = reader
+                    .get_or_load(&name, || async { Ok::<_, std::io::Error>(kib()) })
+                    .await;
+                let took = started.elapsed();
+                assert!(loaded.is_ok());
+                took
+            };
+            let time_raw = async {
+                let started = Instant::now();
+                let found: Option<Vec<u8>> = raw.get(&raw_key).await.expect("GET");
+                assert!(found.is_none());
+                let () = raw
+                    .set_ex(&raw_key, black_box(kib()), 60)
+                    .await
+                    .expect("SET");
+                started.elapsed()
+            };
+            if i % 2 == 0 {
+                load_ours.push(time_ours.await);
+                load_reference.push(time_raw.await);
+            } else {
+                load_reference.push(time_raw.await);
+                load_ours.push(time_ours.await);
+            }
+        }
+        if round == 0 {
+            continue; // warm-up: connections, the fill script
+        }
+        hits.round(round, &mut ours, &mut reference);
+        loads.round(round, &mut load_ours, &mut load_reference);
+    }
+    hits.summary();
+    loads.summary();
+    writer.clear().await;
+    Some(())
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    l1_hits(&runtime);
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    if runtime.block_on(l2(&url)).is_none() {
+        eprintln!("tiered_cache_blocks: no Redis at {url}; the L2 parts are skipped");
+    }
+}
