@@ -112,15 +112,13 @@ fn an_l2_hit_allocates_little_more_than_a_raw_get() {
             return;
         };
         const KEYS: u64 = 2_000;
-        let writer: Cache<String> = Cache::builder()
-            .tier(
-                RedisTier::builder(redis.url())
-                    .prefix(redis.prefix())
-                    .build()
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
+        let tier = || {
+            RedisTier::builder(redis.url())
+                .prefix(redis.prefix())
+                .build()
+                .unwrap()
+        };
+        let writer: Cache<String> = Cache::builder().tier(tier()).build().unwrap();
         for i in 0..KEYS {
             writer
                 .set(&format!("k{i}"), "Ada Lovelace, analyst".to_owned())
@@ -133,12 +131,7 @@ fn an_l2_hit_allocates_little_more_than_a_raw_get() {
         // A cache with an empty L1: every get is an L2 hit, promoted into L1.
         let reader: Cache<String> = Cache::builder()
             .tier(MemoryTier::with_max_entries(10_000))
-            .tier(
-                RedisTier::builder(redis.url())
-                    .prefix(redis.prefix())
-                    .build()
-                    .unwrap(),
-            )
+            .tier(tier())
             .build()
             .unwrap();
         assert!(reader.get("k0").await.is_some()); // connects
