@@ -207,6 +207,7 @@ impl LazyConnection {
                 Some(client),
                 connect_timeout,
             ))),
+            opened: None,
         }
     }
 
@@ -217,6 +218,7 @@ impl LazyConnection {
         cluster.install(connection);
         Self {
             inner: std::sync::Arc::new(Inner::Cluster(cluster)),
+            opened: None,
         }
     }
 

@@ -61,9 +61,26 @@ pub use self::cluster::Node;
 /// `cluster_async::ClusterConnection`, which routes each command by its
 /// key's slot and follows `MOVED`/`ASK` redirections. Code written against
 /// `LazyConnection` then runs on either, unchanged.
-#[derive(Clone)]
 pub struct LazyConnection {
     inner: Arc<Inner>,
+    /// This handle's own clone of the opened manager (single node): its
+    /// commands go straight to it, without a future of ours around the
+    /// manager's (one allocation less per command).
+    opened: Option<ConnectionManager>,
+}
+
+impl Clone for LazyConnection {
+    fn clone(&self) -> Self {
+        let opened = self.opened.clone().or_else(|| match &*self.inner {
+            Inner::Single { cell, .. } => cell.get().cloned(),
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(_) => None,
+        });
+        Self {
+            inner: Arc::clone(&self.inner),
+            opened,
+        }
+    }
 }
 
 enum Inner {
@@ -110,6 +127,7 @@ impl LazyConnection {
                 config,
                 cell: OnceCell::new(),
             }),
+            opened: None,
         }
     }
 
@@ -174,9 +192,16 @@ impl LazyConnection {
 
 impl ConnectionLike for LazyConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let this = match self.opened {
+            Some(ref mut manager) => return manager.req_packed_command(cmd),
+            None => self,
+        };
         Box::pin(async move {
-            match &*self.inner {
-                Inner::Single { .. } => self.manager().await?.req_packed_command(cmd).await,
+            match &*this.inner {
+                Inner::Single { .. } => {
+                    let manager = this.manager().await?;
+                    this.opened.insert(manager).req_packed_command(cmd).await
+                }
                 #[cfg(feature = "cluster")]
                 Inner::Cluster(cluster) => cluster.command(cmd).await,
             }
@@ -189,11 +214,16 @@ impl ConnectionLike for LazyConnection {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        let this = match self.opened {
+            Some(ref mut manager) => return manager.req_packed_commands(pipeline, offset, count),
+            None => self,
+        };
         Box::pin(async move {
-            match &*self.inner {
+            match &*this.inner {
                 Inner::Single { .. } => {
-                    self.manager()
-                        .await?
+                    let manager = this.manager().await?;
+                    this.opened
+                        .insert(manager)
                         .req_packed_commands(pipeline, offset, count)
                         .await
                 }
