@@ -9,11 +9,8 @@
 //! connection: another task's command sent in between takes the `ASKING`,
 //! the new owner answers `MOVED` back to the old one, and the command fails
 //! with `ASK` once its retries are spent (every command failed that way with
-//! eight tasks sharing the connection). Inside a pipeline it follows
-//! neither: the redirection is returned as that command's reply, and
-//! nothing refreshes the slot map.
-//!
-//! retries with the first redirection it finds, as a unit (its stated
+//! eight tasks sharing the connection). A pipeline or a transaction it
+//! retries as a unit with the first redirection it finds (its stated
 //! design: a pipeline is routed and rerouted whole), with the same `ASKING`.
 //!
 //! So [`LazyCluster`] follows what redis-rs gave up on: a command, or a
@@ -239,13 +236,10 @@ impl LazyCluster {
             let Some(redirect) = outcome.as_ref().err().and_then(Redirect::of_error) else {
                 break;
             };
-            outcome = match redirect {
-                Redirect::Ask(_) => redirected_command(&mut connection, &redirect, cmd).await,
-                Redirect::Moved(_) => {
-                    refresh_slots(&mut connection, first_key(cmd)).await;
-                    redirected_command(&mut connection, &redirect, cmd).await
-                }
-            };
+            if let Redirect::Moved(_) = redirect {
+                refresh_slots(&mut connection, first_key(cmd)).await;
+            }
+            outcome = redirected_command(&mut connection, &redirect, cmd).await;
         }
         if let Err(error) = &outcome {
             self.forget_if_gone(generation, error);

@@ -382,11 +382,7 @@ impl PrivateCluster {
     #[must_use]
     pub fn master_of(&self, key: &str) -> usize {
         let found = self.ask(|connection, nodes| {
-            let slot: u16 = redis::cmd("CLUSTER")
-                .arg("KEYSLOT")
-                .arg(key)
-                .query(connection)
-                .ok()?;
+            let slot = key_slot(connection, key)?;
             let master = nodes
                 .iter()
                 .find(|node| node.master && node.slots.iter().any(|r| r.contains(&slot)))?;
@@ -508,14 +504,7 @@ impl PrivateCluster {
     /// Which step failed, and why.
     pub fn begin_migration(&self, key: &str) -> Result<SlotMigration, String> {
         let (slot, nodes) = self
-            .ask(|connection, nodes| {
-                let slot: u16 = redis::cmd("CLUSTER")
-                    .arg("KEYSLOT")
-                    .arg(key)
-                    .query(connection)
-                    .ok()?;
-                Some((slot, nodes.to_vec()))
-            })
+            .ask(|connection, nodes| Some((key_slot(connection, key)?, nodes.to_vec())))
             .ok_or("no live node answers")?;
         let masters: Vec<NodeLine> = nodes
             .into_iter()
@@ -533,17 +522,18 @@ impl PrivateCluster {
             self.index_of(node.port)
                 .ok_or_else(|| format!("node {} is not ours", node.port))
         };
-        let mut migration = SlotMigration {
-            old: node_connection(source)?,
-            new: node_connection(target)?,
+        let (mut old, mut new) = (node_connection(source)?, node_connection(target)?);
+        setslot(&mut new, slot, "IMPORTING", &source.id)?;
+        setslot(&mut old, slot, "MIGRATING", &target.id)?;
+        Ok(SlotMigration {
+            old,
+            new,
             others: masters
                 .iter()
                 .filter(|m| m.id != source.id && m.id != target.id)
-                .map(|m| m.port)
+                .cloned()
                 .collect(),
-            source_id: source.id.clone(),
-            target_id: target.id.clone(),
-            target_port: target.port,
+            target: target.clone(),
             done: Migration {
                 slot,
                 from: index(source)?,
@@ -551,12 +541,7 @@ impl PrivateCluster {
                 keys: 0,
                 batches: 0,
             },
-        };
-        let source_id = migration.source_id.clone();
-        let target_id = migration.target_id.clone();
-        migration.setslot(Side::New, "IMPORTING", &source_id)?;
-        migration.setslot(Side::Old, "MIGRATING", &target_id)?;
-        Ok(migration)
+        })
     }
 
     fn live(&self) -> impl Iterator<Item = &crate::RedisServer> {
@@ -618,10 +603,8 @@ impl PrivateCluster {
 pub struct SlotMigration {
     old: redis::Connection,
     new: redis::Connection,
-    others: Vec<u16>,
-    source_id: String,
-    target_id: String,
-    target_port: u16,
+    others: Vec<NodeLine>,
+    target: NodeLine,
     done: Migration,
 }
 
@@ -631,12 +614,6 @@ impl std::fmt::Debug for SlotMigration {
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Clone, Copy)]
-enum Side {
-    Old,
-    New,
 }
 
 impl SlotMigration {
@@ -665,7 +642,7 @@ impl SlotMigration {
         }
         redis::cmd("MIGRATE")
             .arg("127.0.0.1")
-            .arg(self.target_port)
+            .arg(self.target.port)
             .arg("")
             .arg(0)
             .arg(5_000)
@@ -687,24 +664,23 @@ impl SlotMigration {
     /// Which step failed, and why.
     pub fn finish(mut self) -> Result<Migration, String> {
         while self.move_keys(1_000)? > 0 {}
-        let target = self.target_id.clone();
-        self.setslot(Side::New, "NODE", &target)?;
-        self.setslot(Side::Old, "NODE", &target)?;
-        for port in std::mem::take(&mut self.others) {
-            let mut other = sync_connection(&format!("redis://127.0.0.1:{port}"))
-                .ok_or_else(|| format!("node {port} does not answer"))?;
-            setslot(&mut other, self.done.slot, "NODE", &target)?;
+        let (slot, target) = (self.done.slot, &self.target.id);
+        setslot(&mut self.new, slot, "NODE", target)?;
+        setslot(&mut self.old, slot, "NODE", target)?;
+        for other in &self.others {
+            setslot(&mut node_connection(other)?, slot, "NODE", target)?;
         }
         Ok(self.done)
     }
+}
 
-    fn setslot(&mut self, side: Side, state: &str, id: &str) -> Result<(), String> {
-        let connection = match side {
-            Side::Old => &mut self.old,
-            Side::New => &mut self.new,
-        };
-        setslot(connection, self.done.slot, state, id)
-    }
+/// `CLUSTER KEYSLOT <key>` on `connection`.
+fn key_slot(connection: &mut redis::Connection, key: &str) -> Option<u16> {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(connection)
+        .ok()
 }
 
 /// `CLUSTER SETSLOT <slot> <state> <id>` on `connection`.
