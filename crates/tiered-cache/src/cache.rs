@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::num::NonZeroUsize;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tracing::Instrument;
@@ -118,17 +119,36 @@ where
     /// into the faster ones), or `None`. A tier that fails counts as a miss.
     ///
     /// Concurrent misses of one key share one lookup of the lower tiers: the
-    /// first caller looks (in its own future: no task, no boxed future) and
-    /// the others wait for its value. If it goes away first, another caller
-    /// looks in its place; if it stops being polled without going away, the
-    /// others wait at most twice the remote tiers' timeouts, then leave it
-    /// behind and share a new lookup. A tier that panics panics the `get`
-    /// that ran the lookup; the callers waiting on it look again.
-    pub async fn get(&self, key: &str) -> Option<Arc<V>> {
-        let mut first_missed = match self.inner.ask_first(|tier| tier.get_value_now(key).known()) {
-            Ok(found) => return found,
-            Err(asked) => asked,
-        };
+    /// first caller looks (in its own future: no task) and the others wait
+    /// for its value. If it goes away first, another caller looks in its
+    /// place; if it stops being polled without going away, the others wait
+    /// at most twice the remote tiers' timeouts, then leave it behind and
+    /// share a new lookup. A tier that panics panics the `get` that ran the
+    /// lookup; the callers waiting on it look again.
+    ///
+    /// A first-tier hit is answered in the first poll, by a future of three
+    /// words whose `poll` inlines into the caller's; the lookup below is
+    /// boxed when the first tier misses (one allocation, on a path that
+    /// goes to Redis), since carrying its state (over a kilobyte) in every
+    /// `get`'s future would cost a hit a third of its time.
+    pub fn get<'a>(&'a self, key: &'a str) -> impl Future<Output = Option<Arc<V>>> + Send + 'a {
+        Get {
+            cache: self,
+            key,
+            below: None,
+        }
+    }
+
+    /// [`Cache::get_below_first`], boxed: built in a frame of its own so
+    /// that `get`'s (the hit path's) stays small.
+    #[inline(never)]
+    fn boxed_get_below_first<'a>(&'a self, key: &'a str, first_missed: bool) -> BoxedLookup<'a, V> {
+        Box::pin(self.get_below_first(key, first_missed))
+    }
+
+    /// A `get`'s lookup past the first tier (which missed when
+    /// `first_missed`), shared with concurrent callers of the same key.
+    async fn get_below_first(&self, key: &str, mut first_missed: bool) -> Option<Arc<V>> {
         self.inner.revive_bus();
         let span = self.inner.get_span();
         let lookup = async {
@@ -572,5 +592,45 @@ where
     #[must_use]
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+}
+
+/// [`Cache::get`]'s future.
+struct Get<'a, V> {
+    cache: &'a Cache<V>,
+    key: &'a str,
+    /// The lookup below the first tier, once the first missed.
+    below: Option<BoxedLookup<'a, V>>,
+}
+
+/// A lookup below the first tier, boxed.
+type BoxedLookup<'a, V> = Pin<Box<dyn Future<Output = Option<Arc<V>>> + Send + 'a>>;
+
+impl<V: Send + Sync + 'static> Future for Get<'_, V> {
+    type Output = Option<Arc<V>>;
+
+    #[inline]
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // Every field is `Unpin` (references and a box).
+        let this = self.get_mut();
+        let below = match &mut this.below {
+            Some(below) => below,
+            None => {
+                let (cache, key) = (this.cache, this.key);
+                match cache
+                    .inner
+                    .ask_first(|tier| tier.get_value_now(key).known())
+                {
+                    Ok(found) => return std::task::Poll::Ready(found),
+                    Err(first_missed) => this
+                        .below
+                        .insert(cache.boxed_get_below_first(key, first_missed)),
+                }
+            }
+        };
+        below.as_mut().poll(cx)
     }
 }

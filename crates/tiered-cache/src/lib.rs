@@ -109,6 +109,7 @@
 mod builder;
 mod bus;
 mod cache;
+mod clock;
 mod codec;
 mod engine;
 mod error;
@@ -138,7 +139,7 @@ pub use crate::options::{LoadOptions, SetOptions};
 pub use crate::redis_bus::{RedisBus, RedisBusBuilder};
 pub use crate::stats::{Stats, TierStats};
 pub use crate::tier::{Entry, MAX_TTL, Now, Tier, TierFuture, Version, Write};
-pub use crate::tiers::memory::{MemoryTier, MemoryTierBuilder};
+pub use crate::tiers::memory::{MemoryBackend, MemoryTier, MemoryTierBuilder};
 #[cfg(feature = "redis")]
 pub use crate::tiers::redis::{RedisTier, RedisTierBuilder};
 

@@ -10,11 +10,13 @@
 // A counting allocator needs `unsafe impl GlobalAlloc`; it only forwards to `System`.
 #![allow(unsafe_code)]
 
+mod first_tier;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use perfkit_tiered_cache::{Cache, MemoryTier};
+use perfkit_tiered_cache::Cache;
 
 struct Counting;
 
@@ -64,7 +66,7 @@ fn a_warm_l1_hit_allocates_nothing() {
         .unwrap();
     runtime.block_on(async {
         let cache: Cache<String> = Cache::builder()
-            .tier(MemoryTier::with_max_entries(1_000))
+            .tier(first_tier::l1(1_000))
             .build()
             .unwrap();
         cache.set("agent:42", "Ada".to_owned()).await;
@@ -130,7 +132,7 @@ fn an_l2_hit_allocates_little_more_than_a_raw_get() {
         let stored: Vec<String> = (0..KEYS).map(|i| redis.key(&format!("k{i}"))).collect();
         // A cache with an empty L1: every get is an L2 hit, promoted into L1.
         let reader: Cache<String> = Cache::builder()
-            .tier(MemoryTier::with_max_entries(10_000))
+            .tier(first_tier::l1(10_000))
             .tier(tier())
             .build()
             .unwrap();
@@ -156,13 +158,18 @@ fn an_l2_hit_allocates_little_more_than_a_raw_get() {
         eprintln!(
             "allocations per operation: raw GET {raw_get:.1}, L2 hit with promotion {l2_hit:.1}"
         );
-        // Measured 9.0 and 22.1. Of the 13 more: moka's insert of the
-        // promoted value (6) and its key (1), the shared-lookup slot and its
-        // key (2), the tier's boxed future (1), the decoded value's Arc (1),
-        // two more in the decode and the promotion. The bound only stops the
-        // count from rising; the cache speed issue aims at + 3.
+        // Measured 9.0, and 16.1 on the default first tier (23.1 on moka's).
+        // Of the 7 more: the promoted entry's key (1; moka's insert makes 6
+        // more), the shared-lookup slot and its key (2), the boxed lookup
+        // below the first tier (1), the tier's boxed future (1), the decoded
+        // value's Arc (1), one in the decode. The bound only stops the count
+        // from rising; the cache speed issue aims at + 3.
+        let bound = match first_tier::backend() {
+            perfkit_tiered_cache::MemoryBackend::Moka => 15.0,
+            _ => 8.0,
+        };
         assert!(
-            l2_hit <= raw_get + 14.0,
+            l2_hit <= raw_get + bound,
             "an L2 hit allocates {l2_hit:.1} times, a raw GET {raw_get:.1}"
         );
     });

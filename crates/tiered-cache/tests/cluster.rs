@@ -6,10 +6,12 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod first_tier;
+
 use std::collections::BTreeMap;
 
 use perfkit_test_support::TestRedisCluster;
-use perfkit_tiered_cache::{Cache, ConfigError, MemoryTier, RedisTier, SetOptions};
+use perfkit_tiered_cache::{Cache, ConfigError, RedisTier, SetOptions};
 
 /// The tests of this binary, one at a time: one counts every master's commands.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -23,7 +25,7 @@ fn tier(cluster: &TestRedisCluster) -> RedisTier<String> {
 
 fn two_tiers(cluster: &TestRedisCluster) -> Cache<String> {
     Cache::builder()
-        .tier(MemoryTier::with_max_entries(10_000))
+        .tier(first_tier::l1(10_000))
         .tier(tier(cluster))
         .build()
         .unwrap()

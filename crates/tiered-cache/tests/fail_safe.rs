@@ -4,19 +4,21 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod first_tier;
+
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
 use perfkit_test_support::RedisServer;
 use perfkit_test_support::concurrency::within;
-use perfkit_tiered_cache::{Cache, MemoryTier, RedisBus, RedisTier};
+use perfkit_tiered_cache::{Cache, RedisBus, RedisTier};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 fn cache_on(url: &str, failures: u32, cool_down: Duration) -> Cache<String> {
     Cache::builder()
         .name("fail-safe")
-        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(first_tier::l1(1_000))
         .tier(
             RedisTier::builder(url)
                 .prefix("perfkit-test:fail-safe:")
@@ -263,7 +265,7 @@ async fn redis_is_used_again_within_one_cool_down_of_answering_after_a_restart()
 fn instance_with_bus(url: &str, cool_down: Duration) -> Cache<String> {
     Cache::builder()
         .name("fail-safe-bus")
-        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(first_tier::l1(1_000))
         .tier(
             RedisTier::builder(url)
                 .prefix("perfkit-test:fail-safe:")

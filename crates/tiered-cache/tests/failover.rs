@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod first_tier;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::{Backend, Invalidation, pair, stale_set_race, subscribed};
 use perfkit_test_support::PrivateCluster;
 use perfkit_test_support::concurrency::within;
-use perfkit_tiered_cache::{Cache, MemoryTier, RedisBus, RedisTier};
+use perfkit_tiered_cache::{Cache, RedisBus, RedisTier};
 
 const CHANNEL: &str = "failover:bus";
 const REMOTE_TIMEOUT: Duration = Duration::from_millis(200);
@@ -26,7 +27,7 @@ const REMOTE_TIMEOUT: Duration = Duration::from_millis(200);
 fn instance(urls: &[String]) -> Cache<String> {
     Cache::builder()
         .name("failover")
-        .tier(MemoryTier::with_max_entries(10_000))
+        .tier(first_tier::l1(10_000))
         .tier(
             RedisTier::cluster_builder(urls)
                 .prefix("failover:")

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod first_tier;
 
 use common::{Invalidation, backends, instance_with, pair, stale_set_race, subscribed};
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use perfkit_test_support::RedisServer;
 use perfkit_test_support::concurrency::within;
-use perfkit_tiered_cache::{Cache, LocalBus, MemoryTier, RedisBus, RedisTier, SetOptions};
+use perfkit_tiered_cache::{Cache, LocalBus, RedisBus, RedisTier, SetOptions};
 
 /// One service instance: L1, Redis under `prefix`, and a Redis bus on `channel`.
 fn instance(url: &str, prefix: &str, channel: &str) -> Cache<String> {
@@ -55,7 +56,7 @@ async fn local_bus_drops_the_other_instances_l1_and_ignores_its_own_messages() {
     let make = || {
         Cache::<String>::builder()
             .name("local")
-            .tier(MemoryTier::with_max_entries(100))
+            .tier(first_tier::l1(100))
             .invalidation_bus(bus.clone())
             .build()
             .unwrap()
@@ -119,7 +120,7 @@ async fn an_invalidation_on_a_stops_b_serving_the_old_value_and_the_window_is_me
         // "no longer served" is not blurred by a Redis read.
         let observer: Cache<String> = Cache::builder()
             .name("invalidation")
-            .tier(MemoryTier::with_max_entries(100))
+            .tier(first_tier::l1(100))
             .invalidation_bus(
                 redis
                     .bus()
@@ -556,7 +557,7 @@ async fn strict_mode_with_a_black_holed_bus_link_stops_serving_l1_within_the_bou
     // A reads and writes Redis directly; only its subscription crosses the proxy.
     let a = Cache::builder()
         .name("invalidation")
-        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(first_tier::l1(1_000))
         .tier(
             RedisTier::builder(redis.url())
                 .prefix(redis.prefix())

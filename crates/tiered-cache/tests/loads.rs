@@ -4,6 +4,8 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod first_tier;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ impl Drop for Dropped {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loader_that_never_returns_times_out_its_callers_and_the_next_call_loads_afresh() {
     let cache: Cache<String> = Cache::builder()
+        .tier(first_tier::l1(10_000))
         .load_timeout(Duration::from_millis(100))
         .build()
         .unwrap();
@@ -73,7 +76,10 @@ async fn a_loader_that_never_returns_times_out_its_callers_and_the_next_call_loa
 
 #[tokio::test]
 async fn a_per_call_timeout_overrides_the_default_and_new_callers_do_not_join_a_timed_out_load() {
-    let cache: Cache<String> = Cache::builder().build().unwrap();
+    let cache: Cache<String> = Cache::builder()
+        .tier(first_tier::l1(10_000))
+        .build()
+        .unwrap();
     let first = cache.get_or_load_with(
         "k",
         LoadOptions::default().timeout(Duration::from_millis(20)),
@@ -105,7 +111,10 @@ async fn a_per_call_timeout_overrides_the_default_and_new_callers_do_not_join_a_
 /// database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tagged_loads_that_began_before_a_tag_invalidation_never_store_their_old_value() {
-    let cache: Cache<String> = Cache::builder().build().unwrap();
+    let cache: Cache<String> = Cache::builder()
+        .tier(first_tier::l1(10_000))
+        .build()
+        .unwrap();
     let database = Arc::new(AtomicU64::new(0));
     let mut seed: u64 = 0x7A65;
     let mut random = move |bound: u64| {

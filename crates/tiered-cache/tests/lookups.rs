@@ -5,13 +5,15 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod first_tier;
+
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use perfkit_test_support::concurrency::{count_first_poll, until, within};
-use perfkit_tiered_cache::{Cache, Entry, MemoryTier, Tier, TierFuture, Write};
+use perfkit_tiered_cache::{Cache, Entry, Tier, TierFuture, Write};
 use tokio::sync::watch;
 
 /// A user-written second tier that holds one value for every key, counts its
@@ -69,7 +71,7 @@ impl Tier<String> for Gated {
 /// `remote_timeout`.
 fn cache(lower: &Gated, remote_timeout: Duration) -> Cache<String> {
     Cache::builder()
-        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(first_tier::l1(1_000))
         .tier(lower.clone())
         .remote_timeout(remote_timeout)
         .build()
@@ -268,7 +270,7 @@ impl Tier<String> for PanicsFirst {
 async fn a_panicking_lookup_panics_its_caller_and_the_waiters_look_again() {
     let (gated, open) = Gated::new(true);
     let cache: Cache<String> = Cache::builder()
-        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(first_tier::l1(1_000))
         .tier(PanicsFirst(gated.clone()))
         .remote_timeout(PATIENT)
         .build()

@@ -6,12 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod first_tier;
 
 use common::{Backend, backends};
 use std::time::Duration;
 
 use perfkit_test_support::concurrency::within;
-use perfkit_tiered_cache::{Cache, MemoryTier, SetOptions};
+use perfkit_tiered_cache::{Cache, SetOptions};
 use redis::AsyncCommands;
 
 /// Keys that spelled, or sat beside, the tier's internal keys before they
@@ -29,7 +30,7 @@ const LOOKALIKES: [&str; 7] = [
 fn instance(redis: &Backend) -> Cache<String> {
     Cache::builder()
         .name("namespaces")
-        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(first_tier::l1(1_000))
         .tier(redis.tier().prefix(redis.prefix()).build().unwrap())
         .remote_timeout(Duration::from_secs(2))
         .invalidation_bus(

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod first_tier;
 
 use common::backends;
 use std::num::NonZeroUsize;
@@ -12,14 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use perfkit_test_support::concurrency::until;
-use perfkit_tiered_cache::{Cache, ConfigError, MemoryTier};
+use perfkit_tiered_cache::{Cache, ConfigError};
 use redis::AsyncCommands;
 
 fn memory_cache(builder: perfkit_tiered_cache::CacheBuilder<String>) -> Cache<String> {
-    builder
-        .tier(MemoryTier::with_max_entries(1_000))
-        .build()
-        .unwrap()
+    builder.tier(first_tier::l1(1_000)).build().unwrap()
 }
 
 async fn optional_lookup(
@@ -161,7 +159,7 @@ async fn ttl_jitter_spreads_expiry_without_lengthening_it() {
     for redis in backends().await {
         eprintln!("on {}", redis.name);
         let cache: Cache<String> = Cache::builder()
-            .tier(MemoryTier::with_max_entries(1_000))
+            .tier(first_tier::l1(1_000))
             .tier(redis.tier().prefix(redis.prefix()).build().unwrap())
             .default_ttl(Duration::from_secs(10))
             .ttl_jitter(0.5)

@@ -5,10 +5,12 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod first_tier;
+
 use std::collections::BTreeMap;
 
 use perfkit_test_support::RedisServer;
-use perfkit_tiered_cache::{Cache, MemoryTier, RedisTier};
+use perfkit_tiered_cache::{Cache, RedisTier};
 
 /// Calls per command since the last `CONFIG RESETSTAT`.
 async fn command_calls(admin: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
@@ -55,7 +57,7 @@ async fn miss_load_fill_is_two_round_trips_l2_hit_one_l1_hit_none() {
     let url = server.url();
     let tier = || RedisTier::builder(&url).prefix("rt:").build().unwrap();
     let cache: Cache<String> = Cache::builder()
-        .tier(MemoryTier::with_max_entries(100))
+        .tier(first_tier::l1(100))
         .tier(tier())
         .build()
         .unwrap();
@@ -86,7 +88,7 @@ async fn miss_load_fill_is_two_round_trips_l2_hit_one_l1_hit_none() {
 
     // Another instance: L1 miss, L2 hit, promotion: one round trip.
     let other: Cache<String> = Cache::builder()
-        .tier(MemoryTier::with_max_entries(100))
+        .tier(first_tier::l1(100))
         .tier(tier())
         .build()
         .unwrap();
@@ -119,7 +121,7 @@ async fn concurrent_misses_of_a_key_in_l2_send_one_get() {
     for round in 0..10 {
         // A fresh instance: its L1 is cold.
         let cache: Cache<String> = Cache::builder()
-            .tier(MemoryTier::with_max_entries(100))
+            .tier(first_tier::l1(100))
             .tier(tier())
             .build()
             .unwrap();

@@ -4,16 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod first_tier;
 
 use common::{Backend, backends};
 use std::time::Duration;
 
-use perfkit_tiered_cache::{Cache, MemoryTier, SetOptions};
+use perfkit_tiered_cache::{Cache, SetOptions};
 use redis::AsyncCommands;
 
 fn two_tiers(redis: &Backend) -> Cache<String> {
     Cache::builder()
-        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(first_tier::l1(1_000))
         .tier(redis.tier().prefix(redis.prefix()).build().unwrap())
         .build()
         .unwrap()
@@ -113,7 +114,7 @@ async fn invalidate_tag_removes_tagged_entries_from_every_tier_and_nothing_else(
 #[tokio::test]
 async fn memory_tier_tags_work_without_redis_and_forget_replaced_values() {
     let cache: Cache<String> = Cache::builder()
-        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(first_tier::l1(1_000))
         .build()
         .unwrap();
     cache.set_with("a", "1".to_owned(), tagged(&["t"])).await;
@@ -138,7 +139,7 @@ async fn a_tag_with_more_keys_than_a_page_is_removed_whole() {
     for redis in backends().await {
         eprintln!("on {}", redis.name);
         let cache: Cache<String> = Cache::builder()
-            .tier(MemoryTier::with_max_entries(10_000))
+            .tier(first_tier::l1(10_000))
             .tier(
                 redis
                     .tier()

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod first_tier;
 
 use common::{Backend, backends};
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use redis::AsyncCommands;
 use tokio::sync::watch;
 
 fn l1() -> MemoryTier<String> {
-    MemoryTier::with_max_entries(10_000)
+    first_tier::l1(10_000)
 }
 
 fn l2(redis: &Backend) -> RedisTier<String> {

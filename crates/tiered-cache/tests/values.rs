@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod first_tier;
 
 use common::{Backend, backends};
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -22,7 +23,7 @@ fn tier(redis: &Backend) -> RedisTierBuilder {
 fn two_tiers(l2: RedisTierBuilder) -> Cache<String> {
     Cache::builder()
         .name("values")
-        .tier(MemoryTier::with_max_entries(1_000))
+        .tier(first_tier::l1(1_000))
         .tier(l2.build().unwrap())
         .remote_timeout(Duration::from_secs(2))
         .circuit_breaker(NonZeroU32::new(2).unwrap(), Duration::from_secs(60))

@@ -1,4 +1,5 @@
-//! The in-process tier: a moka map of `Arc<V>`, no serialization.
+//! The in-process tier: a concurrent map of `Arc<V>`, no serialization,
+//! on `quick_cache` (the default) or moka.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,43 +9,194 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use moka::sync::Cache as Moka;
 
+use crate::clock;
 use crate::error::ConfigError;
 use crate::glob::Glob;
 use crate::tier::{Entry, Now, Tier, TierFuture, Write, capped_ttl, ttl_setting_error};
 
 /// The in-process tier (usually L1): values are held as `Arc<V>`, never
-/// serialized. Backed by [moka](https://docs.rs/moka)'s concurrent map with
-/// TinyLFU admission and per-entry expiry.
+/// serialized, in a sharded concurrent map with per-entry expiry and a size
+/// or weight bound. Two maps are offered ([`MemoryBackend`]): `quick_cache`'s
+/// (the default, the fastest hit) and moka's.
 pub struct MemoryTier<V> {
     name: String,
-    map: Moka<String, Slot<V>>,
+    map: Map<V>,
+    /// Weighs values for a weighted capacity.
+    weigher: Option<Weigher<V>>,
     max_ttl: Option<Duration>,
     tags: Arc<TagIndex>,
     next_slot: AtomicU64,
     /// How long past its TTL an entry is kept as a stale fallback.
     stale_grace: Option<Duration>,
-    /// The grace, shared with the map's expiry policy, in nanoseconds.
+    /// The grace, shared with moka's expiry policy, in nanoseconds.
     grace: Arc<AtomicU64>,
+    /// Whether a read checks the entry's deadline itself: always on
+    /// `quick_cache` (which has no expiry of its own); on moka only to tell
+    /// a stale entry from a live one.
+    check_deadlines: bool,
+    /// Inserts since the last sweep of expired entries (`quick_cache`).
+    since_sweep: AtomicU64,
+    /// Inserts between two sweeps: about the entries the map can hold, so
+    /// that sweeping costs O(1) per insert, amortized.
+    sweep_every: u64,
 }
 
-/// What the map holds for a key. Kept small: moka clones it on every hit.
+/// Which concurrent map a [`MemoryTier`] keeps its entries in.
+///
+/// Both hold every guarantee of the tier (expiry exact to the millisecond,
+/// the size or weight bound, tags, generations, a warm hit that allocates
+/// nothing); they differ in speed and eviction policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MemoryBackend {
+    /// [quick_cache](https://docs.rs/quick_cache)'s sharded map with
+    /// CLOCK-Pro-style eviction (hot and cold entries, a ghost list of
+    /// recently evicted keys). The default: a hit costs a third of moka's.
+    /// Entries are checked for expiry when read; expired entries nobody
+    /// reads are swept out once per about as many inserts as the tier holds
+    /// entries, or evicted first when the tier is full.
+    #[default]
+    QuickCache,
+    /// [moka](https://docs.rs/moka)'s map: TinyLFU admission (a new key may
+    /// be refused when the tier is full of more frequently used ones), LRU
+    /// eviction and timer-wheel expiry, at about three times the cost of a
+    /// hit.
+    Moka,
+}
+
+/// What the map holds for a key. Kept small (40 bytes): the map clones it
+/// on every hit.
 struct Slot<V> {
     value: Arc<V>,
-    expires_at: Option<Instant>,
-    /// The TTL it was written with.
-    ttl: Option<Duration>,
+    /// When it expires, on [`clock`]'s scale ([`NEVER`] without a TTL).
+    deadline: u64,
+    /// The TTL it was written with, in nanoseconds ([`NEVER`] without one).
+    ttl: u64,
     /// Identifies this write in the tag index: a tag only invalidates the
     /// write it tagged, never a later write of the same key.
     id: u64,
+    /// Its weight, from the weigher at insertion (1 when unweighted).
+    weight: u32,
+}
+
+/// The deadline (and TTL) of an entry without a TTL.
+const NEVER: u64 = u64::MAX;
+
+impl<V> Slot<V> {
+    fn written_ttl(&self) -> Option<Duration> {
+        (self.ttl != NEVER).then(|| Duration::from_nanos(self.ttl))
+    }
 }
 
 impl<V> Clone for Slot<V> {
     fn clone(&self) -> Self {
         Self {
             value: Arc::clone(&self.value),
-            expires_at: self.expires_at,
+            deadline: self.deadline,
             ttl: self.ttl,
             id: self.id,
+            weight: self.weight,
+        }
+    }
+}
+
+/// Where an entry is in its life.
+enum Age {
+    Fresh,
+    /// Past its TTL, kept as a stale fallback.
+    Stale,
+    /// Past its TTL and any grace: as good as absent.
+    Gone,
+}
+
+/// A slot's weight for `quick_cache`, computed once at insertion.
+#[derive(Clone, Copy)]
+struct SlotWeight;
+
+impl<V> quick_cache::Weighter<String, Slot<V>> for SlotWeight {
+    fn weight(&self, _: &String, slot: &Slot<V>) -> u64 {
+        u64::from(slot.weight)
+    }
+}
+
+type Quick<V> = quick_cache::sync::Cache<
+    String,
+    Slot<V>,
+    SlotWeight,
+    foldhash::fast::RandomState,
+    quick_cache::sync::DefaultLifecycle<String, Slot<V>>,
+>;
+
+/// The map behind a tier.
+enum Map<V> {
+    Quick(Quick<V>),
+    Moka(Moka<String, Slot<V>>),
+}
+
+impl<V: Send + Sync + 'static> Map<V> {
+    #[inline]
+    fn get(&self, key: &str) -> Option<Slot<V>> {
+        match self {
+            Self::Quick(map) => map.get(key),
+            Self::Moka(map) => map.get(key),
+        }
+    }
+
+    /// The slot without marking it used (where the map can tell).
+    fn peek(&self, key: &str) -> Option<Slot<V>> {
+        match self {
+            Self::Quick(map) => map.peek(key),
+            Self::Moka(map) => map.get(key),
+        }
+    }
+
+    fn insert(&self, key: &str, slot: Slot<V>) {
+        match self {
+            Self::Quick(map) => map.insert(key.to_owned(), slot),
+            Self::Moka(map) => map.insert(key.to_owned(), slot),
+        }
+    }
+
+    fn remove(&self, key: &str) {
+        match self {
+            Self::Quick(map) => drop(map.remove(key)),
+            Self::Moka(map) => map.invalidate(key),
+        }
+    }
+
+    /// Removes the key if its value is still the write `id`.
+    fn remove_write(&self, key: &str, id: u64) -> bool {
+        match self {
+            Self::Quick(map) => map.remove_if(key, |slot| slot.id == id).is_some(),
+            Self::Moka(map) => {
+                if map.get(key).is_some_and(|slot| slot.id == id) {
+                    map.invalidate(key);
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        match self {
+            Self::Quick(map) => map.clear(),
+            Self::Moka(map) => map.invalidate_all(),
+        }
+    }
+
+    fn keys(&self) -> Vec<String> {
+        match self {
+            Self::Quick(map) => map.iter().map(|(key, _)| key).collect(),
+            Self::Moka(map) => map.iter().map(|(key, _)| String::clone(&key)).collect(),
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Self::Quick(map) => u64::try_from(map.len()).unwrap_or(u64::MAX),
+            Self::Moka(map) => map.entry_count(),
         }
     }
 }
@@ -112,7 +264,7 @@ struct PerEntryTtl {
 impl PerEntryTtl {
     fn retain<V>(&self, slot: &Slot<V>) -> Option<Duration> {
         let grace = Duration::from_nanos(self.grace.load(Ordering::Relaxed));
-        slot.ttl.map(|ttl| ttl.saturating_add(grace))
+        slot.written_ttl().map(|ttl| ttl.saturating_add(grace))
     }
 }
 
@@ -139,6 +291,7 @@ pub struct MemoryTierBuilder {
     name: String,
     max_entries: u64,
     max_ttl: Option<Duration>,
+    backend: MemoryBackend,
 }
 
 /// Weighs an entry for a weighted-capacity tier.
@@ -151,16 +304,38 @@ impl MemoryTierBuilder {
         self
     }
 
-    /// Holds at most `entries` entries. Default: 10,000.
+    /// Holds at most `entries` entries. Default: 10,000. With
+    /// [`MemoryTierBuilder::build_weighted`], the number of entries you
+    /// expect the weight to hold (it sizes the map's tables).
     pub fn max_entries(mut self, entries: u64) -> Self {
         self.max_entries = entries;
+        self
+    }
+
+    /// The concurrent map behind the tier. Default:
+    /// [`MemoryBackend::QuickCache`], the faster (see the crate's README for
+    /// the figures); [`MemoryBackend::Moka`] for moka's TinyLFU admission.
+    ///
+    /// ```
+    /// use perfkit_tiered_cache::{MemoryBackend, MemoryTier};
+    ///
+    /// let l1 = MemoryTier::builder()
+    ///     .backend(MemoryBackend::Moka)
+    ///     .max_entries(50_000)
+    ///     .build::<String>()?;
+    /// # let _ = l1;
+    /// # Ok::<(), perfkit_tiered_cache::ConfigError>(())
+    /// ```
+    pub fn backend(mut self, backend: MemoryBackend) -> Self {
+        self.backend = backend;
         self
     }
 
     /// Builds a tier that holds entries up to `max_weight` in total, each
     /// weighed once, at insertion, by `weigher(key, value)` (typically the
     /// value's size in bytes: values are typed, so the estimate is yours).
-    /// Replaces [`MemoryTierBuilder::max_entries`].
+    /// A weight of 0 counts as 1. Replaces the bound of
+    /// [`MemoryTierBuilder::max_entries`].
     ///
     /// # Errors
     ///
@@ -224,31 +399,57 @@ impl MemoryTierBuilder {
     }
 }
 
+/// Fewest inserts between two sweeps of a small tier.
+const MIN_SWEEP_EVERY: u64 = 1_024;
+
 impl MemoryTierBuilder {
     fn assemble<V: Send + Sync + 'static>(
         self,
         weighted: Option<(u64, Weigher<V>)>,
     ) -> MemoryTier<V> {
-        let tags = Arc::new(TagIndex::default());
         let grace = Arc::new(AtomicU64::new(0));
-        let builder = Moka::builder().expire_after(PerEntryTtl {
-            grace: Arc::clone(&grace),
-        });
-        let map = match weighted {
-            Some((max_weight, weigh)) => builder
-                .max_capacity(max_weight)
-                .weigher(move |key: &String, slot: &Slot<V>| weigh(key, &slot.value))
-                .build(),
-            None => builder.max_capacity(self.max_entries).build(),
+        let (weigher, capacity) = match weighted {
+            Some((max_weight, weigher)) => (Some(weigher), max_weight),
+            None => (None, self.max_entries),
+        };
+        let map = match self.backend {
+            MemoryBackend::QuickCache => {
+                let items = usize::try_from(self.max_entries).unwrap_or(usize::MAX);
+                Map::Quick(Quick::with(
+                    items,
+                    capacity,
+                    SlotWeight,
+                    foldhash::fast::RandomState::default(),
+                    quick_cache::sync::DefaultLifecycle::default(),
+                ))
+            }
+            MemoryBackend::Moka => {
+                let builder = Moka::builder()
+                    .max_capacity(capacity)
+                    .expire_after(PerEntryTtl {
+                        grace: Arc::clone(&grace),
+                    });
+                Map::Moka(if weigher.is_some() {
+                    builder
+                        .weigher(|_: &String, slot: &Slot<V>| slot.weight)
+                        .build()
+                } else {
+                    builder.build()
+                })
+            }
         };
         MemoryTier {
             name: self.name,
+            check_deadlines: matches!(map, Map::Quick(_)),
             map,
+            weigher,
             max_ttl: self.max_ttl,
-            tags,
+            tags: Arc::new(TagIndex::default()),
             next_slot: AtomicU64::new(0),
             stale_grace: None,
             grace,
+            since_sweep: AtomicU64::new(0),
+            sweep_every: self.max_entries.max(MIN_SWEEP_EVERY),
         }
     }
 }
@@ -261,61 +462,123 @@ impl MemoryTier<()> {
             name: "l1".to_owned(),
             max_entries: 10_000,
             max_ttl: None,
+            backend: MemoryBackend::default(),
         }
     }
 }
 
 impl<V: Send + Sync + 'static> MemoryTier<V> {
-    /// A memory tier named `"l1"` holding at most `entries` entries.
+    /// A memory tier named `"l1"` holding at most `entries` entries, on the
+    /// default map.
     #[must_use]
     pub fn with_max_entries(entries: u64) -> Self {
-        MemoryTierBuilder {
-            name: "l1".to_owned(),
-            max_entries: entries,
-            max_ttl: None,
-        }
-        .assemble(None)
+        MemoryTier::builder().max_entries(entries).assemble(None)
     }
 
-    /// Entries currently held (moka's estimate).
+    /// Entries currently held (moka's is an estimate). Expired entries
+    /// count until they are swept out or evicted.
     #[must_use]
     pub fn entry_count(&self) -> u64 {
-        self.map.entry_count()
+        self.map.len()
     }
 
-    fn lookup(&self, key: &str) -> Option<Entry<V>> {
-        let entry = Self::entry(self.map.get(key)?);
-        // Kept past its TTL as a stale fallback: not a hit.
-        if self.stale_grace.is_some() && entry.expires_at.is_some_and(|at| at <= Instant::now()) {
-            return None;
+    /// The map behind the tier.
+    #[must_use]
+    pub fn backend(&self) -> MemoryBackend {
+        match self.map {
+            Map::Quick(_) => MemoryBackend::QuickCache,
+            Map::Moka(_) => MemoryBackend::Moka,
         }
-        Some(entry)
+    }
+
+    #[inline]
+    fn age(&self, slot: &Slot<V>) -> Age {
+        if slot.deadline == NEVER || !clock::reached(slot.deadline) {
+            return Age::Fresh;
+        }
+        let grace = self.grace.load(Ordering::Relaxed);
+        if self.stale_grace.is_some() && !clock::reached(slot.deadline.saturating_add(grace)) {
+            Age::Stale
+        } else {
+            Age::Gone
+        }
+    }
+
+    /// The key's slot if it is fresh, or also if stale when `stale`.
+    #[inline]
+    fn slot(&self, key: &str, stale: bool) -> Option<Slot<V>> {
+        let slot = self.map.get(key)?;
+        if !self.check_deadlines && (stale || self.stale_grace.is_none()) {
+            // moka hides expired entries itself.
+            return Some(slot);
+        }
+        match self.age(&slot) {
+            Age::Fresh => Some(slot),
+            Age::Stale => stale.then_some(slot),
+            Age::Gone => {
+                self.map.remove_write(key, slot.id);
+                None
+            }
+        }
     }
 
     fn entry(slot: Slot<V>) -> Entry<V> {
-        Entry::new(slot.value, slot.expires_at).with_written_ttl(slot.ttl)
+        let ttl = slot.written_ttl();
+        Entry::new(slot.value, clock::instant(slot.deadline)).with_written_ttl(ttl)
     }
 
     fn insert(&self, key: &str, value: &Arc<V>, ttl: Option<Duration>, tags: &[String]) {
         let ttl = capped_ttl(ttl, self.max_ttl);
         if ttl == Some(Duration::ZERO) {
-            self.map.invalidate(key);
+            self.map.remove(key);
             return;
         }
         let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
         if !tags.is_empty() {
             // Indexed before the value is visible: an invalidation can never miss it.
             self.tags.add(key, id, tags, |key, id| {
-                self.map.get(key).is_some_and(|slot| slot.id == id)
+                self.map.peek(key).is_some_and(|slot| slot.id == id)
             });
         }
+        // (`MAX_TTL` is far below `NEVER` nanoseconds.)
+        let ttl = ttl.map_or(NEVER, |ttl| u64::try_from(ttl.as_nanos()).unwrap_or(NEVER));
+        let deadline = if ttl == NEVER {
+            NEVER
+        } else {
+            clock::now_ns().saturating_add(ttl)
+        };
         let slot = Slot {
             value: Arc::clone(value),
-            expires_at: ttl.and_then(|ttl| Instant::now().checked_add(ttl)),
+            deadline,
             ttl,
             id,
+            weight: self
+                .weigher
+                .as_ref()
+                .map_or(1, |weigh| weigh(key, value).max(1)),
         };
-        self.map.insert(key.to_owned(), slot);
+        self.map.insert(key, slot);
+        self.sweep_if_due();
+    }
+
+    /// Removes expired entries (past any stale grace) from a `quick_cache`
+    /// map once per `sweep_every` inserts.
+    fn sweep_if_due(&self) {
+        let Map::Quick(map) = &self.map else {
+            return;
+        };
+        // Exactly one insert sees the count reach the mark.
+        if self.since_sweep.fetch_add(1, Ordering::Relaxed) + 1 != self.sweep_every {
+            return;
+        }
+        self.since_sweep.store(0, Ordering::Relaxed);
+        let grace = if self.stale_grace.is_some() {
+            self.grace.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        let now = clock::now_ns();
+        map.retain(|_, slot| slot.deadline.saturating_add(grace) > now);
     }
 }
 
@@ -330,26 +593,26 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
             u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
+        if matches!(self.map, Map::Moka(_)) {
+            self.check_deadlines = false;
+        }
         true
     }
 
     fn get_stale(&self, key: &str) -> Option<Entry<V>> {
-        self.map.get(key).map(Self::entry)
+        self.slot(key, true).map(Self::entry)
     }
 
     fn get_now(&self, key: &str) -> Now<Entry<V>> {
-        Now::found(self.lookup(key))
+        Now::found(self.slot(key, false).map(Self::entry))
     }
 
+    #[inline]
     fn get_value_now(&self, key: &str) -> Now<Arc<V>> {
-        let Some(slot) = self.map.get(key) else {
-            return Now::Miss;
-        };
-        // Kept past its TTL as a stale fallback: not a hit.
-        if self.stale_grace.is_some() && slot.expires_at.is_some_and(|at| at <= Instant::now()) {
-            return Now::Miss;
+        match self.slot(key, false) {
+            Some(slot) => Now::Hit(slot.value),
+            None => Now::Miss,
         }
-        Now::Hit(slot.value)
     }
 
     fn set_now(&self, write: &Write<'_, V>) -> bool {
@@ -358,17 +621,17 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     }
 
     fn delete_now(&self, key: &str) -> bool {
-        self.map.invalidate(key);
+        self.map.remove(key);
         true
     }
 
     fn clear_now(&self) -> bool {
-        self.map.invalidate_all();
+        self.map.clear();
         true
     }
 
     fn get<'a>(&'a self, key: &'a str) -> TierFuture<'a, Option<Entry<V>>> {
-        let found = self.lookup(key);
+        let found = self.slot(key, false).map(Self::entry);
         Box::pin(async move { Ok(found) })
     }
 
@@ -384,26 +647,23 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
             .tags
             .take(tag)
             .into_iter()
-            .filter(|(key, id)| self.map.get(key).is_some_and(|slot| slot.id == *id))
+            .filter(|(key, id)| self.map.remove_write(key, *id))
             .map(|(key, _)| key)
             .collect();
-        for key in &keys {
-            self.map.invalidate(key);
-        }
         Box::pin(async move { Ok(keys) })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> TierFuture<'a, ()> {
-        self.map.invalidate(key);
+        self.map.remove(key);
         Box::pin(async { Ok(()) })
     }
 
     fn delete_matching<'a>(&'a self, pattern: &'a str) -> TierFuture<'a, u64> {
         let glob = Glob::new(pattern);
         let mut removed = 0;
-        for (key, _) in &self.map {
+        for key in self.map.keys() {
             if glob.matches(&key) {
-                self.map.invalidate(key.as_str());
+                self.map.remove(&key);
                 removed += 1;
             }
         }
@@ -411,16 +671,17 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
     }
 
     fn clear(&self) -> TierFuture<'_, ()> {
-        self.map.invalidate_all();
+        self.map.clear();
         Box::pin(async { Ok(()) })
     }
 }
 
-impl<V> std::fmt::Debug for MemoryTier<V> {
+impl<V: Send + Sync + 'static> std::fmt::Debug for MemoryTier<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryTier")
             .field("name", &self.name)
-            .field("entries", &self.map.entry_count())
+            .field("backend", &self.backend())
+            .field("entries", &self.map.len())
             .field("max_ttl", &self.max_ttl)
             .finish()
     }
@@ -430,39 +691,129 @@ impl<V> std::fmt::Debug for MemoryTier<V> {
 mod tests {
     use super::*;
 
+    const BACKENDS: [MemoryBackend; 2] = [MemoryBackend::QuickCache, MemoryBackend::Moka];
+
+    impl<V: Send + Sync + 'static> MemoryTier<V> {
+        /// Lets moka finish its pending evictions.
+        fn settle(&self) {
+            if let Map::Moka(map) = &self.map {
+                map.run_pending_tasks();
+            }
+        }
+    }
+
     #[test]
     fn weighted_capacity_evicts_by_the_weight_of_values() {
-        let tier: MemoryTier<Vec<u8>> = MemoryTier::builder()
-            .build_weighted(10_000, |_key: &str, value: &Vec<u8>| {
-                u32::try_from(value.len()).unwrap_or(u32::MAX)
-            })
-            .unwrap();
-        for i in 0..100 {
-            tier.insert(&format!("k{i}"), &Arc::new(vec![0_u8; 1_000]), None, &[]);
+        for backend in BACKENDS {
+            let tier: MemoryTier<Vec<u8>> = MemoryTier::builder()
+                .backend(backend)
+                .build_weighted(10_000, |_key: &str, value: &Vec<u8>| {
+                    u32::try_from(value.len()).unwrap_or(u32::MAX)
+                })
+                .unwrap();
+            for i in 0..100 {
+                tier.insert(&format!("k{i}"), &Arc::new(vec![0_u8; 1_000]), None, &[]);
+            }
+            tier.settle();
+            assert!(
+                tier.entry_count() <= 10,
+                "{backend:?}: 1 kB values in a 10 kB tier: {} kept",
+                tier.entry_count()
+            );
         }
-        tier.map.run_pending_tasks();
+    }
+
+    #[test]
+    fn the_entry_bound_holds() {
+        for backend in BACKENDS {
+            let tier: MemoryTier<u32> = MemoryTier::builder()
+                .backend(backend)
+                .max_entries(1_000)
+                .build()
+                .unwrap();
+            for i in 0..10_000_u32 {
+                tier.insert(&format!("k{i}"), &Arc::new(i), None, &[]);
+            }
+            tier.settle();
+            assert!(
+                tier.entry_count() <= 1_000,
+                "{backend:?}: {} entries kept in a tier of 1,000",
+                tier.entry_count()
+            );
+        }
+    }
+
+    #[test]
+    fn the_tag_index_stays_proportional_to_live_entries() {
+        for backend in BACKENDS {
+            let tier: MemoryTier<u32> = MemoryTier::builder()
+                .backend(backend)
+                .max_entries(100)
+                .build()
+                .unwrap();
+            let tags = ["everyone".to_owned()];
+            for i in 0..20_000_u32 {
+                tier.insert(&format!("k{i}"), &Arc::new(i), None, &tags);
+                if i % 1_000 == 0 {
+                    tier.settle();
+                }
+            }
+            tier.settle();
+            let pairs = tier.tags.0.lock().unwrap().pairs;
+            assert!(
+                pairs <= 2 * MIN_PRUNE_AT,
+                "{backend:?}: {pairs} index entries for at most 100 live ones"
+            );
+        }
+    }
+
+    #[test]
+    fn expired_entries_nobody_reads_are_swept_out() {
+        let tier: MemoryTier<u32> = MemoryTier::builder().max_entries(10_000).build().unwrap();
+        for i in 0..5_000_u32 {
+            tier.insert(
+                &format!("short{i}"),
+                &Arc::new(i),
+                Some(Duration::from_millis(1)),
+                &[],
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        // Short-lived entries are never read again; longer-lived ones keep coming.
+        for i in 0..u32::try_from(MIN_SWEEP_EVERY.max(10_000)).unwrap() {
+            tier.insert(
+                &format!("long{}", i % 100),
+                &Arc::new(i),
+                Some(Duration::from_secs(60)),
+                &[],
+            );
+        }
         assert!(
-            tier.entry_count() <= 10,
-            "1 kB values in a 10 kB tier: {} kept",
+            tier.entry_count() <= 100,
+            "{} entries held, of which 100 live",
             tier.entry_count()
         );
     }
 
     #[test]
-    fn the_tag_index_stays_proportional_to_live_entries() {
-        let tier: MemoryTier<u32> = MemoryTier::with_max_entries(100);
-        let tags = ["everyone".to_owned()];
-        for i in 0..20_000_u32 {
-            tier.insert(&format!("k{i}"), &Arc::new(i), None, &tags);
-            if i % 1_000 == 0 {
-                tier.map.run_pending_tasks();
+    fn an_expired_entry_read_is_removed_and_a_stale_one_kept_for_its_grace() {
+        for backend in BACKENDS {
+            let mut tier: MemoryTier<u32> = MemoryTier::builder().backend(backend).build().unwrap();
+            tier.keep_stale_for(Duration::from_millis(300));
+            tier.insert("k", &Arc::new(1), Some(Duration::from_millis(20)), &[]);
+            assert!(tier.get_value_now("k").known().flatten().is_some());
+            std::thread::sleep(Duration::from_millis(40));
+            assert!(
+                tier.get_value_now("k").known().flatten().is_none(),
+                "{backend:?}: expired"
+            );
+            assert!(tier.get_stale("k").is_some(), "{backend:?}: kept as stale");
+            std::thread::sleep(Duration::from_millis(400));
+            assert!(tier.get_stale("k").is_none(), "{backend:?}: past its grace");
+            if backend == MemoryBackend::QuickCache {
+                // (moka removes it on its own schedule.)
+                assert_eq!(tier.entry_count(), 0, "removed once read past its grace");
             }
         }
-        tier.map.run_pending_tasks();
-        let pairs = tier.tags.0.lock().unwrap().pairs;
-        assert!(
-            pairs <= 2 * MIN_PRUNE_AT,
-            "{pairs} index entries for at most 100 live ones"
-        );
     }
 }

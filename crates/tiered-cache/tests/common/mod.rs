@@ -13,7 +13,7 @@ use perfkit_test_support::TestRedis;
 use perfkit_test_support::TestRedisCluster;
 use perfkit_test_support::concurrency::within;
 use perfkit_tiered_cache::{
-    Cache, LoadOptions, MemoryTier, RedisBus, RedisBusBuilder, RedisTier, RedisTierBuilder,
+    Cache, LoadOptions, RedisBus, RedisBusBuilder, RedisTier, RedisTierBuilder,
 };
 use redis::AsyncCommands;
 
@@ -156,7 +156,7 @@ pub(crate) fn instance_with(
 ) -> Cache<String> {
     let builder = Cache::builder()
         .name("invalidation")
-        .tier(MemoryTier::with_max_entries(10_000))
+        .tier(crate::first_tier::l1(10_000))
         .tier(tier.prefix(prefix).build().unwrap())
         // Generous: these tests run in parallel on a small machine, and a
         // timed-out lookup would read as a miss.
