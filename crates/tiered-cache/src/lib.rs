@@ -1,7 +1,8 @@
 //! # perfkit-tiered-cache
 //!
 //! A cache over an ordered list of tiers: an in-process L1 ([`MemoryTier`],
-//! moka, values held as `Arc<V>`), a shared L2 in Redis ([`RedisTier`]), and
+//! on `quick_cache`'s or moka's map, see [`MemoryBackend`]; values held as
+//! `Arc<V>`), a shared L2 in Redis ([`RedisTier`]), and
 //! any [`Tier`] you write. Hits in a slower tier are promoted into the faster
 //! ones with the TTL they have left; concurrent misses of one key run the
 //! loader once; Redis calls are bounded by a timeout and a circuit breaker,
