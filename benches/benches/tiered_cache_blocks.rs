@@ -16,20 +16,27 @@
 //!   conditional fill), against the raw `GET` and `SET` a look-aside cache
 //!   needs at least, op by op.
 //!
-//! The L2 parts need Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`)
-//! and are skipped with a message otherwise. Propagation is measured by the
-//! `invalidation` bench.
+//! - Propagation: instance A's `invalidate(k)` until instance B's `get(k)`
+//!   stops returning it (L1-only instances on a Redis bus), against a raw
+//!   `PUBLISH` until a subscriber on its own connection has it, one of each
+//!   in turn (the `invalidation` bench has the same pair under criterion).
+//!
+//! The Redis parts need Redis at `REDIS_URL` (default `redis://127.0.0.1:6379`)
+//! and are skipped with a message otherwise.
 //!
 //! `cargo bench -p perfkit-benches --bench tiered_cache_blocks`
 
 // Benchmark harness: a setup that fails should stop the run.
 #![allow(clippy::expect_used)]
 
+use std::future::poll_fn;
 use std::hint::black_box;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use perfkit_tiered_cache::{Cache, MemoryBackend, MemoryTier, RedisTier};
+use perfkit_tiered_cache::{Cache, MemoryBackend, MemoryTier, RedisBus, RedisTier};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -282,6 +289,108 @@ async fn l2(url: &str) -> Option<()> {
     Some(())
 }
 
+/// Pairs of invalidations per round of the propagation part.
+const MESSAGES: usize = 200;
+
+/// An L1-only cache on a Redis bus: what an instance keeps locally.
+fn instance(url: &str, channel: &str) -> Cache<String> {
+    Cache::builder()
+        .name("blocks")
+        .tier(MemoryTier::with_max_entries(1_000))
+        .invalidation_bus(
+            RedisBus::builder(url)
+                .channel(channel)
+                .build()
+                .expect("bus"),
+        )
+        .build()
+        .expect("cache")
+}
+
+/// Propagation: instance A's `invalidate(k)` until instance B's `get(k)`
+/// stops returning it, against a raw `PUBLISH` until a subscriber task on
+/// its own connection has the message; one of each in turn (order
+/// alternating), both detected by a loop that checks and yields, on a
+/// two-worker runtime.
+async fn propagation(url: &str) -> Option<()> {
+    let client = redis::Client::open(url).ok()?;
+    let mut publisher = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let channel = format!("perfkit-bench:blocks:{}", std::process::id());
+    let raw_channel = format!("{channel}:raw");
+    let seen = Arc::new(AtomicU64::new(0));
+    let mut pubsub = client.get_async_pubsub().await.ok()?;
+    pubsub.subscribe(&raw_channel).await.ok()?;
+    let subscriber = {
+        let seen = Arc::clone(&seen);
+        tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(message) =
+                poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut stream), cx)).await
+            {
+                seen.store(message.get_payload().unwrap_or(0), Ordering::Release);
+            }
+        })
+    };
+    let (a, b) = (instance(url, &channel), instance(url, &channel));
+    // Subscribed once each has flushed its L1 for the first time.
+    while a.stats().l1_flushes == 0 || b.stats().l1_flushes == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    let mut comparison = Comparison::new("propagation ÷ raw PUBLISH -> subscriber");
+    let mut sequence = 0_u64;
+    for round in 0..=ROUNDS {
+        let (mut ours, mut reference) = (Vec::new(), Vec::new());
+        for i in 0..MESSAGES {
+            let key = format!("agent:{}", i % 100);
+            // B holds the key locally (its set also reaches A, harmlessly).
+            b.set(&key, value()).await;
+            let time_ours = async {
+                let started = Instant::now();
+                a.invalidate(&key).await;
+                while b.get(&key).await.is_some() {
+                    tokio::task::yield_now().await;
+                }
+                started.elapsed()
+            };
+            sequence += 1;
+            let time_raw = async {
+                let started = Instant::now();
+                let _: u64 = redis::cmd("PUBLISH")
+                    .arg(&raw_channel)
+                    .arg(sequence)
+                    .query_async(&mut publisher)
+                    .await
+                    .expect("PUBLISH");
+                while seen.load(Ordering::Acquire) != sequence {
+                    tokio::task::yield_now().await;
+                }
+                started.elapsed()
+            };
+            if i % 2 == 0 {
+                ours.push(time_ours.await);
+                reference.push(time_raw.await);
+            } else {
+                reference.push(time_raw.await);
+                ours.push(time_ours.await);
+            }
+        }
+        if round == 0 {
+            continue; // warm-up
+        }
+        comparison.round(round, &mut ours, &mut reference);
+    }
+    comparison.summary();
+    subscriber.abort();
+    Some(())
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -291,5 +400,12 @@ fn main() {
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     if runtime.block_on(l2(&url)).is_none() {
         eprintln!("tiered_cache_blocks: no Redis at {url}; the L2 parts are skipped");
+        return;
+    }
+    if perfkit_benches::two_workers()
+        .block_on(propagation(&url))
+        .is_none()
+    {
+        eprintln!("tiered_cache_blocks: propagation skipped (no pub/sub connection at {url})");
     }
 }
