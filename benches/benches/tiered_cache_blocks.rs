@@ -11,7 +11,8 @@
 //!   per-entry expiry, as the tier configures it), in blocks of 256 calls.
 //! - L2 hit with promotion (values of 1 KiB): `Cache::get` on a cache whose
 //!   L1 has not seen the key, against a raw redis-rs `GET` of the same stored key on the same
-//!   connection type (`ConnectionManager`), op by op.
+//!   connection type (`ConnectionManager`), op by op; also the CPU time each
+//!   costs this thread (the runtime's only one), and the difference.
 //! - Miss and load: `Cache::get_or_load` of a key in no tier (lookup, load,
 //!   conditional fill), against the raw `GET` and `SET` a look-aside cache
 //!   needs at least, op by op.
@@ -105,6 +106,16 @@ fn per_call(calls: usize, mut op: impl FnMut()) -> Duration {
         op();
     }
     started.elapsed() / u32::try_from(calls).expect("a block fits a u32")
+}
+
+/// CPU time this thread has used: on a current-thread runtime, every bit of
+/// client work (the connection's driver task included) runs on it.
+fn thread_cpu() -> Duration {
+    let time = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(time.tv_sec).unwrap_or(0),
+        u32::try_from(time.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Per-entry expiry, as `MemoryTier`'s moka backend configures moka.
@@ -206,6 +217,7 @@ async fn l2(url: &str) -> Option<()> {
     }
     let stored: Vec<String> = names.iter().map(|name| format!("{prefix}{name}")).collect();
 
+    let mut cpu_over: Vec<f64> = Vec::with_capacity(ROUNDS);
     let (mut hits, mut loads) = (
         Comparison::new("L2 hit with promotion ÷ raw GET"),
         Comparison::new("miss and load ÷ raw GET + SET"),
@@ -219,29 +231,34 @@ async fn l2(url: &str) -> Option<()> {
             .expect("cache");
         let _ = reader.get("warm-up").await;
         let (mut ours, mut reference) = (Vec::new(), Vec::new());
+        let (mut ours_cpu, mut reference_cpu) = (Vec::new(), Vec::new());
         for (i, (name, key)) in names.iter().zip(&stored).enumerate() {
             let mut raw = raw.clone();
             let time_ours = async {
-                let started = Instant::now();
+                let (started, cpu) = (Instant::now(), thread_cpu());
                 let found = reader.get(name).await;
-                let took = started.elapsed();
+                let took = (started.elapsed(), thread_cpu().saturating_sub(cpu));
                 assert!(found.is_some(), "{name} is in Redis");
                 took
             };
             let time_raw = async {
-                let started = Instant::now();
+                let (started, cpu) = (Instant::now(), thread_cpu());
                 let found: Option<Vec<u8>> = raw.get(key).await.expect("GET");
-                let took = started.elapsed();
+                let took = (started.elapsed(), thread_cpu().saturating_sub(cpu));
                 assert!(found.is_some());
                 took
             };
-            if i % 2 == 0 {
-                ours.push(time_ours.await);
-                reference.push(time_raw.await);
+            let (a, b) = if i % 2 == 0 {
+                let a = time_ours.await;
+                (a, time_raw.await)
             } else {
-                reference.push(time_raw.await);
-                ours.push(time_ours.await);
-            }
+                let b = time_raw.await;
+                (time_ours.await, b)
+            };
+            ours.push(a.0);
+            ours_cpu.push(a.1);
+            reference.push(b.0);
+            reference_cpu.push(b.1);
         }
         let (mut load_ours, mut load_reference) = (Vec::new(), Vec::new());
         for i in 0..KEYS {
@@ -281,9 +298,23 @@ async fn l2(url: &str) -> Option<()> {
             continue; // warm-up: connections, the fill script
         }
         hits.round(round, &mut ours, &mut reference);
+        let extra = median(&mut ours_cpu).as_secs_f64() - median(&mut reference_cpu).as_secs_f64();
+        eprintln!(
+            "round {round} L2 hit CPU over a raw GET: {:.2} µs",
+            extra * 1e6
+        );
+        cpu_over.push(extra * 1e6);
         loads.round(round, &mut load_ours, &mut load_reference);
     }
     hits.summary();
+    cpu_over.sort_by(f64::total_cmp);
+    eprintln!(
+        "L2 hit CPU over a raw GET (this thread's CPU time, medians per round): median of {} rounds {:.2} µs (min {:.2}, max {:.2})",
+        cpu_over.len(),
+        cpu_over[cpu_over.len() / 2],
+        cpu_over[0],
+        cpu_over[cpu_over.len() - 1]
+    );
     loads.summary();
     writer.clear().await;
     Some(())
