@@ -51,7 +51,7 @@ fn value() -> String {
     "Ada Lovelace, analyst".to_owned()
 }
 
-/// The L2 parts' value: 1 KiB, as the cache speed issue measured.
+/// The L2 parts' value: 1 KiB, the size the targets are set for.
 fn kib() -> String {
     "x".repeat(1_024)
 }

@@ -163,7 +163,7 @@ fn an_l2_hit_allocates_little_more_than_a_raw_get() {
         // more), the shared-lookup slot and its key (2), the boxed lookup
         // below the first tier (1), the tier's boxed future (1), the decoded
         // value's Arc (1), one in the decode. The bound only stops the count
-        // from rising; the cache speed issue aims at + 3.
+        // from rising; the target is + 3.
         let bound = match first_tier::backend() {
             perfkit_tiered_cache::MemoryBackend::Moka => 15.0,
             _ => 8.0,
