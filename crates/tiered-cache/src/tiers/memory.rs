@@ -30,10 +30,6 @@ pub struct MemoryTier<V> {
     stale_grace: Option<Duration>,
     /// The grace, shared with moka's expiry policy, in nanoseconds.
     grace: Arc<AtomicU64>,
-    /// Whether a read checks the entry's deadline itself: always on
-    /// `quick_cache` (which has no expiry of its own); on moka only to tell
-    /// a stale entry from a live one.
-    check_deadlines: bool,
     /// Inserts since the last sweep of expired entries (`quick_cache`).
     since_sweep: AtomicU64,
     /// Inserts between two sweeps: about the entries the map can hold, so
@@ -440,7 +436,6 @@ impl MemoryTierBuilder {
         };
         MemoryTier {
             name: self.name,
-            check_deadlines: matches!(map, Map::Quick(_)),
             map,
             weigher,
             max_ttl: self.max_ttl,
@@ -508,8 +503,10 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
     #[inline]
     fn slot(&self, key: &str, stale: bool) -> Option<Slot<V>> {
         let slot = self.map.get(key)?;
-        if !self.check_deadlines && (stale || self.stale_grace.is_none()) {
-            // moka hides expired entries itself.
+        // moka hides expired entries itself; a read checks the deadline only
+        // on quick_cache (no expiry of its own), or on moka to tell a stale
+        // entry from a live one.
+        if matches!(self.map, Map::Moka(_)) && (stale || self.stale_grace.is_none()) {
             return Some(slot);
         }
         match self.age(&slot) {
@@ -572,11 +569,8 @@ impl<V: Send + Sync + 'static> MemoryTier<V> {
             return;
         }
         self.since_sweep.store(0, Ordering::Relaxed);
-        let grace = if self.stale_grace.is_some() {
-            self.grace.load(Ordering::Relaxed)
-        } else {
-            0
-        };
+        // (Zero unless a stale grace was set.)
+        let grace = self.grace.load(Ordering::Relaxed);
         let now = clock::now_ns();
         map.retain(|_, slot| slot.deadline.saturating_add(grace) > now);
     }
@@ -593,9 +587,6 @@ impl<V: Send + Sync + 'static> Tier<V> for MemoryTier<V> {
             u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        if matches!(self.map, Map::Moka(_)) {
-            self.check_deadlines = false;
-        }
         true
     }
 
