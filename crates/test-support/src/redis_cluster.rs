@@ -699,10 +699,18 @@ fn setslot(
         .map_err(|e| format!("CLUSTER SETSLOT {slot} {state}: {e}"))
 }
 
-/// A blocking connection to the node of `line`.
+/// A blocking connection to the node of `line`, for the steps of a slot's
+/// move: it waits up to 10 s for a reply, since `CLUSTER SETSLOT … NODE`
+/// writes and fsyncs the node's config file and `MIGRATE` moves a batch of
+/// keys, either of which can take longer than [`sync_connection`]'s 500 ms
+/// on a loaded machine (seen in CI: a `SETSLOT` timed out).
 fn node_connection(line: &NodeLine) -> Result<redis::Connection, String> {
-    sync_connection(&format!("redis://127.0.0.1:{}", line.port))
-        .ok_or_else(|| format!("node {} does not answer", line.port))
+    let connection = sync_connection(&format!("redis://127.0.0.1:{}", line.port))
+        .ok_or_else(|| format!("node {} does not answer", line.port))?;
+    connection
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| format!("node {}: {e}", line.port))?;
+    Ok(connection)
 }
 
 /// A slot moved by [`PrivateCluster::migrate_slot_of`] (or being moved by a
