@@ -4,22 +4,27 @@
 //! promotion, which the generations guard), so it does not need what a load
 //! needs from single-flight (a future that outlives its starter, shared
 //! panics). It runs inline in the first caller's future: no task, no boxed
-//! future, two small allocations (the key and the shared slot). The callers
-//! that arrive meanwhile wait for its value.
+//! future, one small allocation (the key in the map). The callers that
+//! arrive meanwhile wait for its value on a slot that the first of them
+//! makes: a lookup nobody joins allocates no slot.
 //!
 //! - **The first caller goes away** (dropped, or it panicked) before the
-//!   value is in: its guard wakes the waiters, and the first of them to run
-//!   looks in its place while the others wait on it.
+//!   value is in: its guard frees the key and wakes the waiters, and the
+//!   first of them to run looks in its place while the others wait on it.
 //! - **The first caller stops being polled** without being dropped (a held
 //!   `select!` branch): a waiter waits at most its *patience* (twice the
 //!   remote tiers' timeouts, which bound a lookup and its promotion), then
-//!   detaches that lookup and takes a turn again, so the waiters (and every
-//!   later caller) share a new lookup instead of queueing behind the stalled
-//!   one. A stalled caller can delay others once, never hang them.
-//! - **Invalidation** detaches the lookup in progress ([`Lookups::forget`]):
-//!   later callers look afresh; the detached lookup only ever removes its own
-//!   slot, and its promotion is refused by the generations.
+//!   detaches that lookup, waking the other waiters, and all take a turn
+//!   again, so they (and every later caller) share a new lookup instead of
+//!   queueing behind the stalled one. A stalled caller can delay others
+//!   once, never hang them.
+//! - **Invalidation** detaches the lookup in progress ([`Lookups::forget`])
+//!   and sends its waiters to look again: later callers look afresh; the
+//!   detached lookup only ever removes its own entry (the map's entries
+//!   carry the id of the lookup that made them), and its promotion is
+//!   refused by the generations.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -29,11 +34,21 @@ use tokio::sync::Notify;
 
 /// The lookups in progress, by key.
 pub(crate) struct Lookups<V> {
-    slots: DashMap<Box<str>, Arc<Slot<V>>, foldhash::fast::RandomState>,
+    running: DashMap<Box<str>, Running<V>, foldhash::fast::RandomState>,
+    /// The next lookup's id.
+    next: AtomicU64,
     patience: Duration,
 }
 
-/// One lookup in progress, shared by the caller running it and those waiting.
+/// A lookup in progress, as the map holds it.
+struct Running<V> {
+    /// Which lookup: whoever removes the entry checks it is the one it means.
+    id: u64,
+    /// Where the callers waiting on it get its outcome; made by the first.
+    waiters: Option<Arc<Slot<V>>>,
+}
+
+/// Where the callers waiting on a lookup get its outcome.
 pub(crate) struct Slot<V> {
     outcome: Mutex<Outcome<V>>,
     done: Notify,
@@ -42,7 +57,8 @@ pub(crate) struct Slot<V> {
 enum Outcome<V> {
     Running,
     Found(Option<Arc<V>>),
-    /// The caller running it went away first.
+    /// The caller running it went away first, or the lookup was detached
+    /// (stalled, or its key invalidated): look again.
     Abandoned,
 }
 
@@ -58,7 +74,7 @@ pub(crate) enum Turn<'a, V> {
 pub(crate) struct Leader<'a, V> {
     lookups: &'a Lookups<V>,
     key: &'a str,
-    slot: Arc<Slot<V>>,
+    id: u64,
     finished: bool,
 }
 
@@ -66,7 +82,7 @@ pub(crate) struct Leader<'a, V> {
 pub(crate) enum Waited<V> {
     /// The shared lookup's value.
     Found(Option<Arc<V>>),
-    /// Its caller went away: take a turn again.
+    /// Its caller went away, or the lookup was detached: take a turn again.
     Retry,
     /// Its caller took longer than the patience: [`Lookups::detach`] it and
     /// take a turn again.
@@ -76,7 +92,8 @@ pub(crate) enum Waited<V> {
 impl<V> Lookups<V> {
     pub(crate) fn new(patience: Duration) -> Self {
         Self {
-            slots: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            running: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            next: AtomicU64::new(0),
             patience,
         }
     }
@@ -85,18 +102,25 @@ impl<V> Lookups<V> {
     pub(crate) fn turn<'a>(&'a self, key: &'a str) -> Turn<'a, V> {
         // Straight to the entry: starting is the common case (the key copy
         // is wasted only when joining).
-        match self.slots.entry(Box::from(key)) {
-            MapEntry::Occupied(running) => Turn::Wait(Arc::clone(running.get())),
-            MapEntry::Vacant(vacant) => {
-                let slot = Arc::new(Slot {
-                    outcome: Mutex::new(Outcome::Running),
-                    done: Notify::new(),
+        match self.running.entry(Box::from(key)) {
+            MapEntry::Occupied(mut running) => {
+                // Made under the entry's lock: every waiter shares the one
+                // its lookup will settle.
+                let slot = running.get_mut().waiters.get_or_insert_with(|| {
+                    Arc::new(Slot {
+                        outcome: Mutex::new(Outcome::Running),
+                        done: Notify::new(),
+                    })
                 });
-                vacant.insert(Arc::clone(&slot));
+                Turn::Wait(Arc::clone(slot))
+            }
+            MapEntry::Vacant(vacant) => {
+                let id = self.next.fetch_add(1, Ordering::Relaxed);
+                vacant.insert(Running { id, waiters: None });
                 Turn::Lead(Leader {
                     lookups: self,
                     key,
-                    slot,
+                    id,
                     finished: false,
                 })
             }
@@ -118,17 +142,45 @@ impl<V> Lookups<V> {
         slot.waited().unwrap_or(Waited::Retry)
     }
 
-    /// Detaches the lookup of `key` in progress: later callers look afresh.
+    /// Detaches the lookup of `key` in progress: later callers look afresh,
+    /// and so do those waiting on it.
     pub(crate) fn forget(&self, key: &str) {
-        self.slots.remove(key);
+        if let Some((_, running)) = self.running.remove(key) {
+            running.abandon();
+        }
     }
 
-    /// Removes `slot` from the map if it is still there (not a newer one):
+    /// Detaches the lookup whose waiters wait on `slot`, if it is still the
+    /// key's (not a newer one), and sends them all to take a turn again:
     /// the next caller starts a new lookup. Its own caller, if it ever
-    /// finishes, still hands its value to whoever waits on it.
+    /// finishes, finds nobody to hand its value to.
     pub(crate) fn detach(&self, key: &str, slot: &Arc<Slot<V>>) {
-        self.slots
-            .remove_if(key, |_, current| Arc::ptr_eq(current, slot));
+        let removed = self.running.remove_if(key, |_, current| {
+            current
+                .waiters
+                .as_ref()
+                .is_some_and(|waiting| Arc::ptr_eq(waiting, slot))
+        });
+        if let Some((_, running)) = removed {
+            running.abandon();
+        }
+    }
+
+    /// Removes the lookup `id` of `key` if it is still in the map; what its
+    /// waiters wait on, if any.
+    fn remove(&self, key: &str, id: u64) -> Option<Option<Arc<Slot<V>>>> {
+        self.running
+            .remove_if(key, |_, current| current.id == id)
+            .map(|(_, running)| running.waiters)
+    }
+}
+
+impl<V> Running<V> {
+    /// Sends the waiters, if any, to take a turn again.
+    fn abandon(self) {
+        if let Some(slot) = self.waiters {
+            slot.settle(Outcome::Abandoned);
+        }
     }
 }
 
@@ -148,22 +200,22 @@ impl<V> Slot<V> {
 }
 
 impl<V> Leader<'_, V> {
-    /// Hands `value` to the callers waiting, and frees the key.
+    /// Hands `value` to the callers waiting, and frees the key. A lookup
+    /// detached meanwhile has sent its waiters away already: nobody to tell.
     pub(crate) fn finish(mut self, value: Option<&Arc<V>>) {
         self.finished = true;
-        self.lookups.detach(self.key, &self.slot);
-        // Nobody else holds the slot once it is out of the map: no one to tell.
-        if Arc::strong_count(&self.slot) > 1 {
-            self.slot.settle(Outcome::Found(value.cloned()));
+        if let Some(Some(slot)) = self.lookups.remove(self.key, self.id) {
+            slot.settle(Outcome::Found(value.cloned()));
         }
     }
 }
 
 impl<V> Drop for Leader<'_, V> {
     fn drop(&mut self) {
-        if !self.finished {
-            self.lookups.detach(self.key, &self.slot);
-            self.slot.settle(Outcome::Abandoned);
+        if !self.finished
+            && let Some(Some(slot)) = self.lookups.remove(self.key, self.id)
+        {
+            slot.settle(Outcome::Abandoned);
         }
     }
 }
@@ -193,12 +245,15 @@ mod tests {
         let slot = join(&lookups, "k");
         assert!(matches!(lookups.wait(&slot).await, Waited::Stalled));
         lookups.detach("k", &slot);
+        // Every waiter on it is sent to take a turn again.
+        assert!(matches!(lookups.wait(&slot).await, Waited::Retry));
         // Later callers share a new lookup, not the stalled one.
         let fresh = lead(&lookups, "k");
         let behind_fresh = join(&lookups, "k");
-        // The stalled caller ends late: it frees only its own slot.
+        // A detach meant for the stalled lookup leaves the new one alone.
+        lookups.detach("k", &slot);
+        // The stalled caller ends late: it frees only its own entry.
         stalled.finish(Some(&Arc::new(1)));
-        assert!(matches!(lookups.wait(&slot).await, Waited::Found(Some(v)) if *v == 1));
         let _still_joining = join(&lookups, "k");
         fresh.finish(Some(&Arc::new(2)));
         assert!(matches!(lookups.wait(&behind_fresh).await, Waited::Found(Some(v)) if *v == 2));
@@ -213,5 +268,41 @@ mod tests {
         drop(leader);
         assert!(matches!(lookups.wait(&slot).await, Waited::Retry));
         let _next = lead(&lookups, "k");
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_lookup_sends_its_waiters_to_look_again_and_its_end_frees_nothing_newer() {
+        let lookups = Lookups::new(Duration::from_secs(60));
+        let old = lead(&lookups, "k");
+        let slot = join(&lookups, "k");
+        lookups.forget("k");
+        assert!(matches!(lookups.wait(&slot).await, Waited::Retry));
+        let new = lead(&lookups, "k");
+        let behind_new = join(&lookups, "k");
+        // The forgotten lookup ends, then another is dropped unfinished:
+        // neither touches the new lookup's entry.
+        old.finish(Some(&Arc::new(1)));
+        drop(lead(&lookups, "other"));
+        let _joining = join(&lookups, "k");
+        new.finish(Some(&Arc::new(2)));
+        assert!(matches!(lookups.wait(&behind_new).await, Waited::Found(Some(v)) if *v == 2));
+        let _next = lead(&lookups, "k");
+    }
+
+    #[test]
+    fn a_lookup_nobody_joins_makes_no_slot() {
+        let lookups = Lookups::<u32>::new(Duration::from_secs(60));
+        let leader = lead(&lookups, "k");
+        assert!(
+            lookups
+                .running
+                .get("k")
+                .is_some_and(|r| r.waiters.is_none())
+        );
+        let slot = join(&lookups, "k");
+        let again = join(&lookups, "k");
+        assert!(Arc::ptr_eq(&slot, &again), "waiters share one slot");
+        leader.finish(None);
+        assert!(lookups.running.is_empty());
     }
 }

@@ -158,15 +158,16 @@ fn an_l2_hit_allocates_little_more_than_a_raw_get() {
         eprintln!(
             "allocations per operation: raw GET {raw_get:.1}, L2 hit with promotion {l2_hit:.1}"
         );
-        // Measured 9.0, and 16.1 on the default first tier (23.1 on moka's).
-        // Of the 7 more: the promoted entry's key (1; moka's insert makes 6
-        // more), the shared-lookup slot and its key (2), the boxed lookup
-        // below the first tier (1), the tier's boxed future (1), the decoded
-        // value's Arc (1), one in the decode. The bound only stops the count
-        // from rising; the target is + 3.
+        // Measured 9.0, and 15.1 on the default first tier (22.1 on moka's).
+        // Of the 6 more: the promoted entry's key (1; moka's insert makes 7
+        // more), the shared-lookup entry's key (1), the boxed lookup below
+        // the first tier (1), the tier's boxed future (1), the decoded
+        // value's Arc (1), one in the decode (the String it copies out of
+        // the reply). The bound only stops the count from rising; the
+        // target is + 3.
         let bound = match first_tier::backend() {
-            perfkit_tiered_cache::MemoryBackend::Moka => 15.0,
-            _ => 8.0,
+            perfkit_tiered_cache::MemoryBackend::Moka => 14.0,
+            _ => 7.0,
         };
         assert!(
             l2_hit <= raw_get + bound,
