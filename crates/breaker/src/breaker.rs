@@ -18,9 +18,10 @@
 //! `state` is `Closed { failures: 0 }` and is written under the lock.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::{Duration, Instant};
+
+use crate::sync::{AtomicBool, Mutex, MutexGuard, Ordering};
 
 /// A circuit breaker; see the [crate docs](crate). Share it by reference
 /// (or in an `Arc`): every method takes `&self`.
@@ -114,7 +115,7 @@ impl Breaker {
         !matches!(self.state(), State::Closed { .. })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // The state is a plain value, consistent at every instant: a panic
         // elsewhere while the lock was held cannot have torn it.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -203,7 +204,10 @@ impl Drop for Permit<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, perfkit_loom))]
+mod models;
+
+#[cfg(all(test, not(perfkit_loom)))]
 mod tests {
     use super::*;
 

@@ -47,6 +47,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;
+mod sync;
 
 pub use crate::breaker::{Breaker, Permit, State, Transition};
 
