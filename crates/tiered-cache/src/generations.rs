@@ -13,9 +13,18 @@
 //! also records the epoch, and a fill checks both.
 
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::PoisonError;
 
+use crate::sync::{Mutex, MutexGuard, RwLock};
+
+#[cfg(not(perfkit_loom))]
 const STRIPES: usize = 1024;
+/// One stripe in the loom models (`models/`), which build this file against
+/// loom's locks: every lock is a state loom tracks, and which stripe a key
+/// takes must not depend on the hasher's random seed (loom replays each
+/// execution and needs it to touch the same locks every time).
+#[cfg(perfkit_loom)]
+const STRIPES: usize = 1;
 
 pub(crate) struct Generations {
     hasher: foldhash::fast::RandomState,
@@ -43,6 +52,8 @@ impl Generations {
         }
     }
 
+    // (One stripe in the loom models: every key on it.)
+    #[cfg_attr(perfkit_loom, allow(clippy::modulo_one))]
     fn stripe(&self, key: &str) -> usize {
         // Truncation is the point: any bits pick a stripe.
         #[allow(clippy::cast_possible_truncation)]

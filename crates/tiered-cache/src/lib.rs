@@ -125,6 +125,7 @@ mod options;
 #[cfg(feature = "redis")]
 mod redis_bus;
 mod stats;
+mod sync;
 mod tier;
 mod tiers;
 
