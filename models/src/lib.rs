@@ -16,11 +16,10 @@
 //! Models of a crate without heavy dependencies live in that crate (see
 //! `perfkit-breaker`); CONTRIBUTING.md says how to add one.
 
-/// loom's locks, where the shipped crates use std's (`crate::sync` there).
+/// loom's locks, where the shipped crates use std's (`crate::sync` there),
+/// and dashmap's map replaced by a loom lock around a `HashMap`.
 #[cfg(perfkit_loom)]
-mod sync {
-    pub(crate) use loom::sync::{Mutex, MutexGuard, RwLock};
-}
+mod sync;
 
 /// perfkit-tiered-cache's per-key generations: a fill that began before a
 /// `set` or an invalidation of its key never lands in L1 afterwards.
@@ -29,5 +28,14 @@ mod sync {
 #[allow(dead_code)] // what the models do not call
 mod generations;
 
+/// perfkit-tiered-cache's shared lookups: concurrent `get` misses of one
+/// key share one look at the lower tiers.
+#[cfg(perfkit_loom)]
+#[path = "../../crates/tiered-cache/src/lookups.rs"]
+#[allow(dead_code)] // what the models do not call
+mod lookups;
+
 #[cfg(all(test, perfkit_loom))]
 mod generations_models;
+#[cfg(all(test, perfkit_loom))]
+mod lookups_models;

@@ -24,17 +24,14 @@
 //!   carry the id of the lookup that made them), and its promotion is
 //!   refused by the generations.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry as MapEntry;
-use tokio::sync::Notify;
+use crate::sync::{Arc, AtomicU64, KeyMap, Mutex, Notify, Ordering, timeout};
 
 /// The lookups in progress, by key.
 pub(crate) struct Lookups<V> {
-    running: DashMap<Box<str>, Running<V>, foldhash::fast::RandomState>,
+    running: KeyMap<Running<V>>,
     /// The next lookup's id.
     next: AtomicU64,
     patience: Duration,
@@ -92,7 +89,7 @@ pub(crate) enum Waited<V> {
 impl<V> Lookups<V> {
     pub(crate) fn new(patience: Duration) -> Self {
         Self {
-            running: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            running: KeyMap::new(),
             next: AtomicU64::new(0),
             patience,
         }
@@ -100,31 +97,30 @@ impl<V> Lookups<V> {
 
     /// Joins the lookup of `key` in progress, or starts one.
     pub(crate) fn turn<'a>(&'a self, key: &'a str) -> Turn<'a, V> {
-        // Straight to the entry: starting is the common case (the key copy
-        // is wasted only when joining).
-        match self.running.entry(Box::from(key)) {
-            MapEntry::Occupied(mut running) => {
+        self.running.upsert(
+            key,
+            |running| {
                 // Made under the entry's lock: every waiter shares the one
                 // its lookup will settle.
-                let slot = running.get_mut().waiters.get_or_insert_with(|| {
+                let slot = running.waiters.get_or_insert_with(|| {
                     Arc::new(Slot {
                         outcome: Mutex::new(Outcome::Running),
                         done: Notify::new(),
                     })
                 });
                 Turn::Wait(Arc::clone(slot))
-            }
-            MapEntry::Vacant(vacant) => {
+            },
+            || {
                 let id = self.next.fetch_add(1, Ordering::Relaxed);
-                vacant.insert(Running { id, waiters: None });
-                Turn::Lead(Leader {
+                let leader = Leader {
                     lookups: self,
                     key,
                     id,
                     finished: false,
-                })
-            }
-        }
+                };
+                (Running { id, waiters: None }, Turn::Lead(leader))
+            },
+        )
     }
 
     /// Waits for the lookup in `slot`, at most the patience.
@@ -136,7 +132,7 @@ impl<V> Lookups<V> {
         if let Some(waited) = slot.waited() {
             return waited;
         }
-        if tokio::time::timeout(self.patience, done).await.is_err() {
+        if timeout(self.patience, done).await.is_none() {
             return Waited::Stalled;
         }
         slot.waited().unwrap_or(Waited::Retry)
@@ -145,7 +141,7 @@ impl<V> Lookups<V> {
     /// Detaches the lookup of `key` in progress: later callers look afresh,
     /// and so do those waiting on it.
     pub(crate) fn forget(&self, key: &str) {
-        if let Some((_, running)) = self.running.remove(key) {
+        if let Some(running) = self.running.remove(key) {
             running.abandon();
         }
     }
@@ -155,23 +151,29 @@ impl<V> Lookups<V> {
     /// the next caller starts a new lookup. Its own caller, if it ever
     /// finishes, finds nobody to hand its value to.
     pub(crate) fn detach(&self, key: &str, slot: &Arc<Slot<V>>) {
-        let removed = self.running.remove_if(key, |_, current| {
+        let removed = self.running.remove_if(key, |current| {
             current
                 .waiters
                 .as_ref()
                 .is_some_and(|waiting| Arc::ptr_eq(waiting, slot))
         });
-        if let Some((_, running)) = removed {
+        if let Some(running) = removed {
             running.abandon();
         }
+    }
+
+    /// Whether no lookup is in progress (the loom models' check).
+    #[cfg(perfkit_loom)]
+    pub(crate) fn running_is_empty(&self) -> bool {
+        self.running.is_empty()
     }
 
     /// Removes the lookup `id` of `key` if it is still in the map; what its
     /// waiters wait on, if any.
     fn remove(&self, key: &str, id: u64) -> Option<Option<Arc<Slot<V>>>> {
         self.running
-            .remove_if(key, |_, current| current.id == id)
-            .map(|(_, running)| running.waiters)
+            .remove_if(key, |current| current.id == id)
+            .map(|running| running.waiters)
     }
 }
 
@@ -220,7 +222,9 @@ impl<V> Drop for Leader<'_, V> {
     }
 }
 
+// Ordinary tests only; under `perfkit_loom` the locks are loom's.
 #[cfg(test)]
+#[cfg(not(perfkit_loom))]
 mod tests {
     use super::*;
 
@@ -293,12 +297,7 @@ mod tests {
     fn a_lookup_nobody_joins_makes_no_slot() {
         let lookups = Lookups::<u32>::new(Duration::from_secs(60));
         let leader = lead(&lookups, "k");
-        assert!(
-            lookups
-                .running
-                .get("k")
-                .is_some_and(|r| r.waiters.is_none())
-        );
+        assert!(lookups.running.with("k", |r| r.waiters.is_none()) == Some(true));
         let slot = join(&lookups, "k");
         let again = join(&lookups, "k");
         assert!(Arc::ptr_eq(&slot, &again), "waiters share one slot");
