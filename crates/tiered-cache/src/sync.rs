@@ -59,7 +59,7 @@ impl<T> KeyMap<T> {
         self.0.get(key).map(|value| read(&value))
     }
 
-    #[cfg(test)]
+    #[cfg(any(test, perfkit_loom))]
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
