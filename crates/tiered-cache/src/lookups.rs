@@ -293,6 +293,37 @@ mod tests {
         let _next = lead(&lookups, "k");
     }
 
+    /// The patience, on tokio's paused clock: the waiter gives up exactly
+    /// at its bound, not before, and a value that comes first wins.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gives_up_on_a_stalled_lookup_exactly_at_its_patience() {
+        let patience = Duration::from_millis(100);
+        let lookups = Lookups::new(patience);
+        let _stalled = lead(&lookups, "k");
+        let slot = join(&lookups, "k");
+        let started = tokio::time::Instant::now();
+        let wait = lookups.wait(&slot);
+        tokio::pin!(wait);
+        let early = patience - Duration::from_millis(1);
+        assert!(
+            tokio::time::timeout(early, wait.as_mut()).await.is_err(),
+            "gave up before its patience"
+        );
+        let waited = tokio::time::timeout(Duration::from_secs(3_600), wait).await;
+        assert!(matches!(waited, Ok(Waited::Stalled)), "never gave up");
+        assert_eq!(started.elapsed(), patience);
+
+        // A lookup that finishes within the patience hands its value over.
+        lookups.detach("k", &slot);
+        let leader = lead(&lookups, "k");
+        let slot = join(&lookups, "k");
+        let wait = lookups.wait(&slot);
+        tokio::pin!(wait);
+        assert!(tokio::time::timeout(early, wait.as_mut()).await.is_err());
+        leader.finish(Some(&Arc::new(3)));
+        assert!(matches!(wait.await, Waited::Found(Some(v)) if *v == 3));
+    }
+
     #[test]
     fn a_lookup_nobody_joins_makes_no_slot() {
         let lookups = Lookups::<u32>::new(Duration::from_secs(60));
