@@ -54,64 +54,59 @@ fn fill(world: &Arc<World>) -> thread::JoinHandle<()> {
     })
 }
 
-fn first(world: &World) -> Option<u32> {
+/// `fills` fills of `k` race an invalidation (the lower tier changed
+/// first, then `invalidate` on L1, as the cache does); what L1 holds once
+/// all are done.
+fn race(fills: usize, invalidate: impl Fn(&World)) -> Option<u32> {
+    let world = world();
+    let fillers: Vec<_> = (0..fills).map(|_| fill(&world)).collect();
+    *world.lower.lock().unwrap() = NEW;
+    invalidate(&world);
+    for filler in fillers {
+        filler.join().unwrap();
+    }
     *world.first.lock().unwrap()
+}
+
+/// `invalidate`, or `set` with `NEW`: L1 changed under a generation bump.
+fn bump_then(first: Option<u32>) -> impl Fn(&World) {
+    move |world| {
+        world
+            .generations
+            .bump_then("k", || *world.first.lock().unwrap() = first);
+    }
 }
 
 #[test]
 fn a_fill_racing_an_invalidation_never_lands_the_old_value() {
     loom::model(|| {
-        let world = world();
-        let filler = fill(&world);
-        *world.lower.lock().unwrap() = NEW;
-        world
-            .generations
-            .bump_then("k", || *world.first.lock().unwrap() = None);
-        filler.join().unwrap();
-        assert_ne!(first(&world), Some(OLD), "a stale fill landed");
+        assert_ne!(race(1, bump_then(None)), Some(OLD), "a stale fill landed");
     });
 }
 
 #[test]
 fn a_fill_racing_a_set_never_overwrites_it_with_the_old_value() {
     loom::model(|| {
-        let world = world();
-        let filler = fill(&world);
-        *world.lower.lock().unwrap() = NEW;
-        world
-            .generations
-            .bump_then("k", || *world.first.lock().unwrap() = Some(NEW));
-        filler.join().unwrap();
-        assert_eq!(first(&world), Some(NEW), "the set's value was lost");
+        let first = race(1, bump_then(Some(NEW)));
+        assert_eq!(first, Some(NEW), "the set's value was lost");
     });
 }
 
 #[test]
 fn a_fill_racing_an_invalidation_of_many_keys_never_lands_the_old_value() {
     loom::model(|| {
-        let world = world();
-        let filler = fill(&world);
-        *world.lower.lock().unwrap() = NEW;
         // A pattern, tag or clear: the epoch moves, then L1 is cleared.
-        world.generations.bump_all();
-        *world.first.lock().unwrap() = None;
-        filler.join().unwrap();
-        assert_ne!(first(&world), Some(OLD), "a stale fill landed");
+        let first = race(1, |world| {
+            world.generations.bump_all();
+            *world.first.lock().unwrap() = None;
+        });
+        assert_ne!(first, Some(OLD), "a stale fill landed");
     });
 }
 
 #[test]
 fn two_fills_and_an_invalidation() {
     loom::model(|| {
-        let world = world();
-        let fillers = [fill(&world), fill(&world)];
-        *world.lower.lock().unwrap() = NEW;
-        world
-            .generations
-            .bump_then("k", || *world.first.lock().unwrap() = None);
-        for filler in fillers {
-            filler.join().unwrap();
-        }
-        assert_ne!(first(&world), Some(OLD), "a stale fill landed");
+        assert_ne!(race(2, bump_then(None)), Some(OLD), "a stale fill landed");
     });
 }
