@@ -1,6 +1,6 @@
 //! The synchronization the breaker's state machine uses, from std, or from
 //! loom when built with `--cfg perfkit_loom` so that the models in
-//! `src/models.rs` explore every interleaving of the same code. Outside
+//! `src/breaker/models.rs` explore every interleaving of the same code. Outside
 //! that cfg these are std's types, re-exported: no cost.
 
 #[cfg(not(perfkit_loom))]

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
 use slab::Slab;
@@ -25,6 +25,7 @@ use tracing::Span;
 use crate::builder::AbandonPolicy;
 use crate::error::{Error, panic_message};
 use crate::group::{Group, Outcome};
+use crate::sync::{Mutex, MutexGuard, Spawner};
 
 /// The work, boxed so that it can outlive the caller that started it.
 pub(crate) type Work<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -242,7 +243,7 @@ where
         }
         if state.waiters.is_empty() {
             if policy == AbandonPolicy::RunToCompletion {
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                if let Some(runtime) = Spawner::current() {
                     let detached = state.waiters.insert(None);
                     drop(state);
                     runtime.spawn(Detached {

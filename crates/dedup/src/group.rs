@@ -9,13 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
-
 use crate::builder::{AbandonPolicy, GroupBuilder};
 use crate::error::Error;
 use crate::flight::{Flight, LEADER};
 use crate::metrics::Metrics;
+use crate::sync::KeyMap;
 
 /// Single-flight: concurrent [`run`](Group::run) calls with one key share one
 /// execution of the work.
@@ -48,17 +46,14 @@ use crate::metrics::Metrics;
 ///   before any caller gets the outcome, so a later call runs the work afresh:
 ///   neither values nor errors are cached. A flight only ever removes its own
 ///   map entry, never a newer flight's for the same key.
-/// - **No lock across an `.await`.** The key map is sharded ([`DashMap`]); its
+/// - **No lock across an `.await`.** The key map is sharded (dashmap); its
 ///   locks and the flight's own lock are held for a few instructions, never
 ///   while the work is polled.
 pub struct Group<K, T, E> {
     inner: Arc<Inner<K, T, E>>,
 }
 
-/// foldhash: several times faster than SipHash on short keys and randomly
-/// seeded per map; the map only ever holds keys in flight, which bounds what a
-/// flood of colliding keys could cost.
-type FlightMap<K, T, E> = DashMap<K, Arc<Flight<K, T, E>>, foldhash::fast::RandomState>;
+type FlightMap<K, T, E> = KeyMap<K, Arc<Flight<K, T, E>>>;
 
 struct Inner<K, T, E> {
     flights: FlightMap<K, T, E>,
@@ -137,14 +132,9 @@ where
     }
 
     pub(crate) fn from_builder(builder: GroupBuilder<K, T, E>) -> Self {
-        let hasher = foldhash::fast::RandomState::default();
-        let flights = match builder.shards {
-            Some(shards) => DashMap::with_hasher_and_shard_amount(hasher, shards),
-            None => DashMap::with_hasher(hasher),
-        };
         Self {
             inner: Arc::new(Inner {
-                flights,
+                flights: KeyMap::new(builder.shards),
                 policy: builder.policy,
                 metrics: Metrics::new(&builder.name),
                 name: builder.name.into_boxed_str(),
@@ -220,22 +210,18 @@ where
     /// Joins the flight for `key`, or starts one (replacing a finished or
     /// abandoned flight still in the map).
     fn enter(&self, key: K, waker: &Waker) -> (Arc<Flight<K, T, E>>, usize) {
-        match self.inner.flights.entry(key) {
-            Entry::Occupied(mut entry) => {
-                if let Some(waiter) = entry.get().join(waker) {
-                    self.inner.metrics.coalesced.increment(1);
-                    return (Arc::clone(entry.get()), waiter);
-                }
-                let flight = self.new_flight(entry.key().clone());
-                entry.insert(Arc::clone(&flight));
-                (flight, LEADER)
-            }
-            Entry::Vacant(entry) => {
-                let flight = self.new_flight(entry.key().clone());
-                entry.insert(Arc::clone(&flight));
-                (flight, LEADER)
-            }
-        }
+        self.inner.flights.join_or_insert(
+            key,
+            |current| {
+                let waiter = current.join(waker)?;
+                self.inner.metrics.coalesced.increment(1);
+                Some((Arc::clone(current), waiter))
+            },
+            |key| {
+                let flight = self.new_flight(key.clone());
+                (Arc::clone(&flight), (flight, LEADER))
+            },
+        )
     }
 
     fn new_flight(&self, key: K) -> Arc<Flight<K, T, E>> {
@@ -251,7 +237,7 @@ where
     pub(crate) fn remove_flight(&self, flight: &Arc<Flight<K, T, E>>) {
         self.inner
             .flights
-            .remove_if(&flight.key, |_, current| Arc::ptr_eq(current, flight));
+            .remove_if(&flight.key, |current| Arc::ptr_eq(current, flight));
     }
 }
 

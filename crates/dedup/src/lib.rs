@@ -75,6 +75,7 @@ mod group;
 #[cfg(feature = "tower")]
 pub mod layer;
 mod metrics;
+mod sync;
 
 pub use crate::builder::{AbandonPolicy, GroupBuilder};
 pub use crate::error::{ConfigError, Error};
