@@ -96,6 +96,7 @@ mod record;
 mod renewal;
 mod store;
 mod stores;
+mod sync;
 
 pub use bloom::BloomStats;
 pub use builder::{

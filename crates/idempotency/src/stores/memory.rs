@@ -4,14 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use tokio::time::Instant;
 
 use crate::fingerprint::Fingerprint;
 use crate::key::StoreKey;
 use crate::record::{Existing, RecordedResponse};
 use crate::store::{Claim, ClaimToken, IdempotencyStore, StoreFuture};
+use crate::stores::claims::{Claimed, Claims, Held};
 
 /// Claims and recorded responses in this process's memory.
 ///
@@ -27,45 +26,22 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
-    entries: DashMap<StoreKey, Slot, foldhash::fast::RandomState>,
+    claims: Claims<StoreKey, ClaimToken, Fingerprint, Arc<RecordedResponse>>,
     claims_since_sweep: AtomicUsize,
 }
 
-struct Slot {
-    state: State,
-    expires_at: Instant,
-}
-
-enum State {
-    InProgress {
-        token: ClaimToken,
-        fingerprint: Fingerprint,
-    },
-    Completed {
-        fingerprint: Fingerprint,
-        response: Arc<RecordedResponse>,
-    },
-}
-
-impl Slot {
-    fn existing(&self) -> Existing {
-        match &self.state {
-            State::InProgress { fingerprint, .. } => Existing::InProgress {
-                fingerprint: *fingerprint,
-            },
-            State::Completed {
+impl From<Held<Fingerprint, Arc<RecordedResponse>>> for Existing {
+    fn from(held: Held<Fingerprint, Arc<RecordedResponse>>) -> Self {
+        match held {
+            Held::InProgress { fingerprint } => Self::InProgress { fingerprint },
+            Held::Completed {
                 fingerprint,
                 response,
-            } => Existing::Completed {
-                fingerprint: *fingerprint,
-                response: Arc::clone(response),
+            } => Self::Completed {
+                fingerprint,
+                response,
             },
         }
-    }
-
-    fn held_by(&self, token: &ClaimToken, now: Instant) -> bool {
-        now < self.expires_at
-            && matches!(&self.state, State::InProgress { token: held, .. } if held == token)
     }
 }
 
@@ -79,13 +55,13 @@ impl MemoryStore {
     /// Entries held, including expired ones not swept yet.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.inner.entries.len()
+        self.inner.claims.len()
     }
 
     /// Whether the store holds no entry.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.inner.entries.is_empty()
+        self.inner.claims.is_empty()
     }
 
     /// Drops expired entries once as many claims arrived as entries are held.
@@ -95,16 +71,10 @@ impl MemoryStore {
             .claims_since_sweep
             .fetch_add(1, Ordering::Relaxed);
         // `len` locks every shard: only ask once 1,024 claims have passed.
-        if claims >= 1024 && claims >= self.inner.entries.len() {
+        if claims >= 1024 && claims >= self.inner.claims.len() {
             self.inner.claims_since_sweep.store(0, Ordering::Relaxed);
-            self.inner.entries.retain(|_, slot| now < slot.expires_at);
+            self.inner.claims.sweep(now);
         }
-    }
-
-    fn lookup_now(&self, key: &StoreKey) -> Option<Existing> {
-        let now = Instant::now();
-        let slot = self.inner.entries.get(key)?;
-        (now < slot.expires_at).then(|| slot.existing())
     }
 
     fn claim_now(
@@ -116,67 +86,24 @@ impl MemoryStore {
     ) -> Claim {
         let now = Instant::now();
         self.sweep_if_due(now);
-        let fresh = Slot {
-            state: State::InProgress {
-                token: token.clone(),
-                fingerprint: *fingerprint,
-            },
-            expires_at: now + lock_ttl,
-        };
-        match self.inner.entries.entry(key.clone()) {
-            Entry::Occupied(mut held) if now >= held.get().expires_at => {
-                held.insert(fresh);
-                Claim::Acquired
-            }
-            // The same claim again (a retry of a claim whose reply was lost).
-            Entry::Occupied(held) if held.get().held_by(token, now) => Claim::Acquired,
-            Entry::Occupied(held) => Claim::Existing(held.get().existing()),
-            Entry::Vacant(vacant) => {
-                vacant.insert(fresh);
-                Claim::Acquired
-            }
+        match self
+            .inner
+            .claims
+            .claim(key, token, *fingerprint, now, lock_ttl)
+        {
+            Claimed::Acquired => Claim::Acquired,
+            Claimed::Existing(held) => Claim::Existing(held.into()),
         }
-    }
-
-    fn complete_now(
-        &self,
-        key: &StoreKey,
-        token: &ClaimToken,
-        response: &Arc<RecordedResponse>,
-        key_ttl: Duration,
-    ) -> bool {
-        let now = Instant::now();
-        let Some(mut slot) = self.inner.entries.get_mut(key) else {
-            return false;
-        };
-        if !slot.held_by(token, now) {
-            return false;
-        }
-        let State::InProgress { fingerprint, .. } = slot.state else {
-            return false;
-        };
-        *slot = Slot {
-            state: State::Completed {
-                fingerprint,
-                response: Arc::clone(response),
-            },
-            expires_at: now + key_ttl,
-        };
-        true
-    }
-
-    fn release_now(&self, key: &StoreKey, token: &ClaimToken) -> bool {
-        let now = Instant::now();
-        self.inner
-            .entries
-            .remove_if(key, |_, slot| slot.held_by(token, now))
-            .is_some()
     }
 }
 
 impl IdempotencyStore for MemoryStore {
     fn lookup<'a>(&'a self, key: &'a StoreKey) -> StoreFuture<'a, Option<Existing>> {
-        let found = self.lookup_now(key);
+        let found = self
+            .inner
+            .claims
+            .lookup(key, Instant::now())
+            .map(Existing::from);
         Box::pin(async move { Ok(found) })
     }
 
@@ -198,12 +125,15 @@ impl IdempotencyStore for MemoryStore {
         response: &'a Arc<RecordedResponse>,
         key_ttl: Duration,
     ) -> StoreFuture<'a, bool> {
-        let completed = self.complete_now(key, token, response, key_ttl);
+        let completed = self
+            .inner
+            .claims
+            .complete(key, token, response, Instant::now(), key_ttl);
         Box::pin(async move { Ok(completed) })
     }
 
     fn release<'a>(&'a self, key: &'a StoreKey, token: &'a ClaimToken) -> StoreFuture<'a, bool> {
-        let released = self.release_now(key, token);
+        let released = self.inner.claims.release(key, token, Instant::now());
         Box::pin(async move { Ok(released) })
     }
 
@@ -213,14 +143,10 @@ impl IdempotencyStore for MemoryStore {
         token: &'a ClaimToken,
         lock_ttl: Duration,
     ) -> StoreFuture<'a, bool> {
-        let now = Instant::now();
-        let renewed = self.inner.entries.get_mut(key).is_some_and(|mut slot| {
-            let held = slot.held_by(token, now);
-            if held {
-                slot.expires_at = now + lock_ttl;
-            }
-            held
-        });
+        let renewed = self
+            .inner
+            .claims
+            .renew(key, token, Instant::now(), lock_ttl);
         Box::pin(async move { Ok(renewed) })
     }
 }

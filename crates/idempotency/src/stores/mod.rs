@@ -1,5 +1,6 @@
 //! The built-in stores.
 
+pub(crate) mod claims;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
