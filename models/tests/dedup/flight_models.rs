@@ -13,8 +13,9 @@
 //! Mutations of `flight.rs` each was seen to catch (each model run on its
 //! own; "deadlock" is loom finding a caller that waits forever):
 //! - no watchdog wake (the work's wake reaching only the driver), or a
-//!   watchdog not allowed to drive: the idle driver, both run-to-completion
-//!   models (deadlock);
+//!   watchdog not allowed to drive: the idle driver, the forgotten flight
+//!   (its second execution's driver is idle), both run-to-completion models
+//!   (deadlock);
 //! - the leader's waker not registered before its first poll *and* no
 //!   re-wake after a poll during which the work woke the flight: the wake
 //!   during the first poll, sharing, the panic, a caller arriving at
@@ -322,34 +323,28 @@ fn hand_over(driver: Driver) {
         assert!(poll_once(&mut second).is_pending(), "the gate is shut");
 
         let second = thread::spawn(move || block_on(second));
-        let first = match driver {
-            Driver::Cancelled => Some(thread::spawn(move || drop(first))),
-            Driver::Idle => {
-                // Dropped below, once the second caller has ended.
-                work.gate.open();
-                let outcome = second.join().expect("the second caller");
-                drop(first);
-                return check_hand_over(group, &work, &outcome);
-            }
+        // Dropped on a thread of its own, at any point; or held, never
+        // polled again, until the second caller has ended.
+        let (dropping, idle) = match driver {
+            Driver::Cancelled => (Some(thread::spawn(move || drop(first))), None),
+            Driver::Idle => (None, Some(first)),
         };
         work.gate.open();
         let outcome = second.join().expect("the second caller");
-        if let Some(first) = first {
-            first.join().expect("the first caller");
+        if let Some(dropping) = dropping {
+            dropping.join().expect("the first caller");
         }
-        check_hand_over(group, &work, &outcome);
-    });
-}
+        drop(idle);
 
-fn check_hand_over(group: &Group<u32, u32, Fail>, work: &Work, outcome: &Outcome<u32, Fail>) {
-    assert_eq!(value(outcome), Some(VALUE));
-    assert_eq!(work.runs(), 1, "the work ran again");
-    assert_eq!(
-        work.cancelled.load(SeqCst),
-        0,
-        "the joined work was cancelled"
-    );
-    assert_eq!(group.in_flight(), 0, "an entry was left behind");
+        assert_eq!(value(&outcome), Some(VALUE));
+        assert_eq!(work.runs(), 1, "the work ran again");
+        assert_eq!(
+            work.cancelled.load(SeqCst),
+            0,
+            "the joined work was cancelled"
+        );
+        assert_eq!(group.in_flight(), 0, "an entry was left behind");
+    });
 }
 
 #[test]
