@@ -48,6 +48,7 @@ pub(crate) enum Claimed<F, R> {
 }
 
 impl<T: PartialEq, F: Copy, R: Clone> Slot<T, F, R> {
+    #[inline]
     fn held(&self) -> Held<F, R> {
         match &self.state {
             State::InProgress { fingerprint, .. } => Held::InProgress {
@@ -63,11 +64,13 @@ impl<T: PartialEq, F: Copy, R: Clone> Slot<T, F, R> {
         }
     }
 
+    #[inline]
     fn live(&self, now: Instant) -> bool {
         now < self.expires_at
     }
 
     /// Whether `token`'s claim holds the key at `now`.
+    #[inline]
     fn held_by(&self, token: &T, now: Instant) -> bool {
         self.live(now)
             && matches!(&self.state, State::InProgress { token: held, .. } if held == token)
@@ -78,6 +81,7 @@ impl<K, T, F, R> Default for Claims<K, T, F, R>
 where
     K: Hash + Eq,
 {
+    #[inline]
     fn default() -> Self {
         Self {
             slots: KeyMap::default(),
@@ -93,6 +97,7 @@ where
     R: Clone,
 {
     /// What holds `key` at `now`, if anything.
+    #[inline]
     pub(crate) fn lookup(&self, key: &K, now: Instant) -> Option<Held<F, R>> {
         self.slots
             .with(key, |slot| slot.live(now).then(|| slot.held()))
@@ -102,6 +107,7 @@ where
     /// Claims `key` for `token` until `now + lock_ttl`, unless a live claim
     /// or record holds it. The same token claiming again (a retry whose
     /// reply was lost) gets it again, its expiry unchanged.
+    #[inline]
     pub(crate) fn claim(
         &self,
         key: &K,
@@ -135,6 +141,7 @@ where
 
     /// Records `response` for `key` until `now + key_ttl`, if `token`'s
     /// claim still holds it. Whether it did.
+    #[inline]
     pub(crate) fn complete(
         &self,
         key: &K,
@@ -164,12 +171,14 @@ where
     }
 
     /// Frees `key` if `token`'s claim still holds it. Whether it did.
+    #[inline]
     pub(crate) fn release(&self, key: &K, token: &T, now: Instant) -> bool {
         self.slots.remove_if(key, |slot| slot.held_by(token, now))
     }
 
     /// Extends `token`'s claim on `key` to `now + lock_ttl`, if it still
     /// holds it. Whether it did.
+    #[inline]
     pub(crate) fn renew(&self, key: &K, token: &T, now: Instant, lock_ttl: Duration) -> bool {
         self.slots
             .with_mut(key, |slot| {
@@ -183,15 +192,18 @@ where
     }
 
     /// Drops what has expired at `now`.
+    #[inline]
     pub(crate) fn sweep(&self, now: Instant) {
         self.slots.retain(|slot| slot.live(now));
     }
 
     /// Entries held, expired ones not swept yet included.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
