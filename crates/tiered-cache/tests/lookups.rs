@@ -286,3 +286,35 @@ async fn a_panicking_lookup_panics_its_caller_and_the_waiters_look_again() {
         "one waiter looked again, the others shared it"
     );
 }
+
+/// The same on one thread with tokio's paused clock: a deterministic
+/// schedule (loom cannot unwind a thread through its own operations, so the
+/// panic is checked here; the models check the same drop path for a
+/// cancelled first caller). The waiters look again at once, not after
+/// their patience, and share one new lookup.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_lookup_sends_its_waiters_to_look_again_at_once() {
+    let (gated, open) = Gated::new(true);
+    let cache: Cache<String> = Cache::builder()
+        .tier(first_tier::l1(1_000))
+        .tier(PanicsFirst(gated.clone()))
+        .remote_timeout(PATIENT)
+        .build()
+        .unwrap();
+    let (first, tasks) = first_and_waiters(&cache, &gated, 3).await;
+    let opened_at = tokio::time::Instant::now();
+    open.send_replace(true);
+    assert!(within("first", first).await.unwrap_err().is_panic());
+    let values = values(tasks).await;
+    assert!(values.iter().all(|v| v.as_deref() == Some("lower")));
+    assert_eq!(
+        gated.lookups(),
+        2,
+        "one waiter looked again, the others shared it"
+    );
+    assert!(
+        opened_at.elapsed() < PATIENT,
+        "the waiters waited {:?}: out of patience, not woken by the panic",
+        opened_at.elapsed()
+    );
+}
