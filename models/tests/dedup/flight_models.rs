@@ -25,6 +25,8 @@
 //!   panic, a caller arriving at abandoned work (deadlock);
 //! - `leave` not waking a successor, or keeping the leaving caller as
 //!   driver: a caller arriving at abandoned work (deadlock);
+//! - `leave` abandoning the work while other callers still wait: the
+//!   cancelled driver, a caller arriving at abandoned work (deadlock);
 //! - `finish` leaving its map entry: every model; an abandoned flight
 //!   leaving it: the lone abandoned call under `Cancel`;
 //! - `RunToCompletion` cancelling: both run-to-completion models;
